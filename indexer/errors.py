@@ -1,0 +1,88 @@
+"""Typed exceptions raised by the clipindex library.
+
+Library code raises these; only :mod:`indexer.cli` turns them into one-line messages and exit codes.
+Every message is meant to be shown to a user as is: it names the file (or URL) at fault and the fix.
+"""
+
+from __future__ import annotations
+
+
+class ClipIndexError(Exception):
+    """Base class for every error clipindex raises on purpose."""
+
+    #: process exit code the CLI uses for this error
+    exit_code: int = 1
+
+
+# --- models and conversion -------------------------------------------------------------------------
+
+
+class ConvertError(ClipIndexError):
+    """The conversion could not run (bad source, missing extra, output exists...)."""
+
+
+class MissingExtraError(ClipIndexError):
+    """An optional dependency group is not installed."""
+
+
+class ParityError(ConvertError):
+    """The exported ONNX model diverges from the PyTorch reference; nothing was written."""
+
+
+class ModelNotFoundError(ClipIndexError):
+    """The model folder (manifest.json, vision.onnx, text.onnx, tokenizer.json) is missing or incomplete."""
+
+
+class ModelIntegrityError(ClipIndexError):
+    """A model file does not match the sha256 recorded in its manifest."""
+
+
+# --- images -----------------------------------------------------------------------------------------
+
+
+class ImageError(ClipIndexError):
+    """One image could not be decoded or preprocessed. Ingest reports it and goes on."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+# --- runtime ----------------------------------------------------------------------------------------
+
+
+class DeviceError(ClipIndexError):
+    """The requested ONNX Runtime execution provider is not available."""
+
+
+class StoreError(ClipIndexError):
+    """The vector store failed (unreachable server, unwritable data dir, corrupt store...)."""
+
+
+class StoreUnavailableError(StoreError):
+    """The Qdrant server could not be reached after retries."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
+class CollectionMismatchError(StoreError):
+    """The collection was built by another model (name or dimension) than the one in use."""
+
+
+class CollectionNotFoundError(StoreError):
+    """The collection does not exist yet (nothing was ingested)."""
+
+
+class CountMismatchError(StoreError):
+    """After an upsert, the collection's point count differs from what was expected (after one retry)."""
+
+
+class LockHeldError(ClipIndexError):
+    """Another ingest holds the store's lock."""
+
+    exit_code = 75  # EX_TEMPFAIL: cron can treat it as "try again later"
+
+
+class FailedFilesError(ClipIndexError):
+    """`--strict`: the run completed but some files failed."""

@@ -1,0 +1,129 @@
+"""The model folder's ``manifest.json``: what ``clipindex convert`` wrote and everything the runtime needs.
+
+A model folder holds exactly::
+
+    vision.onnx        pixel_values float32 [batch, 3, S, S]  ->  image_embeds float32 [batch, D]
+    text.onnx          input_ids    int64   [batch, T<=context_length] ->  text_embeds float32 [batch, D]
+    tokenizer.json     a `tokenizers` fast tokenizer (truncation/padding are set by the runtime)
+    manifest.json      this file
+    vision.int8.onnx, text.int8.onnx   optional, from ``convert --quantize int8``
+
+Embeddings leave the ONNX graphs *unnormalised* (exactly ``get_image_features``/``get_text_features``);
+the runtime L2-normalises them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from indexer.errors import ModelNotFoundError
+
+MANIFEST_NAME = "manifest.json"
+VISION_FILE = "vision.onnx"
+TEXT_FILE = "text.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+FORMAT_VERSION = 1
+
+
+def quantized_name(onnx_file: str) -> str:
+    """``vision.onnx`` -> ``vision.int8.onnx``."""
+    stem = onnx_file.removesuffix(".onnx")
+    return f"{stem}.int8.onnx"
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """Typed view of ``manifest.json``."""
+
+    model_dir: Path
+    source_model: str
+    model_name: str
+    embedding_dim: int
+    image_size: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    resize_shortest_edge: int
+    resample: str
+    crop_height: int
+    crop_width: int
+    rescale_factor: float
+    context_length: int
+    bos_token_id: int
+    eos_token_id: int
+    pad_token_id: int
+    text_pooling: str
+    logit_scale: float
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def model_id(self) -> str:
+        """The identity stored with a collection: ``<model_name>`` plus dimension is checked on every run."""
+        return self.model_name
+
+    def path(self, name: str) -> Path:
+        return self.model_dir / name
+
+    def has_int8(self) -> bool:
+        return all(
+            (self.model_dir / quantized_name(f)).is_file() for f in (VISION_FILE, TEXT_FILE)
+        )
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> ModelManifest:
+        model_dir = Path(model_dir)
+        manifest_path = model_dir / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise ModelNotFoundError(
+                f"{manifest_path}: no model manifest; run `clipindex convert --output {model_dir}` first "
+                "(or pass --model-dir / set CLIPINDEX_MODEL_DIR to a converted model folder)"
+            )
+        try:
+            raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelNotFoundError(
+                f"{manifest_path}: unreadable manifest ({exc}); re-run `clipindex convert --force`"
+            ) from exc
+        try:
+            tokens = raw["special_tokens"]
+            manifest = cls(
+                model_dir=model_dir,
+                source_model=str(raw["source_model"]),
+                model_name=str(raw["model_name"]),
+                embedding_dim=int(raw["embedding_dim"]),
+                image_size=int(raw["image_size"]),
+                image_mean=_triple(raw["image_mean"]),
+                image_std=_triple(raw["image_std"]),
+                resize_shortest_edge=int(raw["resize"]["shortest_edge"]),
+                resample=str(raw["resize"]["resample"]),
+                crop_height=int(raw["crop"]["height"]),
+                crop_width=int(raw["crop"]["width"]),
+                rescale_factor=float(raw["rescale_factor"]),
+                context_length=int(raw["context_length"]),
+                bos_token_id=int(tokens["bos_token_id"]),
+                eos_token_id=int(tokens["eos_token_id"]),
+                pad_token_id=int(tokens["pad_token_id"]),
+                text_pooling=str(raw["text_pooling"]),
+                logit_scale=float(raw["logit_scale"]),
+                files=dict(raw.get("files", {})),
+                raw=raw,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelNotFoundError(
+                f"{manifest_path}: manifest is missing or has a bad field ({exc!r}); "
+                "re-run `clipindex convert --force`"
+            ) from exc
+        for name in (VISION_FILE, TEXT_FILE, TOKENIZER_FILE):
+            if not (model_dir / name).is_file():
+                raise ModelNotFoundError(
+                    f"{model_dir / name}: missing from the model folder; re-run `clipindex convert --force`"
+                )
+        return manifest
+
+
+def _triple(values: Any) -> tuple[float, float, float]:
+    a, b, c = (float(v) for v in values)
+    return (a, b, c)
