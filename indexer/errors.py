@@ -86,3 +86,14 @@ class LockHeldError(ClipIndexError):
 
 class FailedFilesError(ClipIndexError):
     """`--strict`: the run completed but some files failed."""
+
+
+# --- walking and decoding (indexer.walk, indexer.preprocess) ---------------------------------------
+
+
+class WalkError(ClipIndexError):
+    """The folder to index does not exist, is not a folder, or cannot be listed."""
+
+
+class ImageTooLargeError(ImageError):
+    """The image declares more pixels than the limit (a possible decompression bomb); see ``--max-pixels``."""
