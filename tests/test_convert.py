@@ -1,0 +1,221 @@
+"""`clipindex convert`: the real converter on a tiny random-weight checkpoint in the hub layout."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from reference import cosine_rows, features, image_features, normalise
+
+from convert.api import convert_model
+from convert.checkpoint import write_random_checkpoint
+from convert.export import export_towers
+from convert.verify import verify_towers
+from indexer.cli import cli
+from indexer.errors import ParityError
+from indexer.manifest import ModelManifest
+
+EXPECTED_FILES = {"vision.onnx", "text.onnx", "tokenizer.json", "manifest.json", "vision.int8.onnx", "text.int8.onnx"}
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_cli_convert_writes_a_verified_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    result = CliRunner().invoke(cli, ["convert", "--model", str(tiny_checkpoint), "--output", str(out), "--quantize", "int8"])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == EXPECTED_FILES
+    assert "parity vision_batch_n" in result.output and "cosine vs fp32" in result.output
+    assert not list(tmp_path.glob(".model.*")), "staging folder left behind"
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["embedding_dim"] == 512 and manifest["image_size"] == 224
+    assert manifest["context_length"] == 77
+    assert manifest["special_tokens"]["bos_token_id"] == 49406
+    assert manifest["special_tokens"]["eos_token_id"] == 49407
+    assert manifest["special_tokens"]["config_eos_token_id"] == 2
+    assert manifest["text_pooling"] == "argmax_input_ids"
+    assert manifest["resize"] == {"shortest_edge": 224, "resample": "bicubic"}
+    assert manifest["crop"] == {"height": 224, "width": 224}
+    assert manifest["image_mean"] == pytest.approx([0.48145466, 0.4578275, 0.40821073])
+    assert manifest["logit_scale"] == pytest.approx(100.0, rel=1e-5)
+    assert manifest["opset"] >= 17
+    for name, info in manifest["files"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == info["sha256"], name
+    for key in ("vision_batch_1", "vision_batch_n", "text_batch_1_unpadded", "text_batch_n_padded"):
+        assert manifest["parity"][key]["min_cosine"] >= 0.99999, key
+        assert manifest["parity"][key]["max_abs_diff"] <= 1e-4, key
+    assert manifest["parity"]["vision_batch_n"]["batch_size"] >= 11
+    assert manifest["parity"]["text_batch_n_padded"]["batch_size"] >= 11
+    for name in ("vision.int8.onnx", "text.int8.onnx"):
+        assert 0.9 < manifest["quantization"][name]["min_cosine"] <= 1.0
+    assert ModelManifest.load(out).embedding_dim == 512
+
+
+def test_parity_on_real_photos(tiny_model_dir: Path, torch_clip, sample_photos) -> None:  # type: ignore[no-untyped-def]
+    model, _, processor = torch_clip
+    images = list(sample_photos.values())
+    pixels = processor(images=images, return_tensors="np")["pixel_values"].astype(np.float32)
+    got = normalise(_session(tiny_model_dir / "vision.onnx").run(None, {"pixel_values": pixels})[0])
+    expected = image_features(model, processor, images)
+    assert cosine_rows(got, expected).min() >= 0.99999
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 11, 26])
+def test_dynamic_batch_axis(tiny_model_dir: Path, batch_size: int) -> None:
+    rng = np.random.default_rng(batch_size)
+    pixels = rng.standard_normal((batch_size, 3, 224, 224)).astype(np.float32)
+    vision = _session(tiny_model_dir / "vision.onnx")
+    batched = vision.run(None, {"pixel_values": pixels})[0]
+    assert batched.shape == (batch_size, 512)
+    one_by_one = np.concatenate([vision.run(None, {"pixel_values": pixels[i : i + 1]})[0] for i in range(batch_size)])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+
+    ids = np.full((batch_size, 77), 49407, dtype=np.int64)
+    ids[:, 0] = 49406
+    ids[:, 1] = rng.integers(0, 49000, batch_size)
+    assert _session(tiny_model_dir / "text.onnx").run(None, {"input_ids": ids})[0].shape == (batch_size, 512)
+
+
+def test_text_padding_does_not_change_the_vector(tiny_model_dir: Path, torch_clip) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    model, tokenizer, _ = torch_clip
+    text = _session(tiny_model_dir / "text.onnx")
+    unpadded = np.asarray([tokenizer("a photo of a cat")["input_ids"]], dtype=np.int64)
+    padded = tokenizer("a photo of a cat", padding="max_length", max_length=77, return_tensors="np")["input_ids"]
+    a = text.run(None, {"input_ids": unpadded})[0]
+    b = text.run(None, {"input_ids": padded.astype(np.int64)})[0]
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    with torch.no_grad():
+        ref = features(model.get_text_features(input_ids=torch.from_numpy(unpadded)))
+    np.testing.assert_allclose(a, ref, atol=1e-4)
+
+
+def test_perturbed_onnx_model_is_refused(tiny_checkpoint: Path, torch_clip, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import onnx
+    from onnx import numpy_helper
+
+    model, tokenizer, processor = torch_clip
+    export_towers(model, tmp_path, image_size=224, context_length=77, eos_token_id=49407)
+    verify_towers(model, processor, tokenizer, tmp_path, context_length=77)  # the honest export passes
+
+    proto = onnx.load(str(tmp_path / "vision.onnx"))
+    largest = max(proto.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    weights = numpy_helper.to_array(largest).copy()
+    weights += np.random.default_rng(0).normal(0, 0.05, weights.shape).astype(weights.dtype)
+    largest.CopyFrom(numpy_helper.from_array(weights, largest.name))
+    onnx.save(proto, str(tmp_path / "vision.onnx"))
+    with pytest.raises(ParityError, match="diverges"):
+        verify_towers(model, processor, tokenizer, tmp_path, context_length=77)
+
+
+def test_broken_checkpoint_is_refused_and_nothing_written(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken-ckpt"
+    shutil.copytree(tiny_checkpoint, broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    key = next(k for k in weights if k.endswith("visual_projection.weight"))
+    weights[key] = torch.full_like(weights[key], float("nan"))
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["convert", "--model", str(broken), "--output", str(out)])
+    assert result.exit_code == 1
+    assert "diverges" in result.output and "nothing was written" in result.output
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["broken-ckpt"], "staging folder left behind"
+
+
+def _invalid_sources(tmp_path: Path) -> dict[str, str]:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    other = tmp_path / "bert"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (other / "preprocessor_config.json").write_text("{}")
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "config.json").write_text("{not json")
+    (garbage / "preprocessor_config.json").write_text("{}")
+    return {
+        str(tmp_path / "does-not-exist"): "no such checkpoint directory",
+        str(empty): "missing config.json",
+        str(other): "not 'clip'",
+        str(garbage): "unreadable",
+        "openai/clip-vit-base-patch32": "pass the local folder",
+    }
+
+
+def test_missing_or_invalid_source_gives_one_clear_line(tmp_path: Path) -> None:
+    for source, expected in _invalid_sources(tmp_path).items():
+        out = tmp_path / "out"
+        result = CliRunner().invoke(cli, ["convert", "--model", source, "--output", str(out)])
+        assert result.exit_code == 1, (source, result.output)
+        errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and expected in errors[0], (source, result.output)
+        assert "Traceback" not in result.output
+        assert not out.exists()
+
+
+def test_existing_output_needs_force(tiny_model_dir: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, out)
+    (out / "marker").write_text("old")
+    result = CliRunner().invoke(cli, ["convert", "--model", str(tiny_checkpoint), "-o", str(out)])
+    assert result.exit_code == 1 and "--force" in result.output
+    assert (out / "marker").exists()
+    result = CliRunner().invoke(cli, ["convert", "--model", str(tiny_checkpoint), "-o", str(out), "--force"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "marker").exists() and (out / "vision.onnx").is_file()
+
+
+def test_default_output_is_models_slash_model_name(tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CLIPINDEX_MODEL_DIR", raising=False)
+    result = convert_model(str(tiny_checkpoint))
+    assert result.output == Path("models") / tiny_checkpoint.name
+    assert (tmp_path / "models" / tiny_checkpoint.name / "vision.onnx").is_file()
+
+
+def test_missing_convert_extra_names_the_extra(tmp_path: Path) -> None:
+    """Run the real CLI in a subprocess where `import torch` fails, as on a runtime-only install."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "torch.py").write_text("raise ImportError('No module named torch')\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "indexer", "convert", "--model", str(tmp_path), "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "PYTHONPATH": str(blocker)},
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "pip install 'clipindex[convert]'" in proc.stderr and "torch" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_full_size_vit_b_32_converts(tmp_path: Path) -> None:
+    """The full ViT-B/32 architecture (random weights) converts and verifies offline."""
+    ckpt = write_random_checkpoint(tmp_path / "clip-vit-base-patch32", arch="vit-b-32")
+    result = convert_model(str(ckpt), tmp_path / "out")
+    parity = result.manifest["parity"]
+    assert parity["vision_batch_n"]["min_cosine"] >= 0.99999
+    assert parity["text_batch_n_padded"]["min_cosine"] >= 0.99999
+    assert result.manifest["model_name"] == "clip-vit-base-patch32"
+    assert result.file_sizes["vision.onnx"] > 300e6
