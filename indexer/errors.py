@@ -97,3 +97,9 @@ class WalkError(ClipIndexError):
 
 class ImageTooLargeError(ImageError):
     """The image declares more pixels than the limit (a possible decompression bomb); see ``--max-pixels``."""
+
+
+class StoreBusyError(StoreError):
+    """The embedded store is open in another process (Qdrant Edge allows one process per shard)."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again when the other process has finished
