@@ -1,0 +1,493 @@
+"""Decode image files and turn them into CLIP ``pixel_values``, exactly like transformers does.
+
+Decoding: :func:`load_image`
+----------------------------
+1. Refuse anything that is not a regular file *after* following symlinks (FIFO, device such as a
+   link to ``/dev/zero``, socket, folder): the file is opened with ``O_NONBLOCK`` and checked with
+   ``fstat`` on the open descriptor, so nothing can block or read forever, and the check cannot race.
+   Empty files are refused.
+2. ``PIL.Image.open`` reads the header only. An image declaring zero pixels is refused; one declaring
+   more than ``max_pixels`` pixels (default :data:`DEFAULT_MAX_PIXELS`, Pillow's own refusal
+   threshold ``2 * PIL.Image.MAX_IMAGE_PIXELS``) raises :class:`~indexer.errors.ImageTooLargeError`
+   before any pixel is decoded; the CLI's ``--max-pixels`` raises the limit.
+3. ``draft=True`` (JPEG/MPO only): ``Image.draft`` asks libjpeg for a DCT-domain downscale by 1/2,
+   1/4 or 1/8, the largest that keeps *both* sides >= ``DRAFT_OVERSAMPLE * shortest_edge`` (so the
+   exact bicubic resize that follows still downsamples by at least that factor). Other formats, and
+   JPEGs already small, decode at full size. Draft is an approximation of the exact path; see
+   :data:`DRAFT_OVERSAMPLE` for the measured difference.
+4. ``load()`` decodes the first frame fully (animated GIF/WebP/APNG, multi-page TIFF: frame 0).
+   ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is kept ``False``, so a truncated or corrupt file raises
+   instead of being padded with grey. Every decoder failure becomes :class:`~indexer.errors.ImageError`.
+5. EXIF orientation (tag 0x0112, values 2..8) is applied like ``ImageOps.exif_transpose``. An
+   unreadable EXIF block is ignored (the pixels are fine; the image keeps its stored orientation).
+6. :func:`to_rgb` gives 8-bit RGB, following transformers' ``convert_to_rgb`` (PIL branch) wherever it
+   defines the result: an image with an alpha band (``"A"`` in ``getbands()``: RGBA, LA, PA) or with a
+   ``transparency`` entry in ``info`` (P/L/RGB with tRNS, GIF transparency) is converted to RGBA and
+   alpha-composited onto opaque white; any other mode is ``convert("RGB")`` (L, 1, P, CMYK, YCbCr,
+   RGBa/La, RGBX...). Deviation on purpose: Pillow's ``convert`` *clips* high-depth grey to 255, so
+   ``I;16``/``I;16B``/``I;16L``/``I;16N`` are scaled ``round(v * 255 / 65535)``; ``I`` (32-bit) the
+   same when all values lie in [0, 65535], else min-max stretched; ``F`` is taken as [0, 1] if it
+   fits, else as [0, 255] if it fits, else min-max stretched (NaN/inf -> 0). A 16-bit grey image with
+   a ``transparency`` value gets that value as fully transparent.
+
+Preprocessing: :func:`preprocess` (``CLIPImageProcessorPil`` of transformers 5, bit for bit)
+-----------------------------------------------------------------------------------------------
+Parameters come from the model's manifest (:meth:`PreprocessConfig.from_manifest`). For an RGB image
+of ``W x H`` with ``S = shortest_edge``, crop ``ch x cw``:
+
+1. Resize size (``get_resize_output_image_size(default_to_square=False)``): the short side becomes
+   ``S``, the long side ``int(S * long / short)`` (Python float division, then *truncation*); a square
+   gives ``S x S``. Resize with ``PIL.Image.resize((w, h), resample)`` (``resample`` = bicubic for
+   CLIP, ``reducing_gap=None``), skipped when the size is unchanged (PIL would copy).
+2. Center crop: ``top = (h - ch) // 2``, ``left = (w - cw) // 2`` (floor division, also when
+   negative); ``PIL.Image.crop((left, top, left + cw, top + ch))``. When the image is smaller than the
+   crop, PIL fills outside pixels with 0, which is exactly transformers' zero padding
+   (``ceil`` padding then the same offsets).
+3. Rescale and normalize, per channel ``c`` and 8-bit value ``v``:
+   ``x = float32(float64(v) * rescale_factor)``, then ``(x - float32(mean[c])) / float32(std[c])``
+   in float32 — identical to transformers' ``rescale`` (float64 multiply, float32 cast) followed by
+   ``normalize`` (float32). Both are applied at once through a 3 x 256 float32 lookup table, so the
+   result is bit-identical and costs one gather per output value.
+4. Layout ``float32 [3, ch, cw]`` (channels first), C-contiguous; :func:`preprocess_batch` stacks
+   into ``[N, 3, ch, cw]`` without intermediate arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import re
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageFile
+
+from indexer.errors import ImageError, ImageTooLargeError, ModelNotFoundError
+from indexer.manifest import ModelManifest
+from indexer.walk import register_optional_plugins
+
+#: Pillow's own refusal threshold (it raises ``DecompressionBombError`` above twice its
+#: ``MAX_IMAGE_PIXELS``, about 179 megapixels): large enough for 108 MP phone photos.
+DEFAULT_MAX_PIXELS: int = 2 * int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+
+#: Draft mode keeps the decoded short side >= this many times the model's ``shortest_edge``.
+#: Measured (see the project notes / tests): 2 keeps draft within a few 8-bit levels of the exact path.
+DRAFT_OVERSAMPLE: float = 2.0
+
+OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+_SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_HIGH_DEPTH = _SIXTEEN_BIT | {"I", "F"}
+_DRAFTABLE = frozenset({"JPEG", "MPO"})
+
+
+def resample_filter(name: str | int) -> Image.Resampling:
+    """``"bicubic"`` (or a PIL number such as ``3``) -> ``PIL.Image.Resampling.BICUBIC``."""
+    key = str(name).strip().lower()
+    if key.isdigit():
+        try:
+            return Image.Resampling(int(key))
+        except ValueError:
+            pass
+    elif key in _RESAMPLE:
+        return _RESAMPLE[key]
+    raise ModelNotFoundError(
+        f"unknown resample filter {name!r} in the model manifest (expected one of {sorted(_RESAMPLE)}); "
+        "re-run `clipindex convert --force`"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PreprocessConfig:
+    """The preprocessing parameters of one model (from its ``manifest.json``)."""
+
+    shortest_edge: int = 224
+    crop_height: int = 224
+    crop_width: int = 224
+    resample: str = "bicubic"
+    rescale_factor: float = 1 / 255
+    image_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
+    image_std: tuple[float, float, float] = OPENAI_CLIP_STD
+
+    @classmethod
+    def from_manifest(cls, manifest: ModelManifest) -> PreprocessConfig:
+        config = cls(
+            shortest_edge=manifest.resize_shortest_edge,
+            crop_height=manifest.crop_height,
+            crop_width=manifest.crop_width,
+            resample=manifest.resample,
+            rescale_factor=manifest.rescale_factor,
+            image_mean=manifest.image_mean,
+            image_std=manifest.image_std,
+        )
+        resample_filter(config.resample)  # fail early on a bad manifest
+        return config
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        """``(3, crop_height, crop_width)``."""
+        return (3, self.crop_height, self.crop_width)
+
+
+#: OpenAI CLIP's preprocessing (all public CLIP checkpoints on the Hugging Face hub use it).
+CLIP_DEFAULT = PreprocessConfig()
+
+
+# --- decoding ---------------------------------------------------------------------------------------
+
+
+def _allow_pil_limit(max_pixels: int | None) -> None:
+    """Make sure Pillow's global bomb check never refuses (or warns about) an image we accept.
+
+    Only ever raises Pillow's limit; our own check in :func:`load_image` is the one that applies.
+    """
+    current = Image.MAX_IMAGE_PIXELS
+    if max_pixels is None:
+        Image.MAX_IMAGE_PIXELS = None
+    elif current is not None and max_pixels > current:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _too_large(name: str, width: int, height: int, max_pixels: int) -> ImageTooLargeError:
+    pixels = width * height
+    return ImageTooLargeError(
+        name,
+        f"image is {width}x{height} = {pixels:,} pixels, over the limit of {max_pixels:,} pixels "
+        f"(a guard against decompression bombs); if the file is genuine, raise it with "
+        f"--max-pixels {pixels}",
+    )
+
+
+def _pil_bomb(name: str, exc: Image.DecompressionBombError, max_pixels: int | None) -> ImageTooLargeError:
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    pixels = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+    needed = f" {found.group(1)}" if found else ""
+    limit = f"{max_pixels:,}" if max_pixels is not None else f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,}"
+    return ImageTooLargeError(
+        name,
+        f"image declares {pixels}, over the limit of {limit} pixels (a guard against decompression "
+        f"bombs); if the file is genuine, raise it with --max-pixels{needed}",
+    )
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
+def _open_regular(name: str) -> IO[bytes]:
+    """Open ``name`` for reading, refusing (without blocking) anything but a non-empty regular file."""
+    flags = os.O_RDONLY
+    for extra in ("O_NONBLOCK", "O_NOCTTY", "O_CLOEXEC"):  # POSIX only; never block on a FIFO
+        flags |= getattr(os, extra, 0)
+    try:
+        fd = os.open(name, flags)
+    except OSError as exc:
+        raise ImageError(name, f"cannot open: {exc.strerror or exc}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(name, f"not a regular file ({_file_kind(st.st_mode)})")
+        if st.st_size == 0:
+            raise ImageError(name, "empty file (0 bytes)")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(0x0112, 1)
+        return int(value)
+    except Exception:  # a corrupt EXIF block must not cost the image
+        return 1
+
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def apply_exif_orientation(image: Image.Image) -> Image.Image:
+    """Rotate/flip ``image`` as its EXIF orientation says (same pixels as ``ImageOps.exif_transpose``)."""
+    method = _TRANSPOSE.get(_exif_orientation(image))
+    return image if method is None else image.transpose(method)
+
+
+def _decode_reason(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not an image Pillow can read (unknown format, or a corrupt header)"
+    if isinstance(exc, MemoryError):
+        return "out of memory while decoding"
+    if "truncated" in text.lower():
+        return f"truncated file ({text})"
+    return f"corrupt or unreadable image ({type(exc).__name__}: {text})"
+
+
+def load_image(
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    draft: bool = False,
+    config: PreprocessConfig | None = None,
+) -> Image.Image:
+    """Decode ``path`` into an 8-bit RGB ``PIL.Image`` (see the module doc for every step).
+
+    ``max_pixels``: refuse images declaring more pixels (``None``: no limit).
+    ``draft``: JPEG only; decode at 1/2, 1/4 or 1/8 scale (see the module doc) and return the image
+    already resized to ``config``'s resize size (default :data:`CLIP_DEFAULT`), so that
+    :func:`preprocess` only crops. Without draft, or when the JPEG is too small to be scaled down,
+    the full-size image is returned and ``config`` is not used.
+    Raises :class:`~indexer.errors.ImageError` (or its subclass
+    :class:`~indexer.errors.ImageTooLargeError`) for anything that is not a decodable image.
+    """
+    name = os.fspath(path)
+    register_optional_plugins()
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone flipped it: truncated files would decode half grey
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+    _allow_pil_limit(max_pixels)
+    with _open_regular(name) as fp:
+        try:
+            return _decode(fp, name, max_pixels, (config or CLIP_DEFAULT) if draft else None)
+        except ImageError:
+            raise
+        except Image.DecompressionBombError as exc:  # Pillow's own check (a frame, or a lower global)
+            raise _pil_bomb(name, exc, max_pixels) from exc
+        except Exception as exc:  # the decoders are fed hostile input: any failure is this image's
+            raise ImageError(name, _decode_reason(exc)) from exc
+
+
+def _decode(
+    fp: IO[bytes], name: str, max_pixels: int | None, draft_config: PreprocessConfig | None
+) -> Image.Image:
+    source = Image.open(fp)
+    width, height = source.size
+    if width <= 0 or height <= 0:
+        raise ImageError(name, f"image has no pixels ({width}x{height})")
+    if max_pixels is not None and width * height > max_pixels:
+        raise _too_large(name, width, height, max_pixels)
+    box: tuple[float, float, float, float] | None = None
+    if draft_config is not None and source.format in _DRAFTABLE:
+        side = math.ceil(DRAFT_OVERSAMPLE * draft_config.shortest_edge)
+        result = source.draft(None, (side, side))
+        if result is not None and source.size != (width, height):
+            box = result[1]
+    source.load()
+    orientation = _exif_orientation(source)
+    image = to_rgb(source, name=name)
+    if box is not None and draft_config is not None:
+        # The DCT-scaled image covers the original exactly over ``box`` (its last row/column may be
+        # partial): resize that region to the size the exact path would resize the original to.
+        target = resize_size(width, height, draft_config.shortest_edge)
+        image = image.resize(target, resample_filter(draft_config.resample), box=box)
+    method = _TRANSPOSE.get(orientation)
+    return image if method is None else image.transpose(method)
+
+
+def _to_uint8(values: npt.NDArray[np.floating], lo: float, hi: float) -> npt.NDArray[np.uint8]:
+    """Map [lo, hi] linearly onto [0, 255], rounding; lo == hi gives 0."""
+    span = hi - lo
+    if span <= 0:
+        return np.zeros(values.shape, dtype=np.uint8)
+    scaled = (values - lo) * (255.0 / span)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _high_depth_to_grey(image: Image.Image) -> Image.Image:
+    """``I;16*``, ``I`` or ``F`` -> ``L`` (or ``LA`` when a transparency value is set); see module doc."""
+    arr = np.asarray(image)
+    mode = image.mode
+    if mode in _SIXTEEN_BIT or (mode == "I" and arr.size and arr.min() >= 0 and arr.max() <= 65535):
+        grey = ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)  # round(v * 255 / 65535)
+    elif mode == "I":
+        grey = _to_uint8(arr.astype(np.float64), float(arr.min()), float(arr.max()))
+    else:  # F
+        values = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+        if lo >= 0.0 and hi <= 1.0:
+            lo, hi = 0.0, 1.0
+        elif lo >= 0.0 and hi <= 255.0:
+            lo, hi = 0.0, 255.0
+        grey = _to_uint8(values, lo, hi)
+    key = image.info.get("transparency")
+    if isinstance(key, int) and mode != "F":
+        alpha = np.where(arr == key, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.stack([grey, alpha], axis=-1), "LA")
+    return Image.fromarray(grey, "L")
+
+
+def to_rgb(image: Image.Image, *, name: str = "<image>") -> Image.Image:
+    """8-bit RGB like transformers' ``convert_to_rgb`` (transparency onto white); see the module doc.
+
+    Returns ``image`` itself when it is already RGB without transparency.
+    """
+    try:
+        if image.mode in _HIGH_DEPTH:
+            image = _high_depth_to_grey(image)
+        if "A" in image.getbands() or image.info.get("transparency") is not None:
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        if image.mode == "RGB":
+            return image
+        return image.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise ImageError(name, f"cannot convert mode {image.mode} to RGB ({exc})") from exc
+
+
+# --- preprocessing ----------------------------------------------------------------------------------
+
+
+def resize_size(width: int, height: int, shortest_edge: int) -> tuple[int, int]:
+    """``(width, height)`` after the shortest-edge resize, rounding exactly like transformers."""
+    if width <= height:
+        return shortest_edge, int(shortest_edge * height / width)
+    return int(shortest_edge * width / height), shortest_edge
+
+
+def crop_box(width: int, height: int, crop_width: int, crop_height: int) -> tuple[int, int, int, int]:
+    """``(left, top, right, bottom)`` of transformers' center crop (may extend past the image)."""
+    left = (width - crop_width) // 2
+    top = (height - crop_height) // 2
+    return left, top, left + crop_width, top + crop_height
+
+
+@functools.lru_cache(maxsize=16)
+def _lut(rescale_factor: float, mean: tuple[float, ...], std: tuple[float, ...]) -> npt.NDArray[np.float32]:
+    """``[3, 256]`` float32: value ``v`` of channel ``c`` -> its normalized pixel value (see module doc)."""
+    rescaled = (np.arange(256, dtype=np.float64) * rescale_factor).astype(np.float32)
+    mean32 = np.asarray(mean, dtype=np.float32)[:, None]
+    std32 = np.asarray(std, dtype=np.float32)[:, None]
+    table = ((rescaled[None, :] - mean32) / std32).astype(np.float32)
+    table.setflags(write=False)
+    return table
+
+
+def preprocess(
+    image: Image.Image,
+    config: PreprocessConfig = CLIP_DEFAULT,
+    *,
+    out: npt.NDArray[np.float32] | None = None,
+) -> npt.NDArray[np.float32]:
+    """``image`` -> ``float32 [3, crop_height, crop_width]``, equal to ``CLIPImageProcessorPil``.
+
+    A non-RGB image goes through :func:`to_rgb` first. ``out``: write into this array (for batches).
+    """
+    if image.mode != "RGB" or "transparency" in image.info:
+        image = to_rgb(image)
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageError("<image>", f"image has no pixels ({width}x{height})")
+    new_size = resize_size(width, height, config.shortest_edge)
+    if new_size != image.size:
+        image = image.resize(new_size, resample_filter(config.resample))
+    cropped = image.crop(crop_box(*new_size, config.crop_width, config.crop_height))
+    pixels = np.asarray(cropped)  # [ch, cw, 3] uint8
+    if out is None:
+        out = np.empty(config.output_shape, dtype=np.float32)
+    elif out.shape != config.output_shape or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 {config.output_shape}, got {out.dtype} {out.shape}")
+    table = _lut(config.rescale_factor, config.image_mean, config.image_std)
+    for channel in range(3):
+        np.take(table[channel], pixels[:, :, channel], out=out[channel])
+    return out
+
+
+def preprocess_batch(
+    images: Sequence[Image.Image], config: PreprocessConfig = CLIP_DEFAULT
+) -> npt.NDArray[np.float32]:
+    """Stack :func:`preprocess` of each image into ``float32 [N, 3, crop_height, crop_width]``."""
+    batch = np.empty((len(images), *config.output_shape), dtype=np.float32)
+    for index, image in enumerate(images):
+        preprocess(image, config, out=batch[index])
+    return batch
+
+
+def load_and_preprocess(
+    path: str | os.PathLike[str],
+    config: PreprocessConfig = CLIP_DEFAULT,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    draft: bool = False,
+    out: npt.NDArray[np.float32] | None = None,
+) -> npt.NDArray[np.float32]:
+    """:func:`load_image` then :func:`preprocess` with the same ``config``."""
+    image = load_image(path, max_pixels=max_pixels, draft=draft, config=config)
+    return preprocess(image, config, out=out)
+
+
+class Preprocessor:
+    """One model's decoding + preprocessing settings, bundled: what ingest and search use.
+
+    ``Preprocessor.from_manifest(manifest, draft=..., max_pixels=...)``, then ``load(path)`` ->
+    RGB image, ``preprocess(image)`` -> ``float32 [3, H, W]``, ``preprocess_batch(images)`` ->
+    ``[N, 3, H, W]``, or ``load_and_preprocess(path)`` for both steps.
+    """
+
+    def __init__(
+        self,
+        config: PreprocessConfig = CLIP_DEFAULT,
+        *,
+        draft: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        resample_filter(config.resample)
+        self.config = config
+        self.draft = draft
+        self.max_pixels = max_pixels
+
+    @classmethod
+    def from_manifest(
+        cls, manifest: ModelManifest, *, draft: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    ) -> Preprocessor:
+        return cls(PreprocessConfig.from_manifest(manifest), draft=draft, max_pixels=max_pixels)
+
+    def load(self, path: str | os.PathLike[str]) -> Image.Image:
+        return load_image(path, max_pixels=self.max_pixels, draft=self.draft, config=self.config)
+
+    def preprocess(
+        self, image: Image.Image, *, out: npt.NDArray[np.float32] | None = None
+    ) -> npt.NDArray[np.float32]:
+        return preprocess(image, self.config, out=out)
+
+    def preprocess_batch(self, images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:
+        return preprocess_batch(images, self.config)
+
+    def load_and_preprocess(
+        self, path: str | os.PathLike[str], *, out: npt.NDArray[np.float32] | None = None
+    ) -> npt.NDArray[np.float32]:
+        return preprocess(self.load(path), self.config, out=out)
+
+    def __repr__(self) -> str:
+        return f"Preprocessor({self.config!r}, draft={self.draft}, max_pixels={self.max_pixels})"

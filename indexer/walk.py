@@ -1,0 +1,219 @@
+"""Find the image files under a folder: fast, deterministic, and hard to trip up.
+
+:func:`iter_image_files` walks a tree with :func:`os.scandir` and yields one :class:`FoundFile` per
+regular file whose extension is an image extension. It never opens a file: the only per-file system
+call is one ``stat`` (following symlinks) for the files it yields, which also gives the size and
+mtime that ingest uses to skip unchanged files. Directories cost one ``stat`` (for loop detection)
+and one ``scandir`` each.
+
+Rules
+-----
+* Order: depth first, entries of each directory sorted by the *bytes* of their names
+  (``os.fsencode(name)``), files and sub-directories interleaved in that order. Two runs over the
+  same tree yield the same sequence, whatever the locale or the file system's own order.
+* Extensions are matched case-insensitively against :func:`supported_extensions` (or the
+  ``extensions`` argument): ``jpg jpeg png webp bmp gif tif tiff`` and ``avif`` (Pillow >= 11.3
+  decodes it natively), plus ``heic heif`` (and ``avif``) when the optional ``pillow_heif`` plugin
+  is installed (``pip install 'clipindex[heif]'``), which is then registered with Pillow.
+* Hidden entries (name starts with ``.``) are skipped, files and folders alike. The root itself is
+  walked even if its own name starts with a dot.
+* Symlinks are followed, to files and to folders. Every folder is walked at most once (tracked by
+  ``(st_dev, st_ino)``), so symlink loops end and a folder linked twice is not indexed twice.
+* Nothing stops the walk: a folder that cannot be listed (permission denied, removed meanwhile), a
+  dangling or looping symlink, or an image-named entry that is not a regular file (FIFO, socket,
+  device such as a link to ``/dev/zero``) is reported to ``on_error(path, reason)`` and skipped.
+  Without ``on_error`` these are skipped silently.
+* Names that are not valid UTF-8 work end to end: paths are ``str`` with the bytes kept by
+  Python's ``surrogateescape`` (``os.fsencode(str(path))`` gives the original bytes back), which
+  ``open``/``os.stat``/:func:`indexer.preprocess.load_image` accept as is.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from indexer.errors import WalkError
+
+#: extensions Pillow decodes without any plugin (lower case, without the dot)
+BASE_EXTENSIONS: frozenset[str] = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"})
+#: extensions that need the optional ``pillow_heif`` plugin (AVIF: or Pillow's native AVIF support)
+HEIF_EXTENSIONS: frozenset[str] = frozenset({"heic", "heif"})
+AVIF_EXTENSIONS: frozenset[str] = frozenset({"avif"})
+
+#: ``on_error(path, reason)``: called for each entry the walk had to skip
+OnError = Callable[[str, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class FoundFile:
+    """One image file found by the walk, with what ``stat`` (following symlinks) said about it."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+@functools.cache
+def register_optional_plugins() -> frozenset[str]:
+    """Register optional Pillow plugins once; return the extra extensions they (and Pillow) add.
+
+    ``pillow_heif`` brings HEIC/HEIF (and AVIF with older Pillow); Pillow >= 11.3 decodes AVIF
+    itself when built with libavif.
+    """
+    extra: set[str] = set()
+    try:
+        from PIL import features
+
+        if features.check("avif"):
+            extra |= AVIF_EXTENSIONS
+    except (ImportError, ValueError):  # older Pillow: no "avif" feature
+        pass
+    try:
+        import pillow_heif
+    except ImportError:
+        return frozenset(extra)
+    pillow_heif.register_heif_opener()
+    extra |= HEIF_EXTENSIONS
+    register_avif = getattr(pillow_heif, "register_avif_opener", None)
+    if register_avif is not None and not extra & AVIF_EXTENSIONS:
+        register_avif()
+        extra |= AVIF_EXTENSIONS
+    return frozenset(extra)
+
+
+def supported_extensions() -> frozenset[str]:
+    """Lower-case extensions (no dot) this installation can decode; registers optional plugins."""
+    return BASE_EXTENSIONS | register_optional_plugins()
+
+
+def has_image_extension(name: str, extensions: frozenset[str]) -> bool:
+    """``name`` ends with ``.<ext>`` for one of ``extensions`` (lower case), case-insensitively."""
+    dot = name.rfind(".")
+    return dot > 0 and name[dot + 1 :].lower() in extensions
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _reason(exc: OSError, entry: os.DirEntry[str] | None = None) -> str:
+    """A short, user-facing reason for an ``OSError`` met while walking."""
+    import errno
+
+    if entry is not None and isinstance(exc, FileNotFoundError):
+        try:
+            if entry.is_symlink():
+                return "dangling symlink (its target does not exist)"
+        except OSError:
+            pass
+        return "vanished during the walk"
+    if exc.errno == errno.ELOOP:
+        return "symlink loop (too many levels of symbolic links)"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return exc.strerror or str(exc)
+
+
+def _sorted_entries(path: str) -> list[os.DirEntry[str]]:
+    """The entries of one folder, sorted by the bytes of their names. Raises ``OSError``."""
+    with os.scandir(path) as it:
+        entries = list(it)
+    entries.sort(key=lambda e: os.fsencode(e.name))
+    return entries
+
+
+def iter_image_files(
+    root: str | os.PathLike[str],
+    *,
+    extensions: frozenset[str] | None = None,
+    on_error: OnError | None = None,
+) -> Iterator[FoundFile]:
+    """Yield every image file under ``root`` (recursively) as a :class:`FoundFile`; see the module doc.
+
+    ``extensions``: lower-case extensions without the dot; default :func:`supported_extensions`.
+    ``on_error(path, reason)``: called for each entry skipped because of an error or because it is
+    not a regular file. Raises :class:`~indexer.errors.WalkError` only when ``root`` itself is not a
+    folder that can be listed.
+    """
+    if extensions is None:
+        exts = supported_extensions()
+    else:
+        exts = frozenset(e.lower().lstrip(".") for e in extensions)
+    root_str = os.fspath(root)
+    try:
+        root_st = os.stat(root_str)
+    except OSError as exc:
+        raise WalkError(f"{root_str}: cannot read the folder to index ({_reason(exc)})") from exc
+    if not stat.S_ISDIR(root_st.st_mode):
+        raise WalkError(f"{root_str}: is not a folder ({_kind(root_st.st_mode)})")
+    try:
+        first = _sorted_entries(root_str)
+    except OSError as exc:
+        raise WalkError(f"{root_str}: cannot list the folder to index ({_reason(exc)})") from exc
+
+    visited: set[tuple[int, int]] = {(root_st.st_dev, root_st.st_ino)}
+    stack: list[Iterator[os.DirEntry[str]]] = [iter(first)]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            continue
+        name = entry.name
+        if name.startswith("."):
+            continue
+        try:
+            # d_type answers for plain entries; symlinks (and DT_UNKNOWN) need a stat.
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
+            try:
+                st = entry.stat()
+            except OSError as exc:
+                if on_error is not None:
+                    on_error(entry.path, f"cannot read folder: {_reason(exc, entry)}")
+                continue
+            if not stat.S_ISDIR(st.st_mode):  # replaced by something else since scandir
+                if has_image_extension(name, exts) and on_error is not None:
+                    on_error(entry.path, f"skipped: {_kind(st.st_mode)}")
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in visited:  # symlink loop, or a folder reachable twice
+                continue
+            visited.add(key)
+            try:
+                children = _sorted_entries(entry.path)
+            except OSError as exc:
+                if on_error is not None:
+                    on_error(entry.path, f"cannot list folder: {_reason(exc)}")
+                continue
+            stack.append(iter(children))
+            continue
+        if not has_image_extension(name, exts):
+            continue
+        try:
+            st = entry.stat()  # follows symlinks
+        except OSError as exc:
+            if on_error is not None:
+                on_error(entry.path, _reason(exc, entry))
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            if on_error is not None:
+                on_error(entry.path, f"skipped: {_kind(st.st_mode)}, not a regular file")
+            continue
+        yield FoundFile(Path(entry.path), st.st_size, st.st_mtime_ns)
