@@ -1,0 +1,70 @@
+"""Vector storage: the embedded Qdrant Edge store (default) or a Qdrant server.
+
+``open_store(data_dir, qdrant_url, collection, api_key)`` picks one; both implement
+:class:`~indexer.store.base.VectorStore`. Importing this package does not import qdrant-client
+(slow); only talking to a server does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from indexer.store.base import CollectionInfo, Hit, Point, VectorStore, ancestor_dirs
+from indexer.store.edge import EdgeStore, cleanup_orphan_temp_segments
+from indexer.store.server import InsecureApiKeyWarning, ServerStore
+
+__all__ = [
+    "CollectionInfo",
+    "EdgeStore",
+    "Hit",
+    "InsecureApiKeyWarning",
+    "Point",
+    "ServerStore",
+    "VectorStore",
+    "ancestor_dirs",
+    "cleanup_orphan_temp_segments",
+    "default_data_dir",
+    "open_store",
+]
+
+
+def default_data_dir() -> Path:
+    """Where the embedded store lives unless told: ``$CLIPINDEX_DATA_DIR``, else
+    ``$XDG_DATA_HOME/clipindex``, else ``~/.local/share/clipindex``."""
+    import os
+
+    explicit = os.environ.get("CLIPINDEX_DATA_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share") / "clipindex"
+
+
+def open_store(
+    data_dir: Path | None,
+    qdrant_url: str | None,
+    collection: str,
+    api_key: str | None = None,
+    *,
+    timeout_s: float = 30.0,
+    shards: int | None = None,
+    replicas: int | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> VectorStore:
+    """The store to use: a Qdrant server when ``qdrant_url`` is given, else the embedded store in
+    ``data_dir`` (or :func:`default_data_dir`). Nothing is opened yet: call
+    :meth:`VectorStore.ensure_collection` (ingest, search) or :meth:`VectorStore.collection_info`
+    (status). ``api_key``, ``timeout_s``, ``shards`` and ``replicas`` only apply to a server.
+    """
+    if qdrant_url:
+        return ServerStore(
+            qdrant_url,
+            collection,
+            api_key,
+            timeout_s=timeout_s,
+            shards=shards,
+            replicas=replicas,
+            on_warning=on_warning,
+        )
+    return EdgeStore(data_dir if data_dir is not None else default_data_dir(), collection)

@@ -1,0 +1,302 @@
+"""The storage interface shared by the embedded (Qdrant Edge) and the server (qdrant-client) stores.
+
+Data model
+----------
+One *collection* holds one point per indexed file:
+
+* ``id``: a UUID string (the caller derives it, e.g. ``uuid5(namespace, path)``);
+* ``vector``: the CLIP embedding, float32 ``[D]``; collections use cosine distance, so the engines
+  keep vectors L2-normalised and :meth:`VectorStore.get_vectors` returns unit-norm vectors;
+* ``payload``: a JSON object. Keys the store relies on:
+
+  - ``"path"`` (str, required for :meth:`VectorStore.search` ``path_prefix``): the file's absolute,
+    ``/``-separated path. Indexed as a keyword.
+  - ``"model"`` (str): the model name; :meth:`VectorStore.upsert` fills it in when missing, so that
+    a collection whose metadata was lost can still be checked against the model in use.
+  - ``"dirs"`` (list[str], *internal*): every ancestor directory of ``path`` (``"/"``, ``"/a"``,
+    ``"/a/photos"`` for ``/a/photos/x.jpg``). Computed by :meth:`VectorStore.upsert`, indexed as a
+    keyword, hidden from :meth:`search` hits and from :meth:`iter_payloads` unless asked for.
+
+Why ``"dirs"`` for ``path_prefix`` (and not ``MatchPrefix``)
+------------------------------------------------------------
+Qdrant's classic keyword index only does exact matches. A folder filter is therefore an exact
+``MatchValue`` on the ``dirs`` array: a point matches when *any* element equals the folder, so
+``/a/photos`` matches ``/a/photos/x.jpg`` and ``/a/photos/2024/y.jpg`` but never
+``/a/photos2/z.jpg`` (a plain string-prefix test would). It works on every Qdrant server version and
+in qdrant-client's local mode, is served by an ordinary keyword index, and costs one short string
+per path component. (Qdrant Edge 0.9 / qdrant-client 1.20 also know ``MatchPrefix`` with a
+``prefix`` keyword index, but older servers do not, and it still needs the trailing-``/`` care.)
+``path_prefix`` may also name a file exactly: the filter is ``dirs == p OR path == p``.
+
+Model metadata
+--------------
+A collection remembers the model name and the vector dimension it was built with
+(:class:`CollectionInfo`). :meth:`VectorStore.ensure_collection` compares them with the model in
+use and raises :class:`~indexer.errors.CollectionMismatchError` *before anything is written*. The
+embedded store keeps them in a sidecar ``collection.json``; the server store in Qdrant's
+collection-level ``metadata`` (Qdrant >= 1.16; local mode keeps it too) with a fall-back on the
+vector size of the collection config and the ``"model"`` payload of a stored point.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from indexer.errors import StoreError
+
+#: payload key holding the ancestor directories of ``path`` (internal, indexed)
+DIRS_KEY = "dirs"
+#: payload key holding the file path (indexed)
+PATH_KEY = "path"
+#: payload key holding the model name (filled in by :meth:`VectorStore.upsert` when missing)
+MODEL_KEY = "model"
+#: payload keys that get a keyword index
+INDEXED_KEYS: tuple[str, ...] = (PATH_KEY, DIRS_KEY)
+#: payload keys the store adds and hides from hits
+INTERNAL_KEYS: tuple[str, ...] = (DIRS_KEY,)
+#: version of the metadata layout written by this code
+META_FORMAT = 1
+#: model name reported for a collection whose model cannot be known (empty, metadata lost)
+UNKNOWN_MODEL = "unknown"
+
+
+@dataclass
+class Point:
+    """One point to store: ``id`` is a UUID string, ``vector`` float32 ``[D]``, ``payload`` JSON."""
+
+    id: str
+    vector: npt.NDArray[np.float32]
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the point id, its cosine similarity and its payload (without ``dirs``)."""
+
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """What a collection was built with."""
+
+    model_name: str
+    vector_dim: int
+    #: True when :meth:`VectorStore.ensure_collection` has just created it
+    created: bool = False
+
+
+def ancestor_dirs(path: str) -> list[str]:
+    """Every ancestor directory of a ``/``-separated path, root first.
+
+    >>> ancestor_dirs("/a/photos/x.jpg")
+    ['/', '/a', '/a/photos']
+    >>> ancestor_dirs("rel/x.jpg")
+    ['rel']
+    """
+    parent = posixpath.dirname(posixpath.normpath(path))
+    out: list[str] = []
+    while parent and parent not in out:
+        out.append(parent)
+        nxt = posixpath.dirname(parent)
+        if nxt == parent:
+            break
+        parent = nxt
+    out.reverse()
+    return out
+
+
+def normalize_prefix(path_prefix: str) -> str:
+    """The folder (or file) a ``path_prefix`` names: ``"/a/photos/"`` -> ``"/a/photos"``.
+
+    Compared with the stored paths as they are: give it in the same form (absolute, ``/``-separated).
+    """
+    if not path_prefix:
+        raise ValueError("path_prefix must not be empty")
+    return posixpath.normpath(path_prefix)
+
+
+def check_id(point_id: str) -> str:
+    """Return the canonical form of a UUID string, or raise ValueError."""
+    try:
+        return str(uuid.UUID(str(point_id)))
+    except ValueError:
+        raise ValueError(f"point id {point_id!r} is not a UUID") from None
+
+
+def as_vector(vector: npt.ArrayLike, dim: int) -> npt.NDArray[np.float32]:
+    """``vector`` as a contiguous float32 ``[dim]`` array, or raise ValueError."""
+    arr = np.ascontiguousarray(vector, dtype=np.float32)
+    if arr.shape != (dim,):
+        raise ValueError(f"vector has shape {arr.shape}, expected ({dim},)")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("vector contains NaN or infinity")
+    return arr
+
+
+def unit(vector: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """L2-normalised float32 copy (a zero vector stays zero)."""
+    arr = np.asarray(vector, dtype=np.float32)
+    norm = float(np.linalg.norm(arr))
+    return arr / norm if norm > 0 else arr.copy()
+
+
+def stored_payload(payload: Mapping[str, Any], model_name: str) -> dict[str, Any]:
+    """The payload as written: ``model`` filled in, ``dirs`` computed from ``path``."""
+    out = dict(payload)
+    out.setdefault(MODEL_KEY, model_name)
+    path = out.get(PATH_KEY)
+    if isinstance(path, str):
+        out[DIRS_KEY] = ancestor_dirs(path)
+    return out
+
+
+def mismatch_message(where: str, found: CollectionInfo, model_name: str, vector_dim: int) -> str:
+    return (
+        f"{where} was built with model {found.model_name!r} ({found.vector_dim}-d vectors), "
+        f"not with {model_name!r} ({vector_dim}-d); use the same model, or another collection "
+        f"(--collection) for this one"
+    )
+
+
+class VectorStore(ABC):
+    """A collection of image vectors in Qdrant (embedded Edge shard or server collection).
+
+    Usage::
+
+        with open_store(data_dir, None, "images", None) as store:
+            store.ensure_collection(512, "clip-vit-b32")   # create, or check the model
+            store.upsert(points)
+            hits = store.search(query_vec, limit=10, path_prefix="/photos/2024")
+
+    Every method except :meth:`describe`, :meth:`close` and :meth:`collection_info` needs
+    :meth:`ensure_collection` (or :meth:`collection_info`) to have opened the collection first.
+    Failures of the engine or of the server are raised as :class:`~indexer.errors.StoreError`
+    (or a subclass); bad arguments (wrong vector shape, non-UUID id) as ``ValueError``.
+    """
+
+    #: name of the collection
+    collection: str
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    @abstractmethod
+    def ensure_collection(self, vector_dim: int, model_name: str, *, create: bool = True) -> CollectionInfo:
+        """Open the collection, creating it (cosine distance, ``vector_dim``) on first use.
+
+        Raises CollectionMismatchError, before writing anything, when the existing collection was
+        built with another model name or dimension; CollectionNotFoundError when it does not exist
+        and ``create`` is False.
+        """
+
+    @abstractmethod
+    def collection_info(self) -> CollectionInfo:
+        """Open the existing collection without knowing the model (status, inspection).
+
+        Raises CollectionNotFoundError when nothing was ingested yet.
+        """
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Make everything written so far durable (fsync for the embedded store)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Flush and release the store. Idempotent."""
+
+    def optimize(self) -> bool:
+        """Build the vector index now (embedded store; a server optimises by itself).
+
+        Returns True when something was optimised. Slow: minutes at 100k points.
+        """
+        return False
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the store lives, for messages: a folder or a server URL, never an API key."""
+
+    @property
+    @abstractmethod
+    def lock_path(self) -> Path:
+        """The lock file an ingest into this store must hold (see :class:`indexer.lock.IngestLock`)."""
+
+    # --- data ---------------------------------------------------------------------------------
+
+    @abstractmethod
+    def upsert(self, points: Sequence[Point]) -> None:
+        """Insert or replace points (same id = same point). Durable against a crash on return."""
+
+    @abstractmethod
+    def count(self, exact: bool = True) -> int:
+        """Number of points: exact, or a fast estimate (may over-count after a crash)."""
+
+    @abstractmethod
+    def iter_payloads(
+        self, fields: Sequence[str] | None = None, page_size: int = 1000
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every ``(id, payload)``, in pages; only ``fields`` when given (else all but ``dirs``)."""
+
+    @abstractmethod
+    def get_vectors(self, ids: Iterable[str]) -> dict[str, npt.NDArray[np.float32]]:
+        """Unit-norm float32 vectors of the points that exist among ``ids``."""
+
+    @abstractmethod
+    def delete(self, ids: Iterable[str]) -> None:
+        """Delete points by id (unknown ids are ignored)."""
+
+    @abstractmethod
+    def search(
+        self,
+        vector: npt.ArrayLike,
+        limit: int = 10,
+        score_threshold: float | None = None,
+        path_prefix: str | None = None,
+    ) -> list[Hit]:
+        """The ``limit`` nearest points by cosine similarity, best first.
+
+        ``score_threshold`` drops hits scoring below it; ``path_prefix`` keeps files under that
+        folder (or that exact file): ``/a/photos`` never matches ``/a/photos2/...``.
+        """
+
+    # --- status -------------------------------------------------------------------------------
+
+    @abstractmethod
+    def save_summary(self, summary: Mapping[str, Any]) -> None:
+        """Remember a small JSON object (the last ingest's summary) with the collection."""
+
+    @abstractmethod
+    def load_summary(self) -> dict[str, Any] | None:
+        """The last object given to :meth:`save_summary`, or None."""
+
+    # --- context manager ----------------------------------------------------------------------
+
+    def __enter__(self) -> VectorStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()}>"
+
+
+def require_open(opened: bool, store: VectorStore) -> None:
+    if not opened:
+        raise StoreError(f"{store.describe()}: the collection is not open (call ensure_collection first)")

@@ -1,0 +1,522 @@
+"""The embedded store: one Qdrant Edge shard per collection (``qdrant-edge-py`` 0.9, module
+``qdrant_edge``), in-process, no server.
+
+What we use of the qdrant_edge API (learned from its ``.pyi`` stubs, qdrant.tech/documentation/edge
+and experiments with 0.9.0)
+---------------------------------------------------------------------------------------------------
+* Create / open: ``EdgeShard.create(path, EdgeConfig(vectors=EdgeVectorParams(size=D,
+  distance=Distance.Cosine)))`` makes ``path/{edge_config.json, segments/, wal/}`` and fails if
+  ``segments/`` already holds a segment; ``EdgeShard.load(path, config=None)`` reopens it (config is
+  read back from ``edge_config.json``; a given config is checked against the segments). Only one
+  ``EdgeShard`` may have a directory open: ``load`` takes ``flock(LOCK_EX|LOCK_NB)`` on the ``wal``
+  directory and a second opener (any process) fails with ``... Can't init WAL: Kind(WouldBlock)``.
+  Every engine error is a bare ``Exception`` with a message; ids come back as ``uuid.UUID``.
+* Write: ``shard.update(UpdateOperation.upsert_points([Point(id, vector_list, payload)]))``, same
+  for ``delete_points(ids)`` and ``create_field_index(key, PayloadSchemaType.Keyword |
+  KeywordIndexParams(...))``. Cosine vectors are stored L2-normalised.
+* Count: ``shard.count(CountRequest(exact=True))`` is exact (deduplicates ids across segments,
+  ~15 ms at 100k points); ``shard.info().points_count`` is instant but sums segments, so it
+  over-counts while an optimisation's old and new segments coexist (e.g. 200k for 100k points after
+  a crash between ``optimize()`` and ``flush()``). ``info()`` also gives ``segments_count``,
+  ``indexed_vectors_count`` and ``payload_schema`` (key -> PayloadIndexInfo).
+* Read: ``shard.scroll(ScrollRequest(offset, limit, with_payload=PayloadSelector.Include([...]),
+  with_vector=False))`` returns ``(records, next_offset)`` (None at the end);
+  ``shard.retrieve(ids, with_payload, with_vector)`` returns the existing ones;
+  ``shard.query(QueryRequest(limit, query=Query.Nearest(vec), filter=Filter(must=/should=[
+  FieldCondition(key, match=MatchValue(v))]), score_threshold, with_payload=PayloadSelector.Exclude(
+  [...])))`` returns ``ScoredPoint(id, score, payload)`` best first. A ``MatchValue`` on an array
+  payload matches when any element equals it. (``MatchPrefix`` with ``KeywordIndexParams(prefix=
+  True)`` exists too; see :mod:`indexer.store.base` for why we filter on ``dirs`` instead.)
+* Durability: with the WAL on (the default, fixed at creation) an ``update`` is appended to the
+  memory-mapped WAL before it returns, so it survives the process being SIGKILLed without
+  ``flush``/``close``: ``load`` replays the WAL. Replay is what makes a reopen slow: 100k unflushed
+  512-d points take ~6 s to come back, against ~0.4 s to reopen after a flush, so an ingest should
+  flush every few thousand points. ``flush()`` fsyncs WAL and segments (also what protects against
+  a power cut; ~1 s at 100k points) and lets the WAL drop what the segments now hold; ``close()``
+  flushes and releases the directory (a closed shard raises "Shard is not initialized").
+* Optimisation is never automatic: until ``optimize()`` runs, points sit in one appendable segment
+  searched by brute force (~30 ms at 100k x 512). ``optimize()`` builds HNSW segments under
+  ``path/temp_segments/segment_builder_*`` and swaps them in (~2 min at 100k x 512 on 2 cores); the
+  old segment is deleted at the next flush. A process killed mid-optimisation leaves its builder
+  folder behind (hundreds of MB) and ``load`` does not remove it:
+  :func:`cleanup_orphan_temp_segments` does, when no process has the shard open.
+* The calls hold the GIL while they run (a Python thread does not run during ``optimize()``).
+
+Layout of ``data_dir/<collection>/``
+------------------------------------
+``collection.json`` (model name and dimension, see :mod:`indexer.store.base`), ``shard/`` (the Edge
+shard), ``last_ingest.json`` (:meth:`EdgeStore.save_summary`), ``ingest.lock``
+(:class:`indexer.lock.IngestLock`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import qdrant_edge as qe
+
+from indexer.errors import (
+    CollectionMismatchError,
+    CollectionNotFoundError,
+    StoreBusyError,
+    StoreError,
+)
+from indexer.store.base import (
+    DIRS_KEY,
+    INDEXED_KEYS,
+    INTERNAL_KEYS,
+    META_FORMAT,
+    MODEL_KEY,
+    PATH_KEY,
+    UNKNOWN_MODEL,
+    CollectionInfo,
+    Hit,
+    Point,
+    VectorStore,
+    as_vector,
+    check_id,
+    mismatch_message,
+    normalize_prefix,
+    require_open,
+    stored_payload,
+    unit,
+)
+
+if TYPE_CHECKING:
+    from qdrant_edge import ConditionType
+
+__all__ = ["EdgeStore", "cleanup_orphan_temp_segments"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+META_FILE = "collection.json"
+SUMMARY_FILE = "last_ingest.json"
+LOCK_FILE = "ingest.lock"
+SHARD_DIR = "shard"
+TEMP_SEGMENTS = "temp_segments"
+_RETRIEVE_CHUNK = 1000
+_COLLECTION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def cleanup_orphan_temp_segments(shard_dir: Path) -> list[Path]:
+    """Remove what an interrupted ``optimize()`` left under ``shard_dir/temp_segments``.
+
+    Only when no process has the shard open: we take the same ``flock`` the engine takes on
+    ``shard_dir/wal`` (non-blocking) and leave everything alone when it is held, since a live
+    optimiser may be writing there. Returns the removed paths (logged at INFO).
+    """
+    temp = shard_dir / TEMP_SEGMENTS
+    wal = shard_dir / "wal"
+    try:
+        entries = sorted(temp.iterdir())
+    except OSError:
+        return []
+    if not entries or not wal.is_dir():
+        return []
+    try:
+        fd = os.open(wal, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return []
+    removed: list[Path] = []
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log.debug("%s is open elsewhere; leaving %s alone", shard_dir, temp)
+            return []
+        for entry in entries:
+            size = _tree_size(entry)
+            try:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            except OSError as e:
+                raise StoreError(
+                    f"cannot remove the leftover of an interrupted optimisation {entry}: {e}"
+                ) from e
+            log.info("removed %s (%.0f MB) left by an interrupted optimisation", entry, size / 1e6)
+            removed.append(entry)
+    finally:
+        os.close(fd)  # releases the flock
+    return removed
+
+
+def _tree_size(path: Path) -> int:
+    if not path.is_dir():
+        return path.stat().st_size if path.exists() else 0
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(os.path.join(root, name))
+    return total
+
+
+def _atomic_write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write JSON so that a crash leaves either the old or the new file, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StoreError(f"cannot read {path}: {e.strerror or e}") from e
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise StoreError(f"{path} is not valid JSON ({e}); fix or delete it") from e
+    if not isinstance(data, dict):
+        raise StoreError(f"{path} does not hold a JSON object; fix or delete it")
+    return data
+
+
+class EdgeStore(VectorStore):
+    """The embedded default: ``data_dir/<collection>/shard`` is a Qdrant Edge shard.
+
+    Nothing touches the disk until :meth:`ensure_collection` or :meth:`collection_info`. One
+    process at a time may have a collection open (the engine's own lock); a second gets
+    :class:`~indexer.errors.StoreBusyError`.
+    """
+
+    def __init__(self, data_dir: Path, collection: str = "images") -> None:
+        if not _COLLECTION_RE.match(collection):
+            raise StoreError(f"invalid collection name {collection!r}: use letters, digits, '_', '-' and '.'")
+        self.data_dir = Path(data_dir).expanduser()
+        self.collection = collection
+        self.root = self.data_dir / collection
+        self.shard_dir = self.root / SHARD_DIR
+        self._shard: qe.EdgeShard | None = None
+        self._info: CollectionInfo | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        return f"embedded store {self.root}"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / LOCK_FILE
+
+    def ensure_collection(self, vector_dim: int, model_name: str, *, create: bool = True) -> CollectionInfo:
+        if vector_dim <= 0:
+            raise ValueError(f"vector_dim must be positive, not {vector_dim}")
+        if not model_name:
+            raise ValueError("model_name must not be empty")
+        if self._shard is not None and self._info is not None:
+            if self._info.model_name == UNKNOWN_MODEL and self._info.vector_dim == vector_dim:
+                self._info = CollectionInfo(model_name=model_name, vector_dim=vector_dim)
+                self._write_meta(self._info)  # opened by collection_info() with nothing to tell
+            self._check(self._info, vector_dim, model_name)
+            return self._info
+
+        meta = self._read_meta()
+        if self._shard_exists():
+            if meta is not None:
+                self._check(meta, vector_dim, model_name)  # before the shard is even opened
+            shard = self._open_shard()
+            try:
+                info = meta or self._derive_info(shard, fallback_model=model_name)
+                self._check(info, vector_dim, model_name)
+                if meta is None:
+                    self._write_meta(info)
+                self._ensure_indexes(shard)
+            except BaseException:
+                self._close_shard(shard)
+                raise
+            self._shard, self._info = shard, info
+            return info
+
+        if not create:
+            raise self._not_found()
+        info = CollectionInfo(model_name=model_name, vector_dim=vector_dim, created=True)
+        self._write_meta(info)
+        config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=vector_dim, distance=qe.Distance.Cosine))
+        shard = self._engine("create the shard", lambda: qe.EdgeShard.create(str(self.shard_dir), config))
+        try:
+            self._ensure_indexes(shard)
+        except BaseException:
+            self._close_shard(shard)
+            raise
+        self._shard, self._info = shard, info
+        log.info("created %s for %s (%d-d)", self.describe(), model_name, vector_dim)
+        return info
+
+    def collection_info(self) -> CollectionInfo:
+        if self._info is not None:
+            return self._info
+        if not self._shard_exists():
+            raise self._not_found()
+        meta = self._read_meta()
+        shard = self._open_shard()
+        try:
+            info = meta or self._derive_info(shard, fallback_model=None)
+        except BaseException:
+            self._close_shard(shard)
+            raise
+        self._shard, self._info = shard, info
+        return info
+
+    def flush(self) -> None:
+        shard = self._need()
+        self._engine("flush", shard.flush)
+
+    def close(self) -> None:
+        shard, self._shard = self._shard, None
+        self._info = None
+        if shard is not None:
+            try:
+                self._engine("flush", shard.flush)
+            finally:
+                self._close_shard(shard)
+
+    def optimize(self) -> bool:
+        shard = self._need()
+        changed = self._engine("optimize", shard.optimize)
+        # the replaced segments are only deleted by a flush: do it now, not at some later crash
+        self._engine("flush", shard.flush)
+        return bool(changed)
+
+    # --- data ---------------------------------------------------------------------------------
+
+    def upsert(self, points: Sequence[Point]) -> None:
+        shard = self._need()
+        assert self._info is not None
+        if not points:
+            return
+        dim, model = self._info.vector_dim, self._info.model_name
+        batch = [
+            qe.Point(check_id(p.id), as_vector(p.vector, dim).tolist(), stored_payload(p.payload, model))
+            for p in points
+        ]
+        op = qe.UpdateOperation.upsert_points(batch)
+        self._engine("upsert", lambda: shard.update(op))
+
+    def count(self, exact: bool = True) -> int:
+        shard = self._need()
+        if exact:
+            return int(self._engine("count", lambda: shard.count(qe.CountRequest(exact=True))))
+        return int(self._engine("info", shard.info).points_count)
+
+    def iter_payloads(
+        self, fields: Sequence[str] | None = None, page_size: int = 1000
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        shard = self._need()
+        selector: bool | qe.PayloadSelector
+        if fields is None:
+            selector = qe.PayloadSelector.Exclude(list(INTERNAL_KEYS))
+        elif fields:
+            selector = qe.PayloadSelector.Include(list(fields))
+        else:
+            selector = False
+        offset: Any = None
+        while True:
+            request = qe.ScrollRequest(
+                offset=offset, limit=page_size, with_payload=selector, with_vector=False
+            )
+            records, offset = self._engine("scroll", partial(shard.scroll, request))
+            for rec in records:
+                yield str(rec.id), dict(rec.payload or {})
+            if offset is None:
+                return
+
+    def get_vectors(self, ids: Iterable[str]) -> dict[str, npt.NDArray[np.float32]]:
+        shard = self._need()
+        wanted = [check_id(i) for i in ids]
+        out: dict[str, npt.NDArray[np.float32]] = {}
+        for start in range(0, len(wanted), _RETRIEVE_CHUNK):
+            chunk: list[Any] = wanted[start : start + _RETRIEVE_CHUNK]
+            records = self._engine(
+                "retrieve", partial(shard.retrieve, chunk, with_payload=False, with_vector=True)
+            )
+            for rec in records:
+                vec: Any = rec.vector
+                if isinstance(vec, dict):
+                    vec = vec.get("")
+                if vec is not None:
+                    out[str(rec.id)] = unit(vec)
+        return out
+
+    def delete(self, ids: Iterable[str]) -> None:
+        shard = self._need()
+        wanted: list[Any] = [check_id(i) for i in ids]
+        if wanted:
+            op = qe.UpdateOperation.delete_points(wanted)
+            self._engine("delete", lambda: shard.update(op))
+
+    def search(
+        self,
+        vector: npt.ArrayLike,
+        limit: int = 10,
+        score_threshold: float | None = None,
+        path_prefix: str | None = None,
+    ) -> list[Hit]:
+        shard = self._need()
+        assert self._info is not None
+        query = as_vector(vector, self._info.vector_dim)
+        if limit <= 0:
+            return []
+        flt: qe.Filter | None = None
+        if path_prefix is not None:
+            p = normalize_prefix(path_prefix)
+            should: list[ConditionType] = [
+                qe.FieldCondition(DIRS_KEY, match=qe.MatchValue(p)),
+                qe.FieldCondition(PATH_KEY, match=qe.MatchValue(p)),
+            ]
+            flt = qe.Filter(should=should)
+        request = qe.QueryRequest(
+            limit=limit,
+            query=qe.Query.Nearest(query.tolist()),
+            filter=flt,
+            score_threshold=score_threshold,
+            with_payload=qe.PayloadSelector.Exclude(list(INTERNAL_KEYS)),
+            with_vector=False,
+        )
+        scored = self._engine("search", lambda: shard.query(request))
+        return [Hit(id=str(s.id), score=float(s.score), payload=dict(s.payload or {})) for s in scored]
+
+    # --- status -------------------------------------------------------------------------------
+
+    def save_summary(self, summary: Mapping[str, Any]) -> None:
+        try:
+            _atomic_write_json(self.root / SUMMARY_FILE, summary)
+        except OSError as e:
+            raise StoreError(f"cannot write {self.root / SUMMARY_FILE}: {e.strerror or e}") from e
+
+    def load_summary(self) -> dict[str, Any] | None:
+        return _read_json(self.root / SUMMARY_FILE)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _need(self) -> qe.EdgeShard:
+        require_open(self._shard is not None, self)
+        assert self._shard is not None
+        return self._shard
+
+    def _shard_exists(self) -> bool:
+        return (self.shard_dir / "edge_config.json").is_file()
+
+    def _not_found(self) -> CollectionNotFoundError:
+        return CollectionNotFoundError(
+            f"no collection {self.collection!r} in {self.data_dir} yet (nothing was ingested there); "
+            f"run an ingest first or check --data-dir/--collection"
+        )
+
+    def _check(self, found: CollectionInfo, vector_dim: int, model_name: str) -> None:
+        if found.vector_dim != vector_dim or found.model_name != model_name:
+            where = f"collection {self.collection!r} in {self.data_dir}"
+            raise CollectionMismatchError(mismatch_message(where, found, model_name, vector_dim))
+
+    def _read_meta(self) -> CollectionInfo | None:
+        path = self.root / META_FILE
+        data = _read_json(path)
+        if data is None:
+            return None
+        try:
+            return CollectionInfo(model_name=str(data["model"]), vector_dim=int(data["vector_dim"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreError(f"{path} lacks a valid 'model'/'vector_dim'; fix or delete it") from e
+
+    def _write_meta(self, info: CollectionInfo) -> None:
+        from indexer import __version__
+
+        meta = {
+            "format": META_FORMAT,
+            "model": info.model_name,
+            "vector_dim": info.vector_dim,
+            "distance": "cosine",
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "clipindex_version": __version__,
+        }
+        try:
+            _atomic_write_json(self.root / META_FILE, meta)
+        except OSError as e:
+            raise StoreError(f"cannot write {self.root / META_FILE}: {e.strerror or e}") from e
+
+    def _derive_info(self, shard: qe.EdgeShard, fallback_model: str | None) -> CollectionInfo:
+        """Model and dimension of a shard whose ``collection.json`` is missing."""
+        config = _read_json(self.shard_dir / "edge_config.json") or {}
+        try:
+            dim = int(config["vectors"][""]["size"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreError(
+                f"{self.shard_dir} has no single unnamed vector: it was not made by clipindex"
+            ) from e
+        records, _ = self._engine(
+            "scroll",
+            lambda: shard.scroll(
+                qe.ScrollRequest(limit=1, with_payload=qe.PayloadSelector.Include([MODEL_KEY]))
+            ),
+        )
+        model = None
+        if records and records[0].payload:
+            model = records[0].payload.get(MODEL_KEY)
+        if not isinstance(model, str) or not model:
+            model = fallback_model or UNKNOWN_MODEL
+        return CollectionInfo(model_name=model, vector_dim=dim)
+
+    def _open_shard(self) -> qe.EdgeShard:
+        cleanup_orphan_temp_segments(self.shard_dir)
+        return self._engine("open", lambda: qe.EdgeShard.load(str(self.shard_dir)))
+
+    def _ensure_indexes(self, shard: qe.EdgeShard) -> None:
+        present = set(self._engine("info", shard.info).payload_schema)
+        for key in INDEXED_KEYS:
+            if key not in present:
+                op = qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword)
+                self._engine("create a payload index", partial(shard.update, op))
+
+    def _close_shard(self, shard: qe.EdgeShard) -> None:
+        try:
+            shard.close()
+        except Exception as e:
+            log.warning("closing %s failed: %s", self.shard_dir, e)
+
+    def _engine(self, what: str, fn: Callable[[], T]) -> T:
+        """Run an engine call; its bare ``Exception`` becomes a StoreError naming the shard."""
+        try:
+            return fn()
+        except Exception as e:
+            msg = str(e)
+            if "WouldBlock" in msg:
+                raise StoreBusyError(
+                    f"{self.root} is in use by another process (an ingest or a search); "
+                    f"try again when it has finished"
+                ) from None
+            raise StoreError(f"Qdrant Edge: {what} failed on {self.shard_dir}: {msg}") from e

@@ -1,0 +1,125 @@
+"""IngestLock: exclusive across processes, refused at once, and gone when its holder is SIGKILLed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from indexer.errors import LockHeldError
+from indexer.lock import IngestLock, default_state_dir, server_lock_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+HOLDER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from indexer.lock import IngestLock
+
+    lock = IngestLock(Path(sys.argv[1]), store="the-test-store")
+    lock.acquire()
+    print("locked", flush=True)
+    sys.stdin.read()  # hold until told (or killed)
+    lock.release()
+    print("released", flush=True)
+    """
+)
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """A child process holding the lock on tmp_path/ingest.lock."""
+    path = tmp_path / "ingest.lock"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "locked"
+    yield proc, path
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+
+
+def test_second_process_is_refused_at_once(holder: tuple[subprocess.Popen[str], Path]) -> None:
+    proc, path = holder
+    t0 = time.monotonic()
+    with pytest.raises(LockHeldError) as exc:
+        IngestLock(path, store="the-test-store").acquire()
+    assert time.monotonic() - t0 < 1.0  # non-blocking
+    msg = str(exc.value)
+    assert msg.startswith("another ingest is running on the-test-store")
+    assert f"pid {proc.pid} " in msg and "since" in msg and str(path) in msg
+    assert exc.value.exit_code == 75
+    info = json.loads(path.read_text())
+    assert info["pid"] == proc.pid  # the holder's record was not clobbered by the refused attempt
+
+
+def test_lock_is_released_when_the_holder_is_sigkilled(holder: tuple[subprocess.Popen[str], Path]) -> None:
+    proc, path = holder
+    with pytest.raises(LockHeldError):
+        IngestLock(path).acquire()
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=10) == -signal.SIGKILL
+    with IngestLock(path, store="s") as lock:  # no stale lock, no cleanup needed
+        assert lock.held
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert not lock.held
+
+
+def test_release_by_the_holder_frees_it(holder: tuple[subprocess.Popen[str], Path]) -> None:
+    proc, path = holder
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.close()  # the child releases and exits
+    assert proc.stdout.readline().strip() == "released"
+    assert proc.wait(timeout=10) == 0
+    assert path.read_text() == ""  # holder record cleared, file kept
+    IngestLock(path).acquire()
+
+
+def test_same_process_second_lock_refused_and_reacquire(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "ingest.lock"  # parent folders are created
+    first = IngestLock(path, store="s")
+    first.acquire()
+    with pytest.raises(LockHeldError, match=f"pid {os.getpid()} "):
+        IngestLock(path, store="s").acquire()
+    with pytest.raises(RuntimeError):
+        first.acquire()
+    first.release()
+    first.release()  # idempotent
+    with IngestLock(path):
+        pass
+    with IngestLock(path):
+        pass
+    assert path.exists()
+
+
+def test_server_lock_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIPINDEX_STATE_DIR", str(tmp_path / "state"))
+    assert default_state_dir() == tmp_path / "state"
+    a = server_lock_path("http://Qdrant.local:6333/", "images")
+    assert a.parent == tmp_path / "state" / "locks" and a.name.startswith("images-")
+    assert a == server_lock_path("http://qdrant.local:6333", "images")
+    assert a == server_lock_path("http://key:secret@qdrant.local:6333", "images")
+    assert "secret" not in str(a)
+    assert a != server_lock_path("http://qdrant.local:6334", "images")
+    assert a != server_lock_path("http://qdrant.local:6333", "images2")
+    assert server_lock_path("http://q", "../x").parent == a.parent  # no path escape
+    monkeypatch.delenv("CLIPINDEX_STATE_DIR")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert default_state_dir() == tmp_path / "xdg" / "clipindex"
