@@ -29,7 +29,14 @@ from typing import Any
 import indexer
 from convert.export import OPSET, export_towers, text_pooling_rule
 from indexer.errors import ConvertError, MissingExtraError
-from indexer.manifest import FORMAT_VERSION, MANIFEST_NAME, TEXT_FILE, TOKENIZER_FILE, VISION_FILE, quantized_name
+from indexer.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    TEXT_FILE,
+    TOKENIZER_FILE,
+    VISION_FILE,
+    quantized_name,
+)
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 QUANTIZATIONS = ("int8",)
@@ -240,10 +247,17 @@ def convert_model(
         quantization: dict[str, Any] | None = None
         if quantize == "int8":
             say(f"[5/{total}] quantizing to int8 (ONNX Runtime dynamic, per-channel) and measuring cosine vs fp32")
-            quantization = {"method": "onnxruntime.quantize_dynamic", "weight_type": "QInt8", "per_channel": True}
+            quantization = {
+                "method": "onnxruntime.quantize_dynamic",
+                "weight_type": "QInt8",
+                "per_channel": True,
+            }
             pixel_values = processor(images=verify.probe_images(), return_tensors="np")["pixel_values"]
             token_ids = tokenizer(
-                list(verify.PROBE_TEXTS), truncation=True, max_length=context_length, padding="max_length",
+                list(verify.PROBE_TEXTS),
+                truncation=True,
+                max_length=context_length,
+                padding="max_length",
                 return_tensors="np",
             )["input_ids"]
             for fp32_file, inputs in (
@@ -254,7 +268,7 @@ def convert_model(
                 quantize_int8(staging / fp32_file, staging / int8_file)
                 quantization[int8_file] = verify.int8_agreement(staging, fp32_file, int8_file, inputs)
         say(f"[{total}/{total}] writing manifest.json and moving the model into {output}")
-        files = {
+        files: dict[str, dict[str, Any]] = {
             child.name: {"sha256": sha256_file(child), "bytes": child.stat().st_size}
             for child in sorted(staging.iterdir())
             if child.is_file()

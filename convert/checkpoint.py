@@ -42,7 +42,12 @@ OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "vit-b-32": {
         "projection_dim": 512,
-        "text": {"hidden_size": 512, "intermediate_size": 2048, "num_attention_heads": 8, "num_hidden_layers": 12},
+        "text": {
+            "hidden_size": 512,
+            "intermediate_size": 2048,
+            "num_attention_heads": 8,
+            "num_hidden_layers": 12,
+        },
         "vision": {
             "hidden_size": 768,
             "intermediate_size": 3072,
@@ -53,7 +58,12 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     },
     "tiny": {
         "projection_dim": 512,
-        "text": {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_hidden_layers": 2},
+        "text": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 2,
+        },
         "vision": {
             "hidden_size": 64,
             "intermediate_size": 128,
@@ -89,9 +99,7 @@ def find_bpe_vocab(download: bool = True) -> Path:
     if cached.is_file():
         return cached
     if not download:
-        raise ConvertError(
-            f"{BPE_VOCAB_NAME} not found: `pip install open_clip_torch` or set CLIPINDEX_BPE_VOCAB"
-        )
+        raise ConvertError(f"{BPE_VOCAB_NAME} not found: `pip install open_clip_torch` or set CLIPINDEX_BPE_VOCAB")
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, "open_clip_torch"]
@@ -142,7 +150,7 @@ def write_tokenizer_files(out_dir: Path, bpe_path: Path | None = None) -> None:
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     merge_pairs = [(left, right) for left, right in (m.split(" ") for m in merges)]
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merge_pairs, model_max_length=77)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merge_pairs, model_max_length=77)  # type: ignore[arg-type]
     tokenizer.save_pretrained(str(out_dir))
     # The hub's tokenizer_config.json, whose fields transformers still honours.
     config_path = out_dir / "tokenizer_config.json"
@@ -159,15 +167,35 @@ def write_tokenizer_files(out_dir: Path, bpe_path: Path | None = None) -> None:
     )
     config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
     special = {
-        "bos_token": {"content": "<|startoftext|>", "single_word": False, "lstrip": False, "rstrip": False, "normalized": True},
-        "eos_token": {"content": "<|endoftext|>", "single_word": False, "lstrip": False, "rstrip": False, "normalized": True},
-        "unk_token": {"content": "<|endoftext|>", "single_word": False, "lstrip": False, "rstrip": False, "normalized": True},
+        "bos_token": {
+            "content": "<|startoftext|>",
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": True,
+        },
+        "eos_token": {
+            "content": "<|endoftext|>",
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": True,
+        },
+        "unk_token": {
+            "content": "<|endoftext|>",
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": True,
+        },
         "pad_token": "<|endoftext|>",
     }
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2), encoding="utf-8")
 
 
-def write_random_checkpoint(out_dir: str | Path, arch: str = "tiny", seed: int = 0, bpe_path: Path | None = None) -> Path:
+def write_random_checkpoint(
+    out_dir: str | Path, arch: str = "tiny", seed: int = 0, bpe_path: Path | None = None
+) -> Path:
     """Save a random-weight CLIP checkpoint in the hub layout and return its folder."""
     import torch
     from transformers import CLIPConfig, CLIPModel

@@ -39,7 +39,7 @@ def _tower_modules(model: Any) -> tuple[Any, Any]:
 
         def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
             pooled = self.vision_model(pixel_values=pixel_values).pooler_output
-            return self.visual_projection(pooled)  # type: ignore[no-any-return]
+            return self.visual_projection(pooled)
 
     class TextTower(torch.nn.Module):
         def __init__(self, clip: Any) -> None:
@@ -49,7 +49,7 @@ def _tower_modules(model: Any) -> tuple[Any, Any]:
 
         def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
             pooled = self.text_model(input_ids=input_ids).pooler_output
-            return self.text_projection(pooled)  # type: ignore[no-any-return]
+            return self.text_projection(pooled)
 
     return VisionTower(model).eval(), TextTower(model).eval()
 

@@ -149,13 +149,19 @@ def verify_towers(
         figures["vision_batch_n"] = {**compare(ref_images, onnx_bn), "batch_size": len(pixel_values)}
 
         padded = hf_tokenizer(
-            list(PROBE_TEXTS), truncation=True, max_length=context_length, padding="max_length", return_tensors="np"
+            list(PROBE_TEXTS),
+            truncation=True,
+            max_length=context_length,
+            padding="max_length",
+            return_tensors="np",
         )["input_ids"].astype(np.int64)
         ref_text = _features(model.get_text_features(input_ids=torch.from_numpy(padded)))
         onnx_padded = text.run(None, {"input_ids": padded})[0]
         unpadded_rows = []
         for sentence in PROBE_TEXTS:
-            ids = np.asarray([hf_tokenizer(sentence, truncation=True, max_length=context_length)["input_ids"]], np.int64)
+            ids = np.asarray(
+                [hf_tokenizer(sentence, truncation=True, max_length=context_length)["input_ids"]], np.int64
+            )
             unpadded_rows.append(text.run(None, {"input_ids": ids})[0][0])
         onnx_unpadded = np.stack(unpadded_rows)
         figures["text_batch_1_unpadded"] = compare(ref_text, onnx_unpadded)

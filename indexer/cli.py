@@ -121,14 +121,14 @@ def convert(source: str, output: Path | None, quantize: str | None, force: bool)
     for key in ("vision_batch_1", "vision_batch_n", "text_batch_1_unpadded", "text_batch_n_padded"):
         fig = parity[key]
         batch = f" (batch {fig['batch_size']})" if "batch_size" in fig else ""
-        click.echo(
-            f"  parity {key:<22} cosine >= {fig['min_cosine']:.8f}  max|diff| {fig['max_abs_diff']:.1e}{batch}"
-        )
+        click.echo(f"  parity {key:<22} cosine >= {fig['min_cosine']:.8f}  max|diff| {fig['max_abs_diff']:.1e}{batch}")
     quantization = manifest.get("quantization") or {}
     for name in ("vision.int8.onnx", "text.int8.onnx"):
         if name in quantization:
             fig = quantization[name]
-            click.echo(f"  int8   {name:<22} cosine vs fp32: min {fig['min_cosine']:.5f}  mean {fig['mean_cosine']:.5f}")
+            click.echo(
+                f"  int8   {name:<22} cosine vs fp32: min {fig['min_cosine']:.5f}  mean {fig['mean_cosine']:.5f}"
+            )
 
 
 def main() -> None:

@@ -68,9 +68,7 @@ class ModelManifest:
         return self.model_dir / name
 
     def has_int8(self) -> bool:
-        return all(
-            (self.model_dir / quantized_name(f)).is_file() for f in (VISION_FILE, TEXT_FILE)
-        )
+        return all((self.model_dir / quantized_name(f)).is_file() for f in (VISION_FILE, TEXT_FILE))
 
     @classmethod
     def load(cls, model_dir: str | Path) -> ModelManifest:
@@ -113,8 +111,7 @@ class ModelManifest:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelNotFoundError(
-                f"{manifest_path}: manifest is missing or has a bad field ({exc!r}); "
-                "re-run `clipindex convert --force`"
+                f"{manifest_path}: manifest is missing or has a bad field ({exc!r}); re-run `clipindex convert --force`"
             ) from exc
         for name in (VISION_FILE, TEXT_FILE, TOKENIZER_FILE):
             if not (model_dir / name).is_file():

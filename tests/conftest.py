@@ -42,7 +42,11 @@ def torch_clip(tiny_checkpoint: Path):  # type: ignore[no-untyped-def]
         from transformers import CLIPImageProcessor as Processor
 
     model = CLIPModel.from_pretrained(str(tiny_checkpoint)).eval()
-    return model, CLIPTokenizer.from_pretrained(str(tiny_checkpoint)), Processor.from_pretrained(str(tiny_checkpoint))
+    return (
+        model,
+        CLIPTokenizer.from_pretrained(str(tiny_checkpoint)),
+        Processor.from_pretrained(str(tiny_checkpoint)),
+    )
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,14 @@ from indexer.cli import cli
 from indexer.errors import ParityError
 from indexer.manifest import ModelManifest
 
-EXPECTED_FILES = {"vision.onnx", "text.onnx", "tokenizer.json", "manifest.json", "vision.int8.onnx", "text.int8.onnx"}
+EXPECTED_FILES = {
+    "vision.onnx",
+    "text.onnx",
+    "tokenizer.json",
+    "manifest.json",
+    "vision.int8.onnx",
+    "text.int8.onnx",
+}
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -32,7 +39,9 @@ def _session(path: Path) -> ort.InferenceSession:
 
 def test_cli_convert_writes_a_verified_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "model"
-    result = CliRunner().invoke(cli, ["convert", "--model", str(tiny_checkpoint), "--output", str(out), "--quantize", "int8"])
+    result = CliRunner().invoke(
+        cli, ["convert", "--model", str(tiny_checkpoint), "--output", str(out), "--quantize", "int8"]
+    )
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} == EXPECTED_FILES
     assert "parity vision_batch_n" in result.output and "cosine vs fp32" in result.output
@@ -183,7 +192,9 @@ def test_existing_output_needs_force(tiny_model_dir: Path, tiny_checkpoint: Path
     assert not (out / "marker").exists() and (out / "vision.onnx").is_file()
 
 
-def test_default_output_is_models_slash_model_name(tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_output_is_models_slash_model_name(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CLIPINDEX_MODEL_DIR", raising=False)
     result = convert_model(str(tiny_checkpoint))
