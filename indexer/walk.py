@@ -150,10 +150,7 @@ def iter_image_files(
     not a regular file. Raises :class:`~indexer.errors.WalkError` only when ``root`` itself is not a
     folder that can be listed.
     """
-    if extensions is None:
-        exts = supported_extensions()
-    else:
-        exts = frozenset(e.lower().lstrip(".") for e in extensions)
+    exts = supported_extensions() if extensions is None else frozenset(e.lower().lstrip(".") for e in extensions)
     root_str = os.fspath(root)
     try:
         root_st = os.stat(root_str)
