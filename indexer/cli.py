@@ -7,6 +7,7 @@ Options read, in order: the flag, then its environment variable (shown in ``--he
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -23,12 +24,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_MODEL_ID = "openai/clip-vit-base-patch32"
 DEFAULT_MODEL_DIR = Path("models") / "clip-vit-base-patch32"
 DEFAULT_COLLECTION = "images"
-
-
-def default_data_dir() -> Path:
-    """``$XDG_DATA_HOME/clipindex`` (``~/.local/share/clipindex``)."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "clipindex"
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -129,6 +124,291 @@ def convert(source: str, output: Path | None, quantize: str | None, force: bool)
             click.echo(
                 f"  int8   {name:<22} cosine vs fp32: min {fig['min_cosine']:.5f}  mean {fig['mean_cosine']:.5f}"
             )
+
+
+# --- shared options ---------------------------------------------------------------------------------------
+
+
+def model_dir_option(func: F) -> F:
+    return click.option(
+        "--model-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="CLIPINDEX_MODEL_DIR",
+        show_envvar=True,
+        default=DEFAULT_MODEL_DIR,
+        show_default=True,
+        help="Converted model folder (manifest.json, vision.onnx, text.onnx, tokenizer.json).",
+    )(func)
+
+
+def store_options(func: F) -> F:
+    """--data-dir, --qdrant-url, --api-key-file, --collection: where the vectors live."""
+    options = [
+        click.option(
+            "--data-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            envvar="CLIPINDEX_DATA_DIR",
+            show_envvar=True,
+            default=None,
+            help="Folder of the embedded Qdrant (Edge) store.  [default: $XDG_DATA_HOME/clipindex]",
+        ),
+        click.option(
+            "--qdrant-url",
+            envvar="CLIPINDEX_QDRANT_URL",
+            show_envvar=True,
+            default=None,
+            help="Use a Qdrant server (http://host:6333, https://...) instead of the embedded store. "
+            "The API key is read from $QDRANT_API_KEY or --api-key-file, never from the command line.",
+        ),
+        click.option(
+            "--api-key-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            envvar="CLIPINDEX_API_KEY_FILE",
+            show_envvar=True,
+            default=None,
+            help="File holding the Qdrant API key (else $QDRANT_API_KEY).",
+        ),
+        click.option(
+            "--collection",
+            envvar="CLIPINDEX_COLLECTION",
+            show_envvar=True,
+            default=DEFAULT_COLLECTION,
+            show_default=True,
+            help="Collection name; created on first ingest with the model's dimension and cosine distance.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def read_api_key(api_key_file: Path | None) -> str | None:
+    """The Qdrant API key: from --api-key-file, else $QDRANT_API_KEY. Never printed."""
+    if api_key_file is not None:
+        try:
+            key = api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise click.BadParameter(f"{api_key_file}: cannot read ({exc.strerror})", param_hint="--api-key-file")
+        return key or None
+    return os.environ.get("QDRANT_API_KEY") or None
+
+
+def make_store(
+    data_dir: Path | None,
+    qdrant_url: str | None,
+    api_key_file: Path | None,
+    collection: str,
+    *,
+    shards: int | None = None,
+    replicas: int | None = None,
+) -> Any:
+    from indexer.store import open_store
+
+    return open_store(
+        data_dir,
+        qdrant_url,
+        collection,
+        read_api_key(api_key_file),
+        shards=shards,
+        replicas=replicas,
+        on_warning=lambda message: info(f"Warning: {message}"),
+    )
+
+
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        k_text, n_text = value.split("/")
+        k, n = int(k_text), int(n_text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected K/N, e.g. 1/3", param_hint="--shard") from None
+    if not 1 <= k <= n:
+        raise click.BadParameter(f"{value!r}: K must be between 1 and N", param_hint="--shard")
+    return (k, n)
+
+
+class TqdmProgress:
+    """tqdm on stderr, only when stderr is a terminal (cron logs stay clean) and not --quiet."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def start(self, total: int) -> None:
+        if self.enabled and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, desc="embedding")
+
+    def advance(self, count: int) -> None:
+        if self.bar is not None:
+            self.bar.update(count)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def ensure_model(model_dir: Path, source_model: str | None, quiet: bool) -> None:
+    """Convert the model first when the folder has none (the README's one-command start)."""
+    from indexer.manifest import MANIFEST_NAME
+
+    if (model_dir / MANIFEST_NAME).is_file():
+        return
+    if source_model is None:
+        return  # Embedder raises ModelNotFoundError with the fix
+    from convert.api import convert_model, require_convert_extra
+
+    require_convert_extra()
+    if not quiet:
+        info(f"No model in {model_dir}: converting {source_model} first (clipindex convert)")
+    convert_model(source_model, model_dir, progress=None if quiet else info)
+
+
+# --- ingest -----------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@model_dir_option
+@store_options
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 4096),
+    envvar="CLIPINDEX_BATCH_SIZE",
+    show_envvar=True,
+    default=25,
+    show_default=True,
+    help="Images per inference batch (and per verified upsert).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    envvar="CLIPINDEX_DEVICE",
+    show_envvar=True,
+    default="auto",
+    show_default=True,
+    help="ONNX Runtime execution provider; auto takes CUDA when onnxruntime-gpu sees a GPU.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "int8"]),
+    envvar="CLIPINDEX_PRECISION",
+    show_envvar=True,
+    default="fp32",
+    show_default=True,
+    help="int8 uses vision.int8.onnx from `convert --quantize int8` (faster on CPU, cosine ~0.999 vs fp32).",
+)
+@click.option("--prune", is_flag=True, help="Delete points of files that are gone from under DIRECTORY (only there).")
+@click.option(
+    "--shard",
+    metavar="K/N",
+    envvar="CLIPINDEX_SHARD",
+    show_envvar=True,
+    default=None,
+    help="Only index the paths hashing to shard K of N, so N machines split one tree without overlap.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    envvar="CLIPINDEX_WORKERS",
+    show_envvar=True,
+    default=None,
+    help="Decode/preprocess threads.  [default: the CPU cores]",
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(1),
+    envvar="CLIPINDEX_MAX_PIXELS",
+    show_envvar=True,
+    default=None,
+    help="Refuse images declaring more pixels than this (decompression bombs).  [default: 178956970]",
+)
+@click.option(
+    "--draft/--no-draft",
+    envvar="CLIPINDEX_DRAFT",
+    show_envvar=True,
+    default=None,
+    help="DCT-scaled JPEG decoding (much faster on camera photos; measured cosine vs exact in README).",
+)
+@click.option(
+    "--source-model",
+    envvar="CLIPINDEX_SOURCE_MODEL",
+    show_envvar=True,
+    default=None,
+    help="When --model-dir holds no model, convert this checkpoint (hub id or local folder) into it first.",
+)
+@click.option("--shards", type=click.IntRange(1), default=None, help="Server only: shards of a new collection.")
+@click.option(
+    "--replicas", type=click.IntRange(1), default=None, help="Server only: replication factor of a new collection."
+)
+@click.option("--strict", is_flag=True, help="Exit 1 when any file failed (default: report them and exit 0).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, no per-file lines; only errors and the summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the run's figures on stdout.")
+@handle_errors
+def ingest(
+    directory: Path,
+    model_dir: Path,
+    data_dir: Path | None,
+    qdrant_url: str | None,
+    api_key_file: Path | None,
+    collection: str,
+    batch_size: int,
+    device: str,
+    precision: str,
+    prune: bool,
+    shard: str | None,
+    workers: int | None,
+    max_pixels: int | None,
+    draft: bool | None,
+    source_model: str | None,
+    shards: int | None,
+    replicas: int | None,
+    strict: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Index every image under DIRECTORY into Qdrant.
+
+    Walks DIRECTORY (jpg, jpeg, png, webp, bmp, gif, tif, tiff; heic/heif/avif with the [heif] extra),
+    embeds new and changed images with the vision tower in batches, upserts them and checks the
+    collection's point count after every batch. Re-runs are incremental: unchanged files (same size and
+    mtime) cost one stat; renamed or duplicate files reuse their stored vector.
+
+    \b
+    Exit codes: 0 done (failed files are listed, see --strict); 1 the run failed or --strict saw failures;
+    2 usage error; 69 Qdrant server unreachable; 75 another ingest holds the lock (try again later).
+    """
+    from indexer.encode import Embedder
+    from indexer.errors import FailedFilesError
+    from indexer.pipeline import FailedFile, IngestOptions
+    from indexer.pipeline import ingest as run_ingest
+
+    shard_spec = parse_shard(shard)
+    ensure_model(model_dir, source_model, quiet or as_json)
+    embedder = Embedder(model_dir, device=device, precision=precision, draft=draft, max_pixels=max_pixels)
+    provider = embedder.provider("vision")
+    store = make_store(data_dir, qdrant_url, api_key_file, collection, shards=shards, replicas=replicas)
+    if not quiet:
+        info(f"clipindex: {embedder.model_name} ({precision}) on {provider}; store {store.describe()}")
+
+    def on_failed(failed: FailedFile) -> None:
+        info(f"failed: {failed.path}: {failed.reason}")
+
+    options = IngestOptions(batch_size=batch_size, prune=prune, shard=shard_spec, decode_workers=workers)
+    progress = TqdmProgress(enabled=not quiet and sys.stderr.isatty())
+    with store:
+        report = run_ingest(directory, embedder, store, options=options, on_failed=on_failed, progress=progress)
+    for skipped in report.skipped_dirs:
+        info(f"skipped: {skipped.path}: {skipped.reason}")
+    if as_json:
+        click.echo(json.dumps(report.as_json()))
+    else:
+        click.echo(report.summary_line())
+    if strict and report.failed:
+        raise FailedFilesError(f"{len(report.failed)} file(s) failed under {directory} (--strict); see the lines above")
 
 
 def main() -> None:

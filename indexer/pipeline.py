@@ -1,0 +1,426 @@
+"""``ingest``: walk a folder, embed new and changed images in batches, upsert them, verify every batch.
+
+Phases of one run (the CLI's ``clipindex ingest`` is a thin wrapper around :func:`ingest`):
+
+1. **Lock** the store (:class:`indexer.lock.IngestLock`): a second concurrent ingest fails at once.
+2. **Open** the collection: created with the model's ``embedding_dim`` and cosine distance on first use; a
+   collection built by another model stops the run before anything is written.
+3. **Index**: read ``path, size, mtime_ns, sha256`` of every stored point (payloads only, no vectors).
+4. **Walk** the folder (:mod:`indexer.walk`). A file whose point exists with the same size and mtime is
+   *unchanged* and costs nothing but its ``stat``. ``--shard K/N`` keeps the paths hashing to shard K.
+5. **Embed** the rest in batches of ``batch_size``: decoding and preprocessing run on a small thread pool one
+   batch ahead of inference. A file whose content hash (sha256) is already stored, or appears earlier in the
+   same batch, reuses that vector instead of running the model (renames, duplicates).
+6. **Upsert and verify** each batch: the collection's point count must equal the count expected from the ids
+   written and deleted so far. A mismatch retries the batch once, then raises ``CountMismatchError``.
+7. **Prune** (``prune=True``): delete the points under the folder whose files are gone, except under folders
+   the walk could not list. Points of files that now fail to decode are deleted too: the index holds exactly
+   the valid files.
+8. **Finish**: exact count, flush, and the run's summary saved with the collection (``clipindex status``).
+
+Upserts are idempotent (ids derive from paths) and acknowledged writes are durable, so a run killed at any
+point leaves a store from which the next run converges to the exact index.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from indexer.encode import Embedder, available_cores
+from indexer.errors import CountMismatchError, ImageError
+from indexer.lock import IngestLock
+from indexer.points import INDEX_FIELDS, absolute, display_path, in_shard, make_payload, point_id
+from indexer.preprocess import DecodedFile, decode_file
+from indexer.store.base import Point, VectorStore
+from indexer.walk import iter_image_files
+
+DEFAULT_BATCH_SIZE = 25
+#: how often (seconds) the embedded store is flushed during a run; it is flushed at the end too
+FLUSH_INTERVAL_S = 30.0
+#: batches decoded ahead of the one being encoded
+LOOKAHEAD_BATCHES = 2
+PRUNE_CHUNK = 1000
+
+
+class Progress(Protocol):
+    """What :func:`ingest` reports progress to (the CLI adapts tqdm to it)."""
+
+    def start(self, total: int) -> None: ...
+    def advance(self, count: int) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class FailedFile:
+    path: str
+    reason: str
+
+
+@dataclass
+class IngestReport:
+    """What one run did. ``as_json()`` is what ``clipindex ingest --json`` prints."""
+
+    indexed: int = 0
+    unchanged: int = 0
+    reused: int = 0
+    failed: list[FailedFile] = field(default_factory=list)
+    removed: int = 0
+    points: int = 0
+    seconds: float = 0.0
+    skipped_dirs: list[FailedFile] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["seconds"] = round(self.seconds, 3)
+        return data
+
+    def summary_line(self) -> str:
+        return (
+            f"indexed {self.indexed} (reused {self.reused}), unchanged {self.unchanged}, failed {len(self.failed)}, "
+            f"removed {self.removed}; {self.points} points in the collection; {self.seconds:.1f} s"
+        )
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    batch_size: int = DEFAULT_BATCH_SIZE
+    prune: bool = False
+    #: ``(K, N)``: only files whose path hashes to shard K of N (1-based)
+    shard: tuple[int, int] | None = None
+    #: decode/preprocess threads; default: the cores
+    decode_workers: int | None = None
+    flush_interval_s: float = FLUSH_INTERVAL_S
+
+
+@dataclass(frozen=True)
+class _Stored:
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class _Pending:
+    path: str
+    size: int
+    mtime_ns: int
+    point_id: str
+
+
+@dataclass
+class _Prepared:
+    pending: _Pending
+    decoded: DecodedFile | None = None
+    pixels: np.ndarray | None = None
+    reuse_from: str | None = None
+    error: str | None = None
+
+
+class _Ingest:
+    """One run's state; :func:`ingest` is the public entry point."""
+
+    def __init__(
+        self,
+        root: Path,
+        embedder: Embedder,
+        store: VectorStore,
+        options: IngestOptions,
+        on_failed: Callable[[FailedFile], None] | None,
+        progress: Progress | None,
+    ) -> None:
+        self.root = absolute(root)
+        self.root_display = display_path(self.root)
+        self.embedder = embedder
+        self.store = store
+        self.options = options
+        self.on_failed = on_failed
+        self.progress = progress
+        self.report = IngestReport()
+        self.stored: dict[str, _Stored] = {}
+        self.hash_to_id: dict[str, str] = {}
+        self.present: set[str] = set()
+        self.expected_count = 0
+        self.count_baseline = 0
+        self.last_flush = time.monotonic()
+
+    # --- phases -----------------------------------------------------------------------------------------
+
+    def load_index(self) -> None:
+        for pid, payload in self.store.iter_payloads(INDEX_FIELDS):
+            self.present.add(pid)
+            try:
+                entry = _Stored(
+                    path=str(payload["path"]),
+                    size=int(payload["size"]),
+                    mtime_ns=int(payload["mtime_ns"]),
+                    sha256=str(payload["sha256"]),
+                )
+            except (KeyError, TypeError, ValueError):
+                continue  # a point not written by clipindex ingest: never skipped, never reused
+            self.stored[pid] = entry
+            self.hash_to_id.setdefault(entry.sha256, pid)
+        exact = self.store.count(exact=True)
+        self.expected_count = exact
+        # The fast count may carry a constant offset (e.g. after a crash); batches check its *change*.
+        self.count_baseline = self.store.count(exact=False) - exact
+
+    def walk(self) -> tuple[list[_Pending], set[str]]:
+        todo: list[_Pending] = []
+        seen: set[str] = set()
+        shard = self.options.shard
+
+        def on_walk_error(path: str, reason: str) -> None:
+            self.report.skipped_dirs.append(FailedFile(display_path(path), reason))
+
+        for found in iter_image_files(self.root, on_error=on_walk_error):
+            path = absolute(found.path)
+            if shard is not None and not in_shard(path, *shard):
+                continue
+            pid = point_id(path)
+            seen.add(pid)
+            previous = self.stored.get(pid)
+            if previous is not None and previous.size == found.size and previous.mtime_ns == found.mtime_ns:
+                self.report.unchanged += 1
+                continue
+            todo.append(_Pending(path, found.size, found.mtime_ns, pid))
+        return todo, seen
+
+    def prepare(self, pending: _Pending) -> _Prepared:
+        """Runs on a decode thread: hash, then decode + preprocess unless the content is already stored."""
+        prepared = _Prepared(pending)
+        try:
+            decoded = decode_file(
+                pending.path, self.embedder.preprocessor, decode_pixels=lambda sha: sha not in self.hash_to_id
+            )
+        except ImageError as exc:
+            prepared.error = exc.reason
+            return prepared
+        prepared.decoded = decoded
+        if decoded.image is None:
+            prepared.reuse_from = self.hash_to_id.get(decoded.sha256)
+        else:
+            prepared.pixels = self.embedder.preprocessor.preprocess(decoded.image)
+            decoded.image = None  # free the decoded bitmap early
+        return prepared
+
+    def embed(self, todo: Sequence[_Pending]) -> None:
+        batch_size = self.options.batch_size
+        batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+        workers = self.options.decode_workers or available_cores()
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clipindex-decode") as pool:
+            queue: deque[list[Future[_Prepared]]] = deque()
+            for batch in batches:
+                queue.append([pool.submit(self.prepare, item) for item in batch])
+                if len(queue) > LOOKAHEAD_BATCHES:
+                    self.write_batch([f.result() for f in queue.popleft()])
+            while queue:
+                self.write_batch([f.result() for f in queue.popleft()])
+
+    def write_batch(self, prepared: list[_Prepared]) -> None:
+        points: list[Point] = []
+        stale: list[str] = []
+        to_encode: list[_Prepared] = []
+        first_of_hash: dict[str, _Prepared] = {}
+        duplicates: list[tuple[_Prepared, _Prepared]] = []
+        needs_stored: list[_Prepared] = []
+        for item in prepared:
+            if item.error is not None:
+                self.fail(item.pending.path, item.error)
+                if item.pending.point_id in self.present:
+                    stale.append(item.pending.point_id)  # the file changed into something unreadable
+                continue
+            assert item.decoded is not None
+            sha = item.decoded.sha256
+            if sha in first_of_hash:
+                duplicates.append((item, first_of_hash[sha]))
+            elif item.pixels is not None:
+                first_of_hash[sha] = item
+                to_encode.append(item)
+            else:
+                first_of_hash[sha] = item
+                needs_stored.append(item)
+        vectors: dict[str, np.ndarray] = {}
+        if needs_stored:
+            stored = self.store.get_vectors([i.reuse_from for i in needs_stored if i.reuse_from])
+            for item in needs_stored:
+                assert item.decoded is not None
+                vector = stored.get(item.reuse_from or "")
+                if vector is None:  # the point we meant to copy is gone: decode after all
+                    item.pixels = self.embedder.preprocessor.preprocess(
+                        decode_file(item.pending.path, self.embedder.preprocessor).image
+                    )
+                    to_encode.append(item)
+                else:
+                    vectors[item.decoded.sha256] = vector
+                    self.report.reused += 1
+        if to_encode:
+            encoded = self.embedder.encode_pixels(np.stack([i.pixels for i in to_encode if i.pixels is not None]))
+            for item, vector in zip(to_encode, encoded, strict=True):
+                assert item.decoded is not None
+                vectors[item.decoded.sha256] = vector
+                item.pixels = None
+        self.report.reused += len(duplicates)
+        for item in [*to_encode, *needs_stored, *(dup for dup, _ in duplicates)]:
+            decoded = item.decoded
+            assert decoded is not None
+            pending = item.pending
+            payload = make_payload(
+                path=pending.path,
+                size=pending.size,
+                mtime_ns=pending.mtime_ns,
+                sha256=decoded.sha256,
+                width=decoded.width,
+                height=decoded.height,
+                image_format=decoded.format,
+                model=self.embedder.model_name,
+            )
+            points.append(Point(pending.point_id, vectors[decoded.sha256], payload))
+        if points:
+            self.upsert_verified(points)
+        if stale:
+            self.delete(stale)
+        if self.progress is not None:
+            self.progress.advance(len(prepared))
+        if time.monotonic() - self.last_flush >= self.options.flush_interval_s:
+            self.store.flush()
+            self.last_flush = time.monotonic()
+
+    def upsert_verified(self, points: list[Point]) -> None:
+        new_ids = {p.id for p in points} - self.present
+        expected = self.expected_count + len(new_ids)
+        for attempt in (1, 2):
+            self.store.upsert(points)
+            got = self.store.count(exact=False) - self.count_baseline
+            if got == expected:
+                break
+            if attempt == 2:
+                raise CountMismatchError(
+                    f"{self.store.describe()}: after upserting a batch of {len(points)} points the collection "
+                    f"holds {got} points, expected {expected} (retried once); stopping so nothing is lost. "
+                    "Check the store, then re-run: finished batches are kept"
+                )
+        self.present.update(new_ids)
+        self.expected_count = expected
+        for point in points:
+            self.hash_to_id.setdefault(str(point.payload["sha256"]), point.id)
+        self.report.indexed += len(points)
+
+    def delete(self, ids: Sequence[str]) -> None:
+        present = [i for i in ids if i in self.present]
+        if not present:
+            return
+        self.store.delete(present)
+        self.present.difference_update(present)
+        self.expected_count -= len(present)
+        for pid in present:
+            entry = self.stored.pop(pid, None)
+            if entry is not None and self.hash_to_id.get(entry.sha256) == pid:
+                del self.hash_to_id[entry.sha256]
+
+    def prune(self, seen: set[str]) -> None:
+        under = self.root_display.rstrip("/") + "/"
+        blocked = tuple(d.path.rstrip("/") + "/" for d in self.report.skipped_dirs)
+        shard = self.options.shard
+        gone = [
+            pid
+            for pid, entry in self.stored.items()
+            if pid not in seen
+            and entry.path.startswith(under)
+            and not entry.path.startswith(blocked)
+            and (shard is None or in_shard(entry.path, *shard))
+        ]
+        for start in range(0, len(gone), PRUNE_CHUNK):
+            chunk = gone[start : start + PRUNE_CHUNK]
+            self.delete(chunk)
+            self.report.removed += len(chunk)
+        if gone:
+            got = self.store.count(exact=False) - self.count_baseline
+            if got != self.expected_count:
+                raise CountMismatchError(
+                    f"{self.store.describe()}: after pruning {len(gone)} points the collection holds {got}, "
+                    f"expected {self.expected_count}; re-run to converge"
+                )
+
+    def fail(self, path: str, reason: str) -> None:
+        failed = FailedFile(display_path(path), reason)
+        self.report.failed.append(failed)
+        if self.on_failed is not None:
+            self.on_failed(failed)
+
+    def finish(self) -> None:
+        exact = self.store.count(exact=True)
+        if exact != self.expected_count:
+            raise CountMismatchError(
+                f"{self.store.describe()}: the exact count is {exact} points, expected {self.expected_count}; "
+                "re-run to converge"
+            )
+        self.report.points = exact
+
+
+def ingest(
+    root: str | os.PathLike[str],
+    embedder: Embedder,
+    store: VectorStore,
+    *,
+    options: IngestOptions | None = None,
+    on_failed: Callable[[FailedFile], None] | None = None,
+    progress: Progress | None = None,
+    lock: bool = True,
+) -> IngestReport:
+    """Index every image under ``root`` into ``store`` with ``embedder``; see the module doc for the phases.
+
+    Raises ``LockHeldError`` (another ingest runs), ``CollectionMismatchError`` (another model built the
+    collection), ``WalkError`` (``root`` is not a readable folder), ``CountMismatchError`` and ``StoreError``.
+    Files that fail to decode do not stop the run: they are in ``report.failed`` and given to ``on_failed``.
+    """
+    started = time.monotonic()
+    run = _Ingest(Path(root), embedder, store, options or IngestOptions(), on_failed, progress)
+    with _maybe_lock(store, lock):
+        store.ensure_collection(embedder.dimension, embedder.model_name)
+        try:
+            run.load_index()
+            todo, seen = run.walk()
+            if progress is not None:
+                progress.start(len(todo))
+            run.embed(todo)
+            if run.options.prune:
+                run.prune(seen)
+            run.finish()
+        finally:
+            if progress is not None:
+                progress.close()
+            run.report.seconds = time.monotonic() - started
+            store.flush()
+        summary = run.report.as_json()
+        summary.update({"root": run.root_display, "model": embedder.model_name, "finished_at": time.time()})
+        summary["failed"] = len(run.report.failed)
+        summary["skipped_dirs"] = len(run.report.skipped_dirs)
+        store.save_summary(summary)
+    return run.report
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _maybe_lock(store: VectorStore, lock: bool) -> IngestLock | _NoLock:
+    return IngestLock(store.lock_path, store.describe()) if lock else _NoLock()
+
+
+def iter_batches(items: Sequence[Any], batch_size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), batch_size):
+        yield items[start : start + batch_size]

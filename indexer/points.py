@@ -1,0 +1,69 @@
+"""Point identity and payload: one point per image file.
+
+- The id is a UUID derived from the file's absolute path *bytes* (``os.fsencode``), so it is the same on every
+  run and for every machine that sees the same path, and works for file names that are not valid UTF-8.
+- ``path`` in the payload is that absolute path as text; bytes that are not UTF-8 show as ``\\xNN`` escapes
+  (Qdrant payloads must be valid UTF-8).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+#: namespace of clipindex point ids (uuid5 of the absolute path bytes in it)
+ID_NAMESPACE = uuid.UUID("8b6a1f2e-6c1d-5f7e-9a43-0c1a2b3c4d5e")
+
+#: payload keys the incremental ingest reads back
+INDEX_FIELDS: tuple[str, ...] = ("path", "size", "mtime_ns", "sha256")
+
+
+def absolute(path: str | os.PathLike[str]) -> str:
+    """Absolute, normalised path (symlinks are kept: a link is indexed under its own name)."""
+    return os.path.abspath(os.fspath(path))
+
+
+def display_path(path: str) -> str:
+    """The path as valid UTF-8 text (undecodable bytes become ``\\xNN``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def point_id(path: str) -> str:
+    """uuid5(ID_NAMESPACE, absolute path bytes): deterministic, one per file path."""
+    raw = os.fsencode(absolute(path))
+    digest = hashlib.sha1(ID_NAMESPACE.bytes + raw, usedforsecurity=False).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=5))
+
+
+def in_shard(path: str, shard_index: int, shard_count: int) -> bool:
+    """``--shard K/N``: does this absolute path belong to shard K (1-based) of N?"""
+    digest = hashlib.sha256(os.fsencode(absolute(path))).digest()
+    return int.from_bytes(digest[:8], "big") % shard_count == shard_index - 1
+
+
+def make_payload(
+    *,
+    path: str,
+    size: int,
+    mtime_ns: int,
+    sha256: str,
+    width: int,
+    height: int,
+    image_format: str | None,
+    model: str,
+) -> dict[str, Any]:
+    return {
+        "path": display_path(path),
+        "size": size,
+        "mtime": mtime_ns / 1e9,
+        "mtime_ns": mtime_ns,
+        "sha256": sha256,
+        "width": width,
+        "height": height,
+        "format": image_format or "unknown",
+        "model": model,
+        "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
