@@ -188,7 +188,9 @@ def read_api_key(api_key_file: Path | None) -> str | None:
         try:
             key = api_key_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise click.BadParameter(f"{api_key_file}: cannot read ({exc.strerror})", param_hint="--api-key-file") from None
+            raise click.BadParameter(
+                f"{api_key_file}: cannot read ({exc.strerror})", param_hint="--api-key-file"
+            ) from None
         return key or None
     return os.environ.get("QDRANT_API_KEY") or None
 
