@@ -403,8 +403,6 @@ def ingest(
     progress = TqdmProgress(enabled=not quiet and sys.stderr.isatty())
     with store:
         report = run_ingest(directory, embedder, store, options=options, on_failed=on_failed, progress=progress)
-    for skipped in report.skipped_dirs:
-        info(f"skipped: {skipped.path}: {skipped.reason}")
     if as_json:
         click.echo(json.dumps(report.as_json()))
     else:
@@ -414,6 +412,10 @@ def ingest(
 
 
 def main() -> None:
+    import warnings
+
+    # Pillow warns (e.g. "Corrupt EXIF data") about files it still decodes; ingest reports real failures itself.
+    warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
     cli(prog_name="clipindex")
 
 

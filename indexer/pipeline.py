@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -76,7 +76,6 @@ class IngestReport:
     removed: int = 0
     points: int = 0
     seconds: float = 0.0
-    skipped_dirs: list[FailedFile] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -152,6 +151,7 @@ class _Ingest:
         self.expected_count = 0
         self.count_baseline = 0
         self.last_flush = time.monotonic()
+        self.walk_blocked: list[str] = []
 
     # --- phases -----------------------------------------------------------------------------------------
 
@@ -180,7 +180,10 @@ class _Ingest:
         shard = self.options.shard
 
         def on_walk_error(path: str, reason: str) -> None:
-            self.report.skipped_dirs.append(FailedFile(display_path(path), reason))
+            # An unlistable folder or a non-regular file: reported like a failed image, and nothing
+            # under that path is pruned (its files were not seen, they are not known to be gone).
+            self.walk_blocked.append(display_path(absolute(path)).rstrip("/") + "/")
+            self.fail(path, reason)
 
         for found in iter_image_files(self.root, on_error=on_walk_error):
             path = absolute(found.path)
@@ -329,7 +332,7 @@ class _Ingest:
 
     def prune(self, seen: set[str]) -> None:
         under = self.root_display.rstrip("/") + "/"
-        blocked = tuple(d.path.rstrip("/") + "/" for d in self.report.skipped_dirs)
+        blocked = tuple(self.walk_blocked)
         shard = self.options.shard
         gone = [
             pid
@@ -404,7 +407,6 @@ def ingest(
         summary = run.report.as_json()
         summary.update({"root": run.root_display, "model": embedder.model_name, "finished_at": time.time()})
         summary["failed"] = len(run.report.failed)
-        summary["skipped_dirs"] = len(run.report.skipped_dirs)
         store.save_summary(summary)
     return run.report
 
@@ -419,8 +421,3 @@ class _NoLock:
 
 def _maybe_lock(store: VectorStore, lock: bool) -> IngestLock | _NoLock:
     return IngestLock(store.lock_path, store.describe()) if lock else _NoLock()
-
-
-def iter_batches(items: Sequence[Any], batch_size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), batch_size):
-        yield items[start : start + batch_size]
