@@ -350,7 +350,8 @@ def test_python_dash_m_indexer_runs_ingest_without_torch(photo_dir: Path, tiny_m
     code = (
         "import sys, runpy\n"
         "sys.argv = ['clipindex', 'ingest', sys.argv[1], '--model-dir', sys.argv[2], '--data-dir', sys.argv[3], '-q']\n"
-        "try:\n    runpy.run_module('indexer', run_name='__main__')\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "try:\n    runpy.run_module('indexer', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
         "heavy = [m for m in ('torch', 'transformers', 'qdrant_client') if m in sys.modules]\n"
         "assert not heavy, heavy\nprint('ok')\n"
     )
