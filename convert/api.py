@@ -125,7 +125,8 @@ def load_checkpoint(source: str) -> tuple[Any, Any, Any, str]:
         if target == source:
             raise ConvertError(
                 f"could not load {source!r} from the Hugging Face hub (offline or unknown id); download it "
-                "elsewhere and pass the local folder: clipindex convert --model /path/to/checkpoint"
+                "elsewhere and pass the local folder: clipindex convert --model /path/to/checkpoint "
+                "(for ingest: CLIPINDEX_SOURCE_MODEL=/path/to/checkpoint)"
             ) from exc
         raise ConvertError(f"{source}: cannot load the checkpoint ({str(exc).splitlines()[0]})") from exc
     except (ValueError, KeyError, RuntimeError, TypeError) as exc:

@@ -253,14 +253,12 @@ class TqdmProgress:
             self.bar = None
 
 
-def ensure_model(model_dir: Path, source_model: str | None, quiet: bool) -> None:
+def ensure_model(model_dir: Path, source_model: str, quiet: bool) -> None:
     """Convert the model first when the folder has none (the README's one-command start)."""
     from indexer.manifest import MANIFEST_NAME
 
     if (model_dir / MANIFEST_NAME).is_file():
         return
-    if source_model is None:
-        return  # Embedder raises ModelNotFoundError with the fix
     from convert.api import convert_model, require_convert_extra
 
     require_convert_extra()
@@ -322,11 +320,11 @@ def ensure_model(model_dir: Path, source_model: str | None, quiet: bool) -> None
 )
 @click.option(
     "--max-pixels",
-    type=click.IntRange(1),
+    type=click.IntRange(0),
     envvar="CLIPINDEX_MAX_PIXELS",
     show_envvar=True,
     default=None,
-    help="Refuse images declaring more pixels than this (decompression bombs).  [default: 178956970]",
+    help="Refuse images declaring more pixels than this (decompression bombs); 0: no limit.  [default: 178956970]",
 )
 @click.option(
     "--draft/--no-draft",
@@ -339,15 +337,19 @@ def ensure_model(model_dir: Path, source_model: str | None, quiet: bool) -> None
     "--source-model",
     envvar="CLIPINDEX_SOURCE_MODEL",
     show_envvar=True,
-    default=None,
-    help="When --model-dir holds no model, convert this checkpoint (hub id or local folder) into it first.",
+    default=DEFAULT_MODEL_ID,
+    show_default=True,
+    help="When --model-dir holds no model, convert this checkpoint (hub id or local folder) into it first "
+    "(needs the [convert] extra). Offline, point it at a local checkpoint folder.",
 )
 @click.option("--shards", type=click.IntRange(1), default=None, help="Server only: shards of a new collection.")
 @click.option(
     "--replicas", type=click.IntRange(1), default=None, help="Server only: replication factor of a new collection."
 )
 @click.option("--strict", is_flag=True, help="Exit 1 when any file failed (default: report them and exit 0).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar, no per-file lines; only errors and the summary.")
+@click.option(
+    "--quiet", "-q", is_flag=True, help="No progress bar and no start line; failed files and the summary still print."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the run's figures on stdout.")
 @handle_errors
 def ingest(
@@ -365,7 +367,7 @@ def ingest(
     workers: int | None,
     max_pixels: int | None,
     draft: bool | None,
-    source_model: str | None,
+    source_model: str,
     shards: int | None,
     replicas: int | None,
     strict: bool,

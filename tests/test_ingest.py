@@ -363,3 +363,14 @@ def test_python_dash_m_indexer_runs_ingest_without_torch(photo_dir: Path, tiny_m
         check=False,
     )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
+
+
+def test_ingest_converts_the_model_first_when_missing(photo_dir: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The README's one-command start: no model yet, CLIPINDEX_SOURCE_MODEL names a local checkpoint."""
+    model_dir = tmp_path / "models" / "clip"
+    result = CliRunner(env={"CLIPINDEX_SOURCE_MODEL": str(tiny_checkpoint)}).invoke(
+        cli, ["ingest", str(photo_dir), "--model-dir", str(model_dir), "--data-dir", str(tmp_path / "d")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "converting" in result.stderr and (model_dir / "manifest.json").is_file()
+    assert "indexed 6" in result.stdout
