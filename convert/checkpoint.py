@@ -194,15 +194,23 @@ def write_tokenizer_files(out_dir: Path, bpe_path: Path | None = None) -> None:
 
 
 def write_random_checkpoint(
-    out_dir: str | Path, arch: str = "tiny", seed: int = 0, bpe_path: Path | None = None
+    out_dir: str | Path,
+    arch: str = "tiny",
+    seed: int = 0,
+    bpe_path: Path | None = None,
+    projection_dim: int | None = None,
 ) -> Path:
-    """Save a random-weight CLIP checkpoint in the hub layout and return its folder."""
+    """Save a random-weight CLIP checkpoint in the hub layout and return its folder.
+
+    ``projection_dim`` overrides the architecture's embedding size (e.g. 768 like ViT-L/14).
+    """
     import torch
     from transformers import CLIPConfig, CLIPModel
 
     if arch not in ARCHITECTURES:
         raise ConvertError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     spec = ARCHITECTURES[arch]
+    dim = int(projection_dim or spec["projection_dim"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # Legacy special-token ids, exactly as openai/clip-vit-base-patch32's config.json carries them:
@@ -215,19 +223,19 @@ def write_random_checkpoint(
         "bos_token_id": 0,
         "eos_token_id": 2,
         "pad_token_id": 1,
-        "projection_dim": spec["projection_dim"],
+        "projection_dim": dim,
     }
     vision_config = {
         **spec["vision"],
         "image_size": 224,
         "num_channels": 3,
         "hidden_act": "quick_gelu",
-        "projection_dim": spec["projection_dim"],
+        "projection_dim": dim,
     }
     config = CLIPConfig(
         text_config=text_config,
         vision_config=vision_config,
-        projection_dim=spec["projection_dim"],
+        projection_dim=dim,
         logit_scale_init_value=math.log(100.0),
     )
     config.architectures = ["CLIPModel"]

@@ -1,0 +1,112 @@
+"""The Embedder library API on real ONNX Runtime sessions, against transformers' CLIPModel."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from reference import cosine_rows, image_features, text_features
+
+from convert.api import convert_model
+from convert.checkpoint import write_random_checkpoint
+from indexer.cli import cli
+from indexer.encode import Embedder
+from indexer.errors import DeviceError, ModelNotFoundError
+from indexer.store import EdgeStore
+
+
+def test_encode_images_paths_and_pil_match_transformers(
+    tiny_model_dir: Path, torch_clip, sample_photos, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    model, _, processor = torch_clip
+    names = sorted(sample_photos)
+    paths = []
+    for name in names:
+        path = tmp_path / f"{name}.png"
+        sample_photos[name].save(path)
+        paths.append(path)
+    embedder = Embedder(tiny_model_dir, device="cpu")
+    from_paths = embedder.encode_images(paths, batch_size=4)
+    from_pil = embedder.encode_images([sample_photos[n] for n in names])
+    reference = image_features(model, processor, [sample_photos[n] for n in names])
+    assert from_paths.shape == (len(names), embedder.dimension) == (len(names), 512)
+    assert cosine_rows(from_paths, reference).min() >= 0.9999
+    np.testing.assert_allclose(from_paths, from_pil, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(from_paths, axis=1), 1.0, atol=1e-5)
+    assert embedder.provider("vision") == "CPUExecutionProvider"
+
+
+def test_encode_text_and_similarity_match_transformers(tiny_model_dir: Path, torch_clip, sample_photos) -> None:  # type: ignore[no-untyped-def]
+    model, tokenizer, processor = torch_clip
+    texts = ["a photo of a cat", "a rocket on the launch pad", "", "日本語 " * 60]
+    embedder = Embedder(tiny_model_dir)
+    truncated: list[str] = []
+    got = embedder.encode_text(texts, on_truncate=truncated.append)
+    reference = text_features(model, tokenizer, texts)
+    assert cosine_rows(got, reference).min() >= 0.9999
+    assert truncated == [texts[3]]
+    assert embedder.encode_text("a cat").shape == (1, 512)
+    images = embedder.encode_images([sample_photos["chelsea"]])
+    sims = embedder.similarity(images, got)
+    expected = image_features(model, processor, [sample_photos["chelsea"]]) @ reference.T
+    np.testing.assert_allclose(sims, expected, atol=1e-4)
+    assert "vision" in embedder._towers and "text" in embedder._towers
+
+
+def test_text_only_use_never_loads_the_vision_tower(tiny_model_dir: Path) -> None:
+    embedder = Embedder(tiny_model_dir)
+    embedder.encode_text(["a red car"])
+    assert set(embedder._towers) == {"text"}
+
+
+def test_int8_precision_is_close_to_fp32(tiny_model_dir: Path, sample_photos) -> None:  # type: ignore[no-untyped-def]
+    images = list(sample_photos.values())
+    fp32 = Embedder(tiny_model_dir, precision="fp32").encode_images(images)
+    int8 = Embedder(tiny_model_dir, precision="int8").encode_images(images)
+    assert cosine_rows(fp32, int8).min() > 0.98
+
+
+def test_cuda_without_gpu_and_bad_options_are_clear_errors(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(DeviceError, match="--device cpu"):
+        Embedder(tiny_model_dir, device="cuda")
+    with pytest.raises(DeviceError):
+        Embedder(tiny_model_dir, precision="fp16")
+    no_int8 = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, no_int8)
+    (no_int8 / "vision.int8.onnx").unlink()
+    with pytest.raises(ModelNotFoundError, match="--quantize int8"):
+        Embedder(no_int8, precision="int8").encode_images([Image.new("RGB", (10, 10))])
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "vision.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ModelNotFoundError, match="convert --force"):
+        Embedder(broken).encode_images([Image.new("RGB", (10, 10))])
+    (broken / "manifest.json").write_text("{")
+    with pytest.raises(ModelNotFoundError, match="manifest"):
+        Embedder(broken)
+
+
+def test_embedding_dim_comes_from_the_checkpoint(tmp_path: Path, sample_photos) -> None:  # type: ignore[no-untyped-def]
+    """A 768-d model (like ViT-L/14) goes through convert, ingest and the store: nothing assumes 512."""
+    ckpt = write_random_checkpoint(tmp_path / "clip-768", arch="tiny", projection_dim=768)
+    model_dir = tmp_path / "model"
+    convert_model(str(ckpt), model_dir)
+    assert json.loads((model_dir / "manifest.json").read_text())["embedding_dim"] == 768
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    sample_photos["coffee"].save(photos / "coffee.jpg")
+    result = CliRunner().invoke(
+        cli, ["ingest", str(photos), "--model-dir", str(model_dir), "--data-dir", str(tmp_path / "d"), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    with EdgeStore(tmp_path / "d", "images") as store:
+        info = store.collection_info()
+        assert info.vector_dim == 768
+        (vector,) = store.get_vectors([pid for pid, _ in store.iter_payloads()]).values()
+        assert vector.shape == (768,)
+    assert Embedder(model_dir).encode_text("a cup of coffee").shape == (1, 768)
