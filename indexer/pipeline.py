@@ -100,7 +100,7 @@ class IngestOptions:
     flush_interval_s: float = FLUSH_INTERVAL_S
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Stored:
     path: str
     size: int
@@ -108,7 +108,7 @@ class _Stored:
     sha256: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Pending:
     path: str
     size: int
@@ -198,13 +198,12 @@ class _Ingest:
             todo.append(_Pending(path, found.size, found.mtime_ns, pid))
         return todo, seen
 
-    def prepare(self, pending: _Pending) -> _Prepared:
+    def prepare(self, pending: _Pending, *, reuse: bool = True) -> _Prepared:
         """Runs on a decode thread: hash, then decode + preprocess unless the content is already stored."""
         prepared = _Prepared(pending)
+        known = self.hash_to_id if reuse else {}
         try:
-            decoded = decode_file(
-                pending.path, self.embedder.preprocessor, decode_pixels=lambda sha: sha not in self.hash_to_id
-            )
+            decoded = decode_file(pending.path, self.embedder.preprocessor, decode_pixels=lambda sha: sha not in known)
         except ImageError as exc:
             prepared.error = exc.reason
             return prepared
@@ -259,9 +258,11 @@ class _Ingest:
                 assert item.decoded is not None
                 vector = stored.get(item.reuse_from or "")
                 if vector is None:  # the point we meant to copy is gone: decode after all
-                    item.pixels = self.embedder.preprocessor.preprocess(
-                        decode_file(item.pending.path, self.embedder.preprocessor).image
-                    )
+                    redone = self.prepare(item.pending, reuse=False)
+                    if redone.error is not None:
+                        self.fail(item.pending.path, redone.error)
+                        continue
+                    item.pixels = redone.pixels
                     to_encode.append(item)
                 else:
                     vectors[item.decoded.sha256] = vector
