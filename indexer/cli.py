@@ -142,7 +142,7 @@ def model_dir_option(func: F) -> F:
 
 
 def store_options(func: F) -> F:
-    """--data-dir, --qdrant-url, --api-key-file, --collection: where the vectors live."""
+    """--data-dir, --qdrant-url, --api-key-file, --collection, --timeout: where the vectors live."""
     options = [
         click.option(
             "--data-dir",
@@ -176,10 +176,39 @@ def store_options(func: F) -> F:
             show_default=True,
             help="Collection name; created on first ingest with the model's dimension and cosine distance.",
         ),
+        timeout_option,
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def _remember_timeout(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    ctx.meta[TIMEOUT_META_KEY] = value
+    return value
+
+
+TIMEOUT_META_KEY = "clipindex.timeout_s"
+DEFAULT_TIMEOUT_S = 30.0
+#: --timeout (CLIPINDEX_TIMEOUT): read by make_store() from the click context, so commands need no parameter
+timeout_option = click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    envvar="CLIPINDEX_TIMEOUT",
+    show_envvar=True,
+    default=DEFAULT_TIMEOUT_S,
+    show_default=True,
+    expose_value=False,
+    callback=_remember_timeout,
+    help="Server only: seconds to keep retrying (with backoff) an unreachable Qdrant server before giving up "
+    "with exit code 69.",
+)
+
+
+def store_timeout() -> float:
+    """The --timeout of the running command (30 s outside a command)."""
+    ctx = click.get_current_context(silent=True)
+    return float(ctx.meta.get(TIMEOUT_META_KEY, DEFAULT_TIMEOUT_S)) if ctx is not None else DEFAULT_TIMEOUT_S
 
 
 def read_api_key(api_key_file: Path | None) -> str | None:
@@ -211,6 +240,7 @@ def make_store(
         qdrant_url,
         collection,
         read_api_key(api_key_file),
+        timeout_s=store_timeout(),
         shards=shards,
         replicas=replicas,
         on_warning=lambda message: info(f"Warning: {message}"),
