@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from indexer.encode import Embedder, available_cores
-from indexer.errors import CountMismatchError, ImageError
+from indexer.errors import CountMismatchError, ImageError, StoreUnavailableError
 from indexer.lock import IngestLock
 from indexer.points import INDEX_FIELDS, absolute, display_path, in_shard, make_payload, point_id
 from indexer.preprocess import DecodedFile, decode_file
@@ -152,6 +152,14 @@ class _Ingest:
         self.count_baseline = 0
         self.last_flush = time.monotonic()
         self.walk_blocked: list[str] = []
+        #: files the walk found to index (None until the walk is done): reported when the server goes away
+        self.todo_total: int | None = None
+        #: ``--shard``: the other shards may write to the same collection at the same time, so batches are
+        #: verified by reading their ids back instead of by the collection's count
+        self.shared = options.shard is not None
+        #: ``--shard``: ids of every file the walk found, in any shard (never pruned by this shard)
+        self.walked: set[str] = set()
+        self.seen: set[str] = set()
 
     # --- phases -----------------------------------------------------------------------------------------
 
@@ -187,9 +195,11 @@ class _Ingest:
 
         for found in iter_image_files(self.root, on_error=on_walk_error):
             path = absolute(found.path)
-            if shard is not None and not in_shard(path, *shard):
-                continue
             pid = point_id(path)
+            if shard is not None:
+                self.walked.add(pid)
+                if not in_shard(path, *shard):
+                    continue
             seen.add(pid)
             previous = self.stored.get(pid)
             if previous is not None and previous.size == found.size and previous.mtime_ns == found.mtime_ns:
@@ -304,6 +314,17 @@ class _Ingest:
         expected = self.expected_count + len(new_ids)
         for attempt in (1, 2):
             self.store.upsert(points)
+            if self.shared:  # other shards write too: check that this batch's ids are all there
+                missing = {p.id for p in points} - set(self.store.get_vectors([p.id for p in points]))
+                if not missing:
+                    break
+                if attempt == 2:
+                    raise CountMismatchError(
+                        f"{self.store.describe()}: after upserting a batch of {len(points)} points, {len(missing)} "
+                        "of them are not in the collection (retried once); stopping so nothing is lost. "
+                        "Check the store, then re-run: finished batches are kept"
+                    )
+                continue
             got = self.store.count(exact=False) - self.count_baseline
             if got == expected:
                 break
@@ -339,6 +360,7 @@ class _Ingest:
             pid
             for pid, entry in self.stored.items()
             if pid not in seen
+            and pid not in self.walked  # a file of another shard, whose display path may hash elsewhere
             and entry.path.startswith(under)
             and not entry.path.startswith(blocked)
             and (shard is None or in_shard(entry.path, *shard))
@@ -347,7 +369,14 @@ class _Ingest:
             chunk = gone[start : start + PRUNE_CHUNK]
             self.delete(chunk)
             self.report.removed += len(chunk)
-        if gone:
+        if gone and self.shared:
+            left = self.store.get_vectors(gone)
+            if left:
+                raise CountMismatchError(
+                    f"{self.store.describe()}: after pruning {len(gone)} points, {len(left)} of them are still in "
+                    "the collection; re-run to converge"
+                )
+        elif gone:
             got = self.store.count(exact=False) - self.count_baseline
             if got != self.expected_count:
                 raise CountMismatchError(
@@ -363,6 +392,16 @@ class _Ingest:
 
     def finish(self) -> None:
         exact = self.store.count(exact=True)
+        if self.shared:  # the other shards change the count: check that this shard's points are all there
+            stored = {pid for pid, _ in self.store.iter_payloads([])}
+            missing = [pid for pid in self.seen & self.present if pid not in stored]
+            if missing:
+                raise CountMismatchError(
+                    f"{self.store.describe()}: {len(missing)} points of this shard are missing from the collection; "
+                    "re-run to converge"
+                )
+            self.report.points = exact
+            return
         if exact != self.expected_count:
             raise CountMismatchError(
                 f"{self.store.describe()}: the exact count is {exact} points, expected {self.expected_count}; "
@@ -389,17 +428,25 @@ def ingest(
     """
     started = time.monotonic()
     run = _Ingest(Path(root), embedder, store, options or IngestOptions(), on_failed, progress)
-    with _maybe_lock(store, lock):
+    with _maybe_lock(store, lock, run.options.shard):
         store.ensure_collection(embedder.dimension, embedder.model_name)
         try:
             run.load_index()
             todo, seen = run.walk()
+            run.todo_total, run.seen = len(todo), seen
             if progress is not None:
                 progress.start(len(todo))
             run.embed(todo)
             if run.options.prune:
                 run.prune(seen)
             run.finish()
+        except StoreUnavailableError as exc:
+            if run.todo_total is None:
+                raise
+            raise StoreUnavailableError(
+                f"{exc}; {run.report.indexed} of {run.todo_total} images indexed before the server went away; "
+                "re-run to resume"
+            ) from None
         finally:
             if progress is not None:
                 progress.close()
@@ -420,5 +467,10 @@ class _NoLock:
         return None
 
 
-def _maybe_lock(store: VectorStore, lock: bool) -> IngestLock | _NoLock:
-    return IngestLock(store.lock_path, store.describe()) if lock else _NoLock()
+def _maybe_lock(store: VectorStore, lock: bool, shard: tuple[int, int] | None = None) -> IngestLock | _NoLock:
+    if not lock:
+        return _NoLock()
+    path = store.lock_path
+    if shard is not None:  # the N shards of one tree may run at once (e.g. N cron jobs on one machine)
+        path = path.with_name(f"{path.stem}.shard-{shard[0]}-of-{shard[1]}{path.suffix}")
+    return IngestLock(path, store.describe())
