@@ -287,13 +287,13 @@ def test_sigkill_mid_run_then_rerun_gives_the_exact_index(
     subprocess.run([*cmd[:7], "--data-dir", str(tmp_path / "scratch"), "--batch-size", "10", "-q"], check=True)
     full_run_s = time.monotonic() - started
     partial_counts = []
-    for fraction in (0.55, 0.75, 0.9):
+    for fraction in (0.35, 0.55, 0.75):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(full_run_s * fraction)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         partial_counts.append(len(stored_points(data_dir)))
-    assert min(partial_counts) < 300, f"every run finished before it was killed: {partial_counts}"
+    assert any(0 < count < 300 for count in partial_counts), f"no kill landed mid-run: {partial_counts}"
     final = subprocess.run([*cmd[:-1], "--json"], capture_output=True, text=True, timeout=300, check=True)
     report = json.loads(final.stdout)
     assert report["points"] == 300 and report["failed"] == []
