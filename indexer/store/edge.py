@@ -111,6 +111,10 @@ LOCK_FILE = "ingest.lock"
 SHARD_DIR = "shard"
 TEMP_SEGMENTS = "temp_segments"
 _RETRIEVE_CHUNK = 1000
+#: refuse to write when the data dir's filesystem has less free space than this: the engine writes through
+#: memory-mapped files, and a page written on a full filesystem kills the process with SIGBUS (measured on a
+#: full tmpfs: "Bus error", exit 135) instead of raising an error. Env ``CLIPINDEX_MIN_FREE_MB`` overrides it.
+MIN_FREE_BYTES = 64 * 2**20
 _COLLECTION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -215,7 +219,7 @@ class EdgeStore(VectorStore):
     :class:`~indexer.errors.StoreBusyError`.
     """
 
-    def __init__(self, data_dir: Path, collection: str = "images") -> None:
+    def __init__(self, data_dir: Path, collection: str = "images", *, min_free_bytes: int | None = None) -> None:
         if not _COLLECTION_RE.match(collection):
             raise StoreError(f"invalid collection name {collection!r}: use letters, digits, '_', '-' and '.'")
         self.data_dir = Path(data_dir).expanduser()
@@ -224,6 +228,10 @@ class EdgeStore(VectorStore):
         self.shard_dir = self.root / SHARD_DIR
         self._shard: qe.EdgeShard | None = None
         self._info: CollectionInfo | None = None
+        if min_free_bytes is None:
+            env = os.environ.get("CLIPINDEX_MIN_FREE_MB")
+            min_free_bytes = int(float(env) * 2**20) if env else MIN_FREE_BYTES
+        self.min_free_bytes = min_free_bytes
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -265,6 +273,7 @@ class EdgeStore(VectorStore):
 
         if not create:
             raise self._not_found()
+        self._check_free_space()
         info = CollectionInfo(model_name=model_name, vector_dim=vector_dim, created=True)
         self._write_meta(info)
         config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=vector_dim, distance=qe.Distance.Cosine))
@@ -320,6 +329,7 @@ class EdgeStore(VectorStore):
         assert self._info is not None
         if not points:
             return
+        self._check_free_space()
         dim, model = self._info.vector_dim, self._info.model_name
         batch = [
             qe.Point(check_id(p.id), as_vector(p.vector, dim).tolist(), stored_payload(p.payload, model))
@@ -377,6 +387,7 @@ class EdgeStore(VectorStore):
         shard = self._need()
         wanted: list[Any] = [check_id(i) for i in ids]
         if wanted:
+            self._check_free_space()  # a delete is a WAL write too
             op = qe.UpdateOperation.delete_points(wanted)
             self._engine("delete", lambda: shard.update(op))
 
@@ -423,6 +434,23 @@ class EdgeStore(VectorStore):
         return _read_json(self.root / SUMMARY_FILE)
 
     # --- internals ----------------------------------------------------------------------------
+
+    def _check_free_space(self) -> None:
+        """Raise StoreError, before the engine writes, when the filesystem is (nearly) full."""
+        where = self.shard_dir
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        try:
+            st = os.statvfs(where)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        if free < self.min_free_bytes:
+            raise StoreError(
+                f"no space left for {self.describe()}: {free / 2**20:.1f} MB free on its filesystem, "
+                f"{self.min_free_bytes / 2**20:.0f} MB needed to write safely (CLIPINDEX_MIN_FREE_MB); "
+                "free some space, then re-run: finished batches are kept"
+            )
 
     def _need(self) -> qe.EdgeShard:
         require_open(self._shard is not None, self)
