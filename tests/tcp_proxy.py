@@ -269,11 +269,14 @@ class QdrantRestServer:
         else:
             body_out["status"] = {"error": result}
         data = json.dumps(body_out).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
+        try:
+            handler.send_response(status)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+        except OSError:  # the proxy was cut while we worked: the client never hears the reply
+            handler.close_connection = True
 
     # --- routes: JSON in, local mode, JSON out --------------------------------------------------------
 
