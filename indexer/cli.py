@@ -443,6 +443,265 @@ def ingest(
         raise FailedFilesError(f"{len(report.failed)} file(s) failed under {directory} (--strict); see the lines above")
 
 
+# --- search, classify, status -----------------------------------------------------------------------------
+
+
+def query_device_options(default_device: str) -> Callable[[F], F]:
+    """--device and --precision for the commands that run a query's tower (search, classify)."""
+
+    def decorate(func: F) -> F:
+        func = click.option(
+            "--precision",
+            type=click.Choice(["fp32", "int8"]),
+            envvar="CLIPINDEX_PRECISION",
+            show_envvar=True,
+            default="fp32",
+            show_default=True,
+            help="int8 runs the *.int8.onnx towers from `convert --quantize int8` (scores within ~0.01 of fp32).",
+        )(func)
+        return click.option(
+            "--device",
+            type=click.Choice(["auto", "cpu", "cuda"]),
+            envvar="CLIPINDEX_DEVICE",
+            show_envvar=True,
+            default=default_device,
+            show_default=True,
+            help="ONNX Runtime execution provider; auto takes CUDA when onnxruntime-gpu sees a GPU"
+            + (" (one query runs faster on CPU than CUDA takes to start)." if default_device == "cpu" else "."),
+        )(func)
+
+    return decorate
+
+
+def json_option(what: str) -> Callable[[F], F]:
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON on stdout.")
+
+
+@cli.command()
+@click.argument("query", required=False)
+@model_dir_option
+@store_options
+@click.option(
+    "--image",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help='Search by image instead of text ("more like this"): the file is decoded and preprocessed as ingest does.',
+)
+@click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=10, show_default=True, help="Number of results.")
+@click.option(
+    "--threshold",
+    type=click.FloatRange(-1.0, 1.0),
+    default=None,
+    metavar="S",
+    help="Drop results scoring below S (cosine similarity; a score equal to S is kept).",
+)
+@click.option(
+    "--path-prefix",
+    metavar="FOLDER",
+    default=None,
+    help="Only files under FOLDER (or that one file); relative to the current directory. A Qdrant payload "
+    "filter: /a/photos never matches /a/photos2.",
+)
+@json_option("one array of {rank, score, path, width, height}, best first,")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Also write a self-contained HTML contact sheet (embedded thumbnails, scores, paths) to FILE.",
+)
+@query_device_options("cpu")
+@handle_errors
+def search(
+    query: str | None,
+    model_dir: Path,
+    data_dir: Path | None,
+    qdrant_url: str | None,
+    api_key_file: Path | None,
+    collection: str,
+    image: Path | None,
+    limit: int,
+    threshold: float | None,
+    path_prefix: str | None,
+    as_json: bool,
+    html_file: Path | None,
+    device: str,
+    precision: str,
+) -> None:
+    """Find the indexed images that best match a text QUERY, or an image (--image).
+
+    Scores are CLIP's cosine similarities between the query and each image (higher is closer; a good text
+    match scores around 0.25 to 0.35 with the OpenAI models, an image finds itself at 1.0). A text query runs
+    only the text tower; text past the model's 77 tokens is truncated, with a warning. Prints a table (rank,
+    score, path) or, with --json, one JSON array; --html writes a contact sheet to look at.
+
+    \b
+    Exit codes: 0 done (also when nothing matched); 1 nothing indexed yet, another model built the
+    collection, or another error; 2 usage error; 69 Qdrant server unreachable; 75 the embedded store is
+    in use by an ingest (try again when it has finished).
+    """
+    from indexer.encode import Embedder
+    from indexer.search import format_results, search_image, search_text
+
+    if (query is None) == (image is None):
+        raise click.UsageError("give a text QUERY or --image PATH (one of them)")
+    if query is not None and not query.strip():
+        raise click.BadParameter("the query is empty", param_hint="QUERY")
+    if path_prefix is not None and not path_prefix:
+        raise click.BadParameter("must not be empty", param_hint="--path-prefix")
+    if threshold is not None and threshold != threshold:  # NaN passes FloatRange
+        raise click.BadParameter("must be a number between -1 and 1", param_hint="--threshold")
+    embedder = Embedder(model_dir, device=device, precision=precision)
+    store = make_store(data_dir, qdrant_url, api_key_file, collection)
+
+    def on_truncate(text: str) -> None:
+        info(
+            f"Warning: the query is longer than {embedder.manifest.context_length} tokens; "
+            "CLIP sees only its beginning (the rest is ignored)"
+        )
+
+    where: dict[str, Any] = {"limit": limit, "threshold": threshold, "path_prefix": path_prefix}
+    try:
+        if query is not None:
+            results = search_text(store, embedder, query, on_truncate=on_truncate, **where)
+        else:
+            assert image is not None
+            results = search_image(store, embedder, image, **where)
+        if as_json:
+            click.echo(json.dumps([r.as_json() for r in results], indent=2))
+        elif results:
+            click.echo(format_results(results))
+        else:
+            scoring = f" scoring {threshold} or more" if threshold is not None else ""
+            info(f"No results{scoring}" + (f" under {path_prefix}" if path_prefix is not None else ""))
+        if html_file is not None:
+            from indexer.html import write_contact_sheet
+
+            title = query if query is not None else f"more like {image}"
+            written = write_contact_sheet(
+                html_file, results, query=title, query_image=image, model=embedder.model_name, store=store.describe()
+            )
+            info(f"Wrote {written} ({len(results)} result{'s' if len(results) != 1 else ''})")
+        exit_now_if_main()
+    finally:
+        store.close()
+
+
+def exit_now_if_main() -> None:
+    """End a finished read-only command's process at once, skipping the teardown of the store and the model.
+
+    Every query is a new process: closing the Qdrant Edge shard (it frees its in-memory indexes and
+    mappings) and freeing the ONNX Runtime session cost ~0.2-0.3 s at 100k points, after the results are
+    out. Nothing was written, so nothing is lost (the engine's lock goes with the process). Only when this
+    process *is* the CLI (``clipindex`` or ``python -m indexer``: their ``__main__`` imported ``main``),
+    never when a caller runs the command in-process (CliRunner, scripts).
+    """
+    if getattr(sys.modules.get("__main__"), "main", None) is not main:
+        return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # stdout closed early (`| head`): the usual exit code for that
+        os._exit(1)
+    os._exit(0)
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@model_dir_option
+@click.option(
+    "--labels",
+    "-l",
+    multiple=True,
+    required=True,
+    help="Candidate labels, comma-separated: 'cat,dog,a red car' (repeat the option to add more).",
+)
+@click.option(
+    "--template",
+    default=None,
+    help="Text around each label, '{}' marking the label: 'a photo of {}' (often more accurate with CLIP).  "
+    "[default: the labels as given]",
+)
+@json_option("one array of {image, labels: [{label, probability, similarity}]}")
+@query_device_options("auto")
+@handle_errors
+def classify(
+    images: tuple[Path, ...],
+    model_dir: Path,
+    labels: tuple[str, ...],
+    template: str | None,
+    as_json: bool,
+    device: str,
+    precision: str,
+) -> None:
+    """Zero-shot labels for IMAGE...: the probability of each --labels label, most probable first.
+
+    Probabilities are CLIP's: a softmax over the labels of logit_scale (from the model's manifest, 100 for
+    the OpenAI models) times the cosine similarity of image and label text. They are relative to the labels
+    given: always offer an alternative ("a cat", "a dog", "something else"). Needs no Qdrant.
+
+    \b
+    Exit codes: 0 done; 1 an image could not be read (the others are still printed) or another error;
+    2 usage error.
+    """
+    from indexer.encode import Embedder
+    from indexer.errors import FailedFilesError, ImageError
+    from indexer.search import classify as run_classify
+    from indexer.search import format_classifications, label_texts, parse_labels
+
+    try:
+        names = parse_labels(labels)
+        label_texts(names, template)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--template" if "template" in str(exc) else "--labels") from None
+    embedder = Embedder(model_dir, device=device, precision=precision)
+    failed: list[ImageError] = []
+
+    def on_error(exc: ImageError) -> None:
+        failed.append(exc)
+        info(f"failed: {exc.path}: {exc.reason}")
+
+    results = run_classify(embedder, list(images), names, template=template, on_error=on_error)
+    if as_json:
+        click.echo(json.dumps([r.as_json() for r in results], indent=2))
+    elif results:
+        click.echo(format_classifications(results))
+    if failed:
+        raise FailedFilesError(f"{len(failed)} of {len(images)} image(s) could not be read; see the lines above")
+
+
+@cli.command()
+@model_dir_option
+@store_options
+@json_option("one object (model, model_dir, store, collection, points, last_ingest...)")
+@handle_errors
+def status(
+    model_dir: Path,
+    data_dir: Path | None,
+    qdrant_url: str | None,
+    api_key_file: Path | None,
+    collection: str,
+    as_json: bool,
+) -> None:
+    """Show the model, the store, the collection's point count and the last ingest.
+
+    Reports the model in --model-dir (name, embedding dimension), where the vectors live (the embedded
+    store's folder or the server URL; never the API key), the collection and the model that built it, its
+    exact point count, and the time and summary of the last finished ingest. Works before any ingest.
+    Exit codes: 0 done; 1 the store failed; 69 Qdrant server unreachable.
+    """
+    from indexer.status import collect_status
+
+    store = make_store(data_dir, qdrant_url, api_key_file, collection)
+    with store:
+        report = collect_status(model_dir, store)
+    if as_json:
+        click.echo(json.dumps(report.as_json(), indent=2, sort_keys=False))
+    else:
+        click.echo(report.format())
+
+
 def main() -> None:
     import warnings
 

@@ -103,3 +103,14 @@ class StoreBusyError(StoreError):
     """The embedded store is open in another process (Qdrant Edge allows one process per shard)."""
 
     exit_code = 75  # EX_TEMPFAIL: try again when the other process has finished
+
+
+# --- search (indexer.search) -----------------------------------------------------------------------
+
+
+class NothingIndexedError(CollectionNotFoundError):
+    """A search found no collection, or an empty one: run ``clipindex ingest DIR`` first."""
+
+
+class OutputError(ClipIndexError):
+    """An output file (``search --html FILE``) could not be written."""

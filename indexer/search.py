@@ -1,0 +1,454 @@
+"""Search and zero-shot classification: the library API behind ``clipindex search`` and ``clipindex classify``.
+
+Search
+------
+Every function takes an open-able :class:`~indexer.store.base.VectorStore` (from
+:func:`indexer.store.open_store`) and returns :class:`SearchResult` rows, best first::
+
+    from indexer.encode import Embedder
+    from indexer.search import search_text, search_image, search_vector
+    from indexer.store import open_store
+
+    embedder = Embedder("models/clip-vit-base-patch32")
+    with open_store(None, None, "images") as store:
+        for hit in search_text(store, embedder, "a red car", limit=5):
+            print(hit.rank, f"{hit.score:.4f}", hit.path)
+        more_like_this = search_image(store, embedder, "photos/car.jpg", path_prefix="photos/2024")
+
+* Scores are cosine similarities between the query embedding and the stored image embeddings (CLIP's
+  ranking, unscaled).
+* The collection is opened with ``create=False``: a search never creates one. A missing or empty
+  collection raises :class:`~indexer.errors.NothingIndexedError`; a collection built by another model
+  (name or dimension) :class:`~indexer.errors.CollectionMismatchError`.
+* ``threshold`` keeps hits scoring ``>= threshold`` exactly (Qdrant's own ``score_threshold`` is strict,
+  so the largest float32 below the threshold is what is sent). ``limit`` counts after the threshold.
+* ``path_prefix`` is a folder (or one file): relative paths are taken against the current directory, as
+  ingest stores absolute paths. It is a Qdrant payload filter on the indexed ancestor folders of each
+  path (see :mod:`indexer.store.base`), so ``/a/photos`` never matches ``/a/photos2``.
+* Text queries are tokenized like transformers' ``CLIPTokenizer`` and truncated at the model's context
+  (77 tokens); ``on_truncate(text)`` is called when that happens. Only the tower a query needs is loaded
+  (a text search never loads ``vision.onnx``), and it loads on a worker thread while the store opens
+  (Qdrant Edge's load holds the GIL, ONNX Runtime's session creation releases it), which is most of a
+  cold start.
+
+Classification
+--------------
+:func:`classify` gives zero-shot label probabilities per image, as CLIP defines them:
+``softmax(logit_scale * cosine(image, label_text))`` over the labels, with ``logit_scale`` (already
+exponentiated, 100 for the OpenAI checkpoints) from the model's manifest. No store is involved.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from indexer.encode import Embedder
+from indexer.errors import (
+    CollectionMismatchError,
+    CollectionNotFoundError,
+    ImageError,
+    NothingIndexedError,
+)
+from indexer.points import absolute, display_path
+from indexer.store.base import CollectionInfo, Hit, VectorStore
+
+__all__ = [
+    "Classification",
+    "LabelScore",
+    "SearchResult",
+    "classify",
+    "format_classifications",
+    "format_results",
+    "open_collection",
+    "parse_labels",
+    "resolve_path_prefix",
+    "search_image",
+    "search_text",
+    "search_vector",
+    "zero_shot_probabilities",
+]
+
+T = TypeVar("T")
+
+DEFAULT_LIMIT = 10
+INGEST_HINT = "run `clipindex ingest DIR` first"
+
+
+# --- results ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One search hit: its rank (1 = best), cosine score, file path and image size (None when unknown)."""
+
+    rank: int
+    score: float
+    path: str
+    width: int | None
+    height: int | None
+    #: the point id and the whole stored payload (size, mtime, sha256, format, model, indexed_at...)
+    id: str
+    payload: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        """What ``clipindex search --json`` prints for this hit (keys in this order)."""
+        return {"rank": self.rank, "score": self.score, "path": self.path, "width": self.width, "height": self.height}
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def to_results(hits: Sequence[Hit]) -> list[SearchResult]:
+    """Store hits -> ranked results, sorted by score (descending), ties by path, so output is stable."""
+    ordered = sorted(hits, key=lambda h: (-h.score, str(h.payload.get("path", "")), h.id))
+    return [
+        SearchResult(
+            rank=rank,
+            score=float(hit.score),
+            path=str(hit.payload.get("path", "")),
+            width=_int_or_none(hit.payload.get("width")),
+            height=_int_or_none(hit.payload.get("height")),
+            id=hit.id,
+            payload=dict(hit.payload),
+        )
+        for rank, hit in enumerate(ordered, start=1)
+    ]
+
+
+# --- opening the collection ---------------------------------------------------------------------------------
+
+
+def open_collection(
+    store: VectorStore,
+    model_name: str | None = None,
+    vector_dim: int | None = None,
+    *,
+    model_dir: str | os.PathLike[str] | None = None,
+) -> CollectionInfo:
+    """Open the store's existing collection for reading; never creates one.
+
+    With ``model_name`` and ``vector_dim``, the collection must have been built by that model
+    (:class:`~indexer.errors.CollectionMismatchError` otherwise); without, any collection is accepted
+    (:func:`search_vector` with a raw vector). Raises :class:`~indexer.errors.NothingIndexedError` when
+    there is no such collection. ``model_dir`` (where the query model comes from) goes into the mismatch
+    message.
+    """
+    try:
+        if model_name is None or vector_dim is None:
+            return store.collection_info()
+        return store.ensure_collection(vector_dim, model_name, create=False)
+    except CollectionMismatchError as exc:
+        found = str(exc).split("; use the same model", 1)[0]  # the store's advice is meant for ingest
+        origin = f" (from {os.fspath(model_dir)})" if model_dir is not None else ""
+        raise CollectionMismatchError(
+            f"cannot search: {found}{origin}; search with the model that built the collection "
+            "(--model-dir / CLIPINDEX_MODEL_DIR), or ingest this model into another --collection"
+        ) from None
+    except CollectionNotFoundError:
+        raise NothingIndexedError(
+            f"nothing is indexed in {store.describe()} (no collection {store.collection!r}): {INGEST_HINT} "
+            "(or check --data-dir / --qdrant-url / --collection)"
+        ) from None
+
+
+def resolve_path_prefix(path_prefix: str | os.PathLike[str] | None) -> str | None:
+    """The absolute, normalised folder (or file) ``path_prefix`` names, as ingest stores paths."""
+    if path_prefix is None:
+        return None
+    text = os.fspath(path_prefix)
+    if not text:
+        raise ValueError("path_prefix must not be empty")
+    return display_path(absolute(text))
+
+
+def _store_threshold(threshold: float | None) -> float | None:
+    """The value to give Qdrant so that it keeps exactly the scores ``>= threshold``.
+
+    Qdrant (Edge, and the server) compares float32 scores with ``score > score_threshold``; the largest
+    float32 strictly below ``threshold`` turns that into ``score >= threshold`` for every float32 score.
+    (:func:`search_vector` also filters the hits with ``>=``, so an engine that compares with ``>=`` gives
+    the same result.)
+    """
+    if threshold is None:
+        return None
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, not {threshold}")
+    below = np.float32(threshold)
+    if float(below) >= threshold:
+        below = np.nextafter(below, np.float32(-np.inf))
+    return float(below)
+
+
+def search_vector(
+    store: VectorStore,
+    vector: npt.ArrayLike,
+    *,
+    limit: int = DEFAULT_LIMIT,
+    threshold: float | None = None,
+    path_prefix: str | os.PathLike[str] | None = None,
+    model_name: str | None = None,
+) -> list[SearchResult]:
+    """The ``limit`` stored images nearest to ``vector`` (any float vector of the collection's dimension).
+
+    ``model_name``: when given, the collection must have been built by that model. See the module doc
+    for ``threshold`` and ``path_prefix``.
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+    query = np.asarray(vector, dtype=np.float32).reshape(-1)
+    info = open_collection(store, model_name, query.shape[0] if model_name is not None else None)
+    if query.shape[0] != info.vector_dim:
+        raise ValueError(f"the query vector has {query.shape[0]} dimensions, the collection {info.vector_dim}")
+    prefix = resolve_path_prefix(path_prefix)
+    hits = store.search(query, limit=limit, score_threshold=_store_threshold(threshold), path_prefix=prefix)
+    if threshold is not None:
+        hits = [h for h in hits if h.score >= threshold]
+    if not hits and store.count(exact=True) == 0:
+        raise NothingIndexedError(
+            f"nothing is indexed in {store.describe()} yet (the collection is empty): {INGEST_HINT}"
+        )
+    return to_results(hits)
+
+
+def _embed_query(
+    store: VectorStore,
+    embedder: Embedder,
+    tower: Literal["text", "vision"],
+    prepare: Callable[[], T],
+    encode: Callable[[T], np.ndarray],
+) -> np.ndarray:
+    """Open the collection and embed a query, overlapping the two slow parts of a cold start.
+
+    The tower's ONNX Runtime session is created on a worker thread (it releases the GIL) while this thread
+    opens the collection (Qdrant Edge holds the GIL while it loads) and runs ``prepare`` (tokenizer load,
+    image decoding); then ``encode(prepared)`` runs the tower. The collection is checked against the
+    embedder's model; the worker has finished whenever this returns or raises (a store error wins).
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipindex-load") as pool:
+        loading = pool.submit(embedder.tower, tower)
+        open_collection(store, embedder.model_name, embedder.dimension, model_dir=embedder.model_dir)
+        prepared = prepare()
+        loading.result()
+    return encode(prepared)
+
+
+def search_text(
+    store: VectorStore,
+    embedder: Embedder,
+    query: str,
+    *,
+    limit: int = DEFAULT_LIMIT,
+    threshold: float | None = None,
+    path_prefix: str | os.PathLike[str] | None = None,
+    on_truncate: Callable[[str], None] | None = None,
+) -> list[SearchResult]:
+    """Images best matching a text query (text tower only). ``on_truncate(query)`` when cut at the context."""
+    vector = _embed_query(
+        store,
+        embedder,
+        "text",
+        lambda: embedder.tokenizer,
+        lambda _: embedder.encode_text([query], on_truncate=on_truncate)[0],
+    )
+    return search_vector(
+        store, vector, limit=limit, threshold=threshold, path_prefix=path_prefix, model_name=embedder.model_name
+    )
+
+
+def search_image(
+    store: VectorStore,
+    embedder: Embedder,
+    image: str | os.PathLike[str] | Image.Image,
+    *,
+    limit: int = DEFAULT_LIMIT,
+    threshold: float | None = None,
+    path_prefix: str | os.PathLike[str] | None = None,
+) -> list[SearchResult]:
+    """Images most like ``image`` (a file, decoded and preprocessed exactly as ingest does, or a PIL image).
+
+    An indexed file finds itself first with a score of ~1. Raises :class:`~indexer.errors.ImageError`
+    when the file cannot be decoded.
+    """
+    preprocessor = embedder.preprocessor
+
+    def prepare() -> np.ndarray:
+        decoded = image if isinstance(image, Image.Image) else preprocessor.load(os.fspath(image))
+        pixels: np.ndarray = preprocessor.preprocess(decoded)
+        return pixels
+
+    vector = _embed_query(store, embedder, "vision", prepare, lambda pixels: embedder.encode_pixels(pixels[None])[0])
+    return search_vector(
+        store, vector, limit=limit, threshold=threshold, path_prefix=path_prefix, model_name=embedder.model_name
+    )
+
+
+# --- classification -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    """One label's zero-shot probability (softmax over the labels) and raw cosine similarity."""
+
+    label: str
+    probability: float
+    similarity: float
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The labels of one image, most probable first."""
+
+    image: str
+    labels: tuple[LabelScore, ...]
+
+    @property
+    def best(self) -> LabelScore:
+        return self.labels[0]
+
+    def as_json(self) -> dict[str, Any]:
+        """What ``clipindex classify --json`` prints for this image."""
+        return {
+            "image": self.image,
+            "labels": [
+                {"label": s.label, "probability": s.probability, "similarity": s.similarity} for s in self.labels
+            ],
+        }
+
+
+def parse_labels(labels: str | Sequence[str]) -> list[str]:
+    """``"cat, dog,a red car"`` (or several such strings) -> ``["cat", "dog", "a red car"]``.
+
+    Labels are split on commas and stripped; empty ones are dropped. Raises ValueError for fewer than
+    one label or a label given twice.
+    """
+    parts = [labels] if isinstance(labels, str) else list(labels)
+    out = [label.strip() for part in parts for label in part.split(",")]
+    out = [label for label in out if label]
+    if not out:
+        raise ValueError("no labels given (e.g. --labels 'cat,dog,a red car')")
+    seen: set[str] = set()
+    for label in out:
+        if label in seen:
+            raise ValueError(f"label {label!r} is given twice")
+        seen.add(label)
+    return out
+
+
+def label_texts(labels: Sequence[str], template: str | None) -> list[str]:
+    """The texts the text tower sees: the labels as given, or ``template`` with ``{}`` replaced by each."""
+    if template is None:
+        return list(labels)
+    if "{}" not in template:
+        raise ValueError(f"template {template!r} has no '{{}}' for the label (e.g. 'a photo of {{}}')")
+    return [template.replace("{}", label) for label in labels]
+
+
+def zero_shot_probabilities(
+    image_vectors: npt.ArrayLike, text_vectors: npt.ArrayLike, logit_scale: float
+) -> npt.NDArray[np.float64]:
+    """CLIP's ``logits_per_image.softmax(-1)``: ``softmax(logit_scale * cosine)``, ``[images, labels]``."""
+    images = np.atleast_2d(np.asarray(image_vectors, dtype=np.float64))
+    texts = np.atleast_2d(np.asarray(text_vectors, dtype=np.float64))
+    images = images / np.linalg.norm(images, axis=-1, keepdims=True)
+    texts = texts / np.linalg.norm(texts, axis=-1, keepdims=True)
+    logits = float(logit_scale) * (images @ texts.T)
+    logits -= logits.max(axis=-1, keepdims=True)
+    weights = np.exp(logits)
+    probabilities: npt.NDArray[np.float64] = weights / weights.sum(axis=-1, keepdims=True)
+    return probabilities
+
+
+def classify(
+    embedder: Embedder,
+    images: Sequence[str | os.PathLike[str] | Image.Image],
+    labels: str | Sequence[str],
+    *,
+    template: str | None = None,
+    on_error: Callable[[ImageError], None] | None = None,
+    batch_size: int = 25,
+) -> list[Classification]:
+    """Zero-shot labels for each image: probabilities from a softmax over ``labels``, most probable first.
+
+    ``labels``: a list, or a comma-separated string (:func:`parse_labels`). ``template``: e.g.
+    ``"a photo of {}"``; by default the labels are encoded as given. Images are decoded and preprocessed
+    as ingest does. An image that cannot be decoded raises :class:`~indexer.errors.ImageError`, or, with
+    ``on_error``, is reported there and left out of the result.
+    """
+    names = parse_labels(labels)
+    texts = embedder.encode_text(label_texts(names, template))
+    results: list[Classification] = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        pixels: list[np.ndarray] = []
+        kept: list[str] = []
+        for index, item in enumerate(chunk, start=start):
+            try:
+                image = item if isinstance(item, Image.Image) else embedder.preprocessor.load(item)
+                pixels.append(embedder.preprocessor.preprocess(image))
+            except ImageError as exc:
+                if on_error is None:
+                    raise
+                on_error(exc)
+                continue
+            kept.append(f"<image {index}>" if isinstance(item, Image.Image) else os.fspath(item))
+        if not pixels:
+            continue
+        vectors = embedder.encode_pixels(np.stack(pixels))
+        similarities = Embedder.similarity(vectors, texts)
+        probabilities = zero_shot_probabilities(vectors, texts, embedder.manifest.logit_scale)
+        for name, probs, sims in zip(kept, probabilities, similarities, strict=True):
+            order = sorted(range(len(names)), key=lambda i: (-probs[i], i))
+            scores = tuple(LabelScore(names[i], float(probs[i]), float(sims[i])) for i in order)
+            results.append(Classification(image=name, labels=scores))
+    return results
+
+
+# --- terminal output ----------------------------------------------------------------------------------------
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control and other non-printable characters as ``\\x``/``\\u`` escapes.
+
+    File names may hold newlines, escape sequences or bidi overrides; none of them reach the terminal raw.
+    """
+    if text.isprintable():
+        return text
+    out: list[str] = []
+    for ch in text:
+        code = ord(ch)
+        if ch.isprintable():
+            out.append(ch)
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
+def format_results(results: Sequence[SearchResult]) -> str:
+    """The readable table ``clipindex search`` prints: rank, score, path (one line per hit)."""
+    lines = [f"{'rank':>4}  {'score':>6}  path"]
+    lines += [f"{r.rank:>4}  {r.score:6.4f}  {printable(r.path)}" for r in results]
+    return "\n".join(lines)
+
+
+def format_classifications(results: Sequence[Classification]) -> str:
+    """What ``clipindex classify`` prints: per image its path, then one ``probability  label`` line per label."""
+    blocks: list[str] = []
+    for result in results:
+        lines = [printable(result.image)]
+        lines += [f"  {s.probability:7.2%}  {printable(s.label)}" for s in result.labels]
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)

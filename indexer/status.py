@@ -1,0 +1,173 @@
+"""``clipindex status``: what model is configured, where the store is, what the collection holds, and how the
+last ingest went. Library API: :func:`collect_status` -> :class:`Status` (``as_json()``, ``format()``).
+
+Nothing is created or written. It works before any ingest (the collection is reported as absent) and
+without a model folder (the model is reported as missing). An embedded store that another process has
+open (an ingest running) is reported as busy, with the last finished ingest's summary still shown.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from indexer.errors import CollectionNotFoundError, ModelNotFoundError, StoreBusyError
+from indexer.search import printable
+from indexer.store.base import UNKNOWN_MODEL, VectorStore
+
+__all__ = ["Status", "collect_status"]
+
+
+@dataclass(frozen=True)
+class Status:
+    """Everything ``clipindex status`` reports. ``as_json()`` is what ``--json`` prints (these keys)."""
+
+    #: the model folder that search/ingest would use
+    model_dir: str
+    #: its model name, source checkpoint and embedding dimension (None when the folder holds no model)
+    model: str | None
+    source_model: str | None
+    embedding_dim: int | None
+    #: why the model is unusable (missing, unreadable manifest), else None
+    model_error: str | None
+    #: the store: "embedded store <folder>" or "<server URL>, collection '<name>'" (never an API key)
+    store: str
+    collection: str
+    collection_exists: bool
+    #: the model name and dimension the collection was built with (None when it does not exist)
+    collection_model: str | None
+    collection_dim: int | None
+    #: exact point count (None when the collection does not exist or is busy)
+    points: int | None
+    #: True when the model folder's model differs from the collection's (search would refuse)
+    model_mismatch: bool
+    #: the embedded store is open in another process (an ingest is running)
+    busy: bool
+    #: the last finished ingest: its summary (indexed, unchanged, reused, failed, removed, points, seconds,
+    #: skipped_dirs, root, model, finished_at [epoch s]) plus finished_at_iso; None before the first one
+    last_ingest: dict[str, Any] | None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        """Readable ``key  value`` lines."""
+        rows: list[tuple[str, str]] = []
+        if self.model is not None:
+            rows.append(("model", f"{self.model} ({self.embedding_dim}-d, from {self.source_model})"))
+            rows.append(("model dir", self.model_dir))
+        else:
+            rows.append(("model", f"none: {self.model_error}"))
+        rows.append(("store", self.store))
+        if self.busy:
+            rows.append(("collection", f"{self.collection}: in use by another process (an ingest running?)"))
+        elif not self.collection_exists:
+            rows.append(("collection", f"{self.collection}: nothing ingested yet; run `clipindex ingest DIR`"))
+        else:
+            built = f"built with {self.collection_model} ({self.collection_dim}-d)"
+            rows.append(("collection", f"{self.collection}: {built}"))
+            rows.append(("points", f"{self.points:,}" if self.points is not None else "unknown"))
+            if self.model_mismatch:
+                rows.append(
+                    (
+                        "warning",
+                        f"the model dir holds {self.model} ({self.embedding_dim}-d), not the collection's "
+                        f"{self.collection_model}: search would refuse; use the model that built the collection",
+                    )
+                )
+        rows.append(("last ingest", _ingest_line(self.last_ingest)))
+        width = max(len(key) for key, _ in rows)
+        return "\n".join(f"{key:<{width}}  {printable(value)}" for key, value in rows)
+
+
+def _ingest_line(summary: Mapping[str, Any] | None) -> str:
+    if summary is None:
+        return "never"
+    parts: list[str] = []
+    when = summary.get("finished_at_iso")
+    if when:
+        parts.append(str(when))
+    if summary.get("root"):
+        parts.append(str(summary["root"]))
+    counts = []
+    for key in ("indexed", "reused", "unchanged", "failed", "removed"):
+        if isinstance(summary.get(key), int):
+            counts.append(f"{key} {summary[key]}")
+    if counts:
+        parts.append(", ".join(counts))
+    if isinstance(summary.get("points"), int):
+        parts.append(f"{summary['points']:,} points")
+    if isinstance(summary.get("seconds"), (int, float)):
+        parts.append(f"{summary['seconds']:.1f} s")
+    return "; ".join(parts) or "unknown"
+
+
+def _iso(epoch: Any) -> str | None:
+    if not isinstance(epoch, (int, float)) or isinstance(epoch, bool):
+        return None
+    return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(epoch))
+
+
+def collect_status(model_dir: str | Path, store: VectorStore) -> Status:
+    """Gather the status of ``model_dir`` and ``store`` (opened read-only here; close it afterwards).
+
+    Raises the store's errors other than "no collection" and "busy" (e.g. an unreachable server).
+    """
+    from indexer.manifest import ModelManifest
+
+    model = source = error = None
+    dim: int | None = None
+    try:
+        manifest = ModelManifest.load(model_dir)
+        model, source, dim = manifest.model_name, manifest.source_model, manifest.embedding_dim
+    except ModelNotFoundError as exc:
+        error = " ".join(str(exc).split())
+
+    exists = busy = False
+    collection_model: str | None = None
+    collection_dim: int | None = None
+    points: int | None = None
+    try:
+        info = store.collection_info()
+        exists = True
+        collection_model, collection_dim = info.model_name, info.vector_dim
+        points = store.count(exact=True)
+    except CollectionNotFoundError:
+        pass
+    except StoreBusyError:
+        busy = exists = True
+
+    summary: dict[str, Any] | None = None
+    if exists:
+        try:
+            summary = store.load_summary()
+        except StoreBusyError:
+            summary = None
+    if summary is not None:
+        summary = dict(summary)
+        summary["finished_at_iso"] = _iso(summary.get("finished_at"))
+    mismatch = bool(
+        exists
+        and not busy
+        and model is not None
+        and (collection_dim != dim or collection_model not in (model, UNKNOWN_MODEL))
+    )
+    return Status(
+        model_dir=str(model_dir),
+        model=model,
+        source_model=source,
+        embedding_dim=dim,
+        model_error=error,
+        store=store.describe(),
+        collection=store.collection,
+        collection_exists=exists,
+        collection_model=collection_model,
+        collection_dim=collection_dim,
+        points=points,
+        model_mismatch=mismatch,
+        busy=busy,
+        last_ingest=summary,
+    )

@@ -1,0 +1,135 @@
+"""`clipindex status`: model, store, collection, point count and last ingest, before and after an ingest."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from click.testing import CliRunner
+
+from indexer.cli import cli
+from indexer.encode import Embedder
+from indexer.points import point_id
+from indexer.status import collect_status
+from indexer.store import EdgeStore
+from indexer.store.base import Point
+
+KEYS = [
+    "model_dir",
+    "model",
+    "source_model",
+    "embedding_dim",
+    "model_error",
+    "store",
+    "collection",
+    "collection_exists",
+    "collection_model",
+    "collection_dim",
+    "points",
+    "model_mismatch",
+    "busy",
+    "last_ingest",
+]
+IMAGES = Path(__file__).resolve().parent.parent / "images"
+
+
+def status(model_dir: Path, data_dir: Path, *extra: str) -> Any:
+    return CliRunner().invoke(
+        cli, ["status", "--model-dir", str(model_dir), "--data-dir", str(data_dir), *extra], catch_exceptions=False
+    )
+
+
+def status_json(model_dir: Path, data_dir: Path, *extra: str) -> dict[str, Any]:
+    result = status(model_dir, data_dir, "--json", *extra)
+    assert result.exit_code == 0, result.output
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def rows(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition("  ")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def test_status_before_and_after_an_ingest(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    model_name = Embedder(tiny_model_dir).model_name
+    before = status_json(tiny_model_dir, data_dir)
+    assert list(before) == KEYS
+    assert before["model"] == model_name and before["embedding_dim"] == 512 and before["model_error"] is None
+    assert before["store"] == f"embedded store {data_dir / 'images'}" and before["collection"] == "images"
+    assert before["collection_exists"] is False and before["points"] is None and before["last_ingest"] is None
+    assert not (data_dir / "images").exists()  # status creates nothing
+    text = status(tiny_model_dir, data_dir)
+    assert text.exit_code == 0
+    shown = rows(text.stdout)
+    assert shown["model"].startswith(f"{model_name} (512-d")
+    assert "nothing ingested yet" in shown["collection"] and "clipindex ingest DIR" in shown["collection"]
+    assert shown["last ingest"] == "never"
+
+    started = time.time()
+    ingest = CliRunner().invoke(
+        cli, ["ingest", str(IMAGES), "--model-dir", str(tiny_model_dir), "--data-dir", str(data_dir), "-q"]
+    )
+    assert ingest.exit_code == 0, ingest.output
+    after = status_json(tiny_model_dir, data_dir)
+    assert list(after) == KEYS
+    assert after["collection_exists"] is True and after["points"] == 8
+    assert after["collection_model"] == model_name and after["collection_dim"] == 512
+    assert after["model_mismatch"] is False and after["busy"] is False
+    last = after["last_ingest"]
+    assert last["indexed"] == 8 and last["failed"] == 0 and last["points"] == 8 and last["root"] == str(IMAGES)
+    assert last["model"] == model_name and started - 1 <= last["finished_at"] <= time.time()
+    assert isinstance(last["finished_at_iso"], str) and last["finished_at_iso"][:4].isdigit()
+    shown = rows(status(tiny_model_dir, data_dir).stdout)
+    assert shown["points"] == "8"
+    assert shown["collection"] == f"images: built with {model_name} (512-d)"
+    assert shown["last ingest"].startswith(last["finished_at_iso"])
+    assert f"{IMAGES}; indexed 8, reused 0, unchanged 0, failed 0, removed 0; 8 points" in shown["last ingest"]
+    # a re-run updates the summary
+    CliRunner().invoke(cli, ["ingest", str(IMAGES), "--model-dir", str(tiny_model_dir), "--data-dir", str(data_dir)])
+    again = status_json(tiny_model_dir, data_dir)["last_ingest"]
+    assert again["unchanged"] == 8 and again["indexed"] == 0 and again["finished_at"] >= last["finished_at"]
+
+
+def test_status_without_a_model_and_with_another_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with EdgeStore(data_dir, "other") as store:
+        store.ensure_collection(768, "clip-vit-large-patch14")
+        store.upsert(
+            [Point(point_id(f"/p/{i}.jpg"), np.ones(768, np.float32), {"path": f"/p/{i}.jpg"}) for i in range(3)]
+        )
+    data = status_json(tmp_path / "no-model", data_dir, "--collection", "other")
+    assert data["model"] is None and "clipindex convert" in data["model_error"]
+    assert data["points"] == 3 and data["collection_model"] == "clip-vit-large-patch14" and data["last_ingest"] is None
+    assert data["model_mismatch"] is False  # nothing to compare with
+    text = status(tmp_path / "no-model", data_dir, "--collection", "other")
+    assert text.exit_code == 0 and rows(text.stdout)["model"].startswith("none: ")
+    mismatch = status_json(tiny_model_dir, data_dir, "--collection", "other")
+    assert mismatch["model_mismatch"] is True
+    warning = rows(status(tiny_model_dir, data_dir, "--collection", "other").stdout)["warning"]
+    assert "clip-vit-large-patch14" in warning and "search would refuse" in warning
+
+
+def test_status_of_a_busy_store_and_the_library_api(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with EdgeStore(data_dir, "images") as store:
+        store.ensure_collection(512, Embedder(tiny_model_dir).model_name)
+        store.save_summary({"indexed": 1, "finished_at": 1_700_000_000.0, "root": "/x"})
+        # while this store is open (as during an ingest), status says so and still shows the last ingest
+        result = status(tiny_model_dir, data_dir)
+        assert result.exit_code == 0, result.output
+        assert "in use by another process" in rows(result.stdout)["collection"]
+        busy = status_json(tiny_model_dir, data_dir)
+        assert busy["busy"] is True and busy["points"] is None and busy["last_ingest"]["indexed"] == 1
+    with EdgeStore(data_dir, "images") as store:
+        report = collect_status(tiny_model_dir, store)
+    assert report.busy is False and report.points == 0 and report.last_ingest is not None
+    assert report.as_json()["last_ingest"]["root"] == "/x"
+    assert "points" in report.format()
