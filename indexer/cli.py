@@ -702,6 +702,99 @@ def status(
         click.echo(report.format())
 
 
+# --- migrate ----------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--to",
+    "to_url",
+    required=True,
+    envvar="CLIPINDEX_MIGRATE_TO",
+    show_envvar=True,
+    help="Qdrant server URL to copy into (http://host:6333, https://...). "
+    "The API key is read from $QDRANT_API_KEY or --api-key-file.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="CLIPINDEX_DATA_DIR",
+    show_envvar=True,
+    default=None,
+    help="Folder of the embedded store to copy from.  [default: $XDG_DATA_HOME/clipindex]",
+)
+@click.option(
+    "--collection",
+    envvar="CLIPINDEX_COLLECTION",
+    show_envvar=True,
+    default=DEFAULT_COLLECTION,
+    show_default=True,
+    help="Embedded collection to copy.",
+)
+@click.option("--to-collection", default=None, help="Collection on the server.  [default: --collection]")
+@click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="CLIPINDEX_API_KEY_FILE",
+    show_envvar=True,
+    default=None,
+    help="File holding the Qdrant API key (else $QDRANT_API_KEY).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 10000),
+    default=256,
+    show_default=True,
+    help="Points per page read and per upsert.",
+)
+@click.option("--shards", type=click.IntRange(1), default=None, help="Shards of the server collection, if created.")
+@click.option(
+    "--replicas", type=click.IntRange(1), default=None, help="Replication factor of the server collection, if created."
+)
+@timeout_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar; only errors and the summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the figures on stdout.")
+@handle_errors
+def migrate(
+    to_url: str,
+    data_dir: Path | None,
+    collection: str,
+    to_collection: str | None,
+    api_key_file: Path | None,
+    batch_size: int,
+    shards: int | None,
+    replicas: int | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Copy the embedded collection to a Qdrant server: same ids, vectors and payloads, no re-embedding.
+
+    The server collection is created with the same model and dimension (with --shards/--replicas for a
+    cluster), or must have been built by the same model. Counts are verified and a sample of vectors is read
+    back; the run is idempotent, so an interrupted migration is finished by running it again. Then point
+    ingest and search at the server with --qdrant-url (CLIPINDEX_QDRANT_URL).
+
+    \b
+    Exit codes: 0 copied and verified; 1 failed (no collection to copy, another model built the target,
+    verification failed); 69 Qdrant server unreachable; 75 the embedded store or the target is busy.
+    """
+    from indexer.migrate import migrate as run_migrate
+    from indexer.store import EdgeStore, default_data_dir
+
+    source = EdgeStore(data_dir if data_dir is not None else default_data_dir(), collection)
+    target = make_store(None, to_url, api_key_file, to_collection or collection, shards=shards, replicas=replicas)
+    progress = TqdmProgress(enabled=not quiet and not as_json and sys.stderr.isatty())
+    with source, target:
+        report = run_migrate(
+            source,
+            target,
+            batch_size=batch_size,
+            progress=progress,
+            on_created=None if quiet or as_json else lambda where: info(f"created {where}"),
+        )
+    click.echo(json.dumps(report.as_json()) if as_json else report.summary_line())
+
+
 def main() -> None:
     import warnings
 
