@@ -457,7 +457,8 @@ def query_device_options(default_device: str) -> Callable[[F], F]:
             show_envvar=True,
             default="fp32",
             show_default=True,
-            help="int8 runs the *.int8.onnx towers from `convert --quantize int8` (scores within ~0.01 of fp32).",
+            help="int8 runs the *.int8.onnx towers from `convert --quantize int8` (cosine ~0.999 vs fp32, in "
+            "convert's report).",
         )(func)
         return click.option(
             "--device",
@@ -502,7 +503,7 @@ def json_option(what: str) -> Callable[[F], F]:
     help="Only files under FOLDER (or that one file); relative to the current directory. A Qdrant payload "
     "filter: /a/photos never matches /a/photos2.",
 )
-@json_option("one array of {rank, score, path, width, height}, best first,")
+@json_option("the results as one array of {rank, score, path, width, height}, best first,")
 @click.option(
     "--html",
     "html_file",
@@ -623,7 +624,7 @@ def exit_now_if_main() -> None:
     help="Text around each label, '{}' marking the label: 'a photo of {}' (often more accurate with CLIP).  "
     "[default: the labels as given]",
 )
-@json_option("one array of {image, labels: [{label, probability, similarity}]}")
+@json_option("the results as one array of {image, labels: [{label, probability, similarity}]}")
 @query_device_options("auto")
 @handle_errors
 def classify(
@@ -674,7 +675,7 @@ def classify(
 @cli.command()
 @model_dir_option
 @store_options
-@json_option("one object (model, model_dir, store, collection, points, last_ingest...)")
+@json_option("the status as one object (model, store, collection, points, last_ingest...)")
 @handle_errors
 def status(
     model_dir: Path,
@@ -688,7 +689,10 @@ def status(
 
     Reports the model in --model-dir (name, embedding dimension), where the vectors live (the embedded
     store's folder or the server URL; never the API key), the collection and the model that built it, its
-    exact point count, and the time and summary of the last finished ingest. Works before any ingest.
+    exact point count, and the time and summary of the last finished ingest. Works before any ingest,
+    and without a model.
+
+    \b
     Exit codes: 0 done; 1 the store failed; 69 Qdrant server unreachable.
     """
     from indexer.status import collect_status
