@@ -720,3 +720,18 @@ def test_https_urls_reach_the_client(tmp_path: Path) -> None:
         live.upsert([Point("00000000-0000-4000-8000-000000000001", np.ones(8, np.float32), {"path": "/x.jpg"})])
         assert live.count() == 1
         live.close()
+
+
+def test_the_reliability_table_names_existing_tests_and_every_fault_test() -> None:
+    """docs/operations.md's reliability table: each test it names exists, and it names every test of this file."""
+    repo = Path(__file__).resolve().parent.parent
+    doc = (repo / "docs" / "operations.md").read_text(encoding="utf-8")
+    table = doc.split("## Reliability", 1)[1]
+    named = re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?(?:\[[^\]]*\])?`", table)
+    assert len(named) >= 15
+    for path, name in named:
+        source = (repo / path).read_text(encoding="utf-8")
+        assert not name or re.search(rf"^def {name}\(", source, re.M), f"{path}::{name} does not exist"
+    mine = re.findall(r"^def (test_\w+)\(", Path(__file__).read_text(encoding="utf-8"), re.M)
+    listed = {name for path, name in named if path == "tests/test_faults.py"}
+    assert set(mine) - listed == {"test_the_reliability_table_names_existing_tests_and_every_fault_test"}
