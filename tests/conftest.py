@@ -4,6 +4,7 @@ real converter, and real photos."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 # The tests never reach the hub: fail fast instead of retrying for half a minute.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# ONNX Runtime's optimised-model cache (indexer.encode) goes to a scratch folder, not the user's ~/.cache.
+os.environ.setdefault("CLIPINDEX_CACHE_DIR", tempfile.mkdtemp(prefix="clipindex-test-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -110,3 +110,23 @@ def test_embedding_dim_comes_from_the_checkpoint(tmp_path: Path, sample_photos) 
         (vector,) = store.get_vectors([pid for pid, _ in store.iter_payloads()]).values()
         assert vector.shape == (768,)
     assert Embedder(model_dir).encode_text("a cup of coffee").shape == (1, 768)
+
+
+def test_optimised_model_cache_gives_identical_vectors_and_survives_damage(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sample_photos
+) -> None:  # type: ignore[no-untyped-def]
+    images = list(sample_photos.values())
+    monkeypatch.setenv("CLIPINDEX_CACHE_DIR", "off")
+    direct = Embedder(tiny_model_dir).encode_images(images)
+    monkeypatch.setenv("CLIPINDEX_CACHE_DIR", str(tmp_path / "cache"))
+    first = Embedder(tiny_model_dir).encode_images(images)  # writes the cache
+    cached = sorted((tmp_path / "cache" / "ort").rglob("vision.onnx*"))
+    assert [p.name for p in cached] == ["vision.onnx", "vision.onnx.data"]
+    assert len(list((tmp_path / "cache" / "ort").iterdir())) == 1
+    second = Embedder(tiny_model_dir).encode_images(images)  # loads from it
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first, direct, atol=1e-6)
+    cached[1].write_bytes(b"damaged")  # a broken cache is dropped and the model loads directly
+    third = Embedder(tiny_model_dir).encode_images(images)
+    np.testing.assert_allclose(third, direct, atol=1e-6)
+    assert not cached[1].exists() or cached[1].read_bytes() != b"damaged"
