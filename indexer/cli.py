@@ -361,7 +361,8 @@ def ensure_model(model_dir: Path, source_model: str, quiet: bool) -> None:
     envvar="CLIPINDEX_DRAFT",
     show_envvar=True,
     default=None,
-    help="DCT-scaled JPEG decoding (much faster on camera photos; measured cosine vs exact in README).",
+    help="DCT-scaled JPEG decoding: ~5x faster on camera photos, embedding cosine >= 0.99999 vs exact "
+    "(measured). --no-draft decodes exactly, bit-identical to transformers.  [default: --draft]",
 )
 @click.option(
     "--source-model",

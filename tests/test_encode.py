@@ -130,3 +130,17 @@ def test_optimised_model_cache_gives_identical_vectors_and_survives_damage(
     third = Embedder(tiny_model_dir).encode_images(images)
     np.testing.assert_allclose(third, direct, atol=1e-6)
     assert not cached[1].exists() or cached[1].read_bytes() != b"damaged"
+
+
+def test_draft_decoding_keeps_embeddings_within_cosine_0999(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """JPEG DCT draft decoding vs the exact path, measured at the embedding on camera-size real photos."""
+    from photos import camera_size, photo
+
+    paths = []
+    for name in ("rocket", "chelsea", "coffee"):
+        path = tmp_path / f"{name}.jpg"
+        camera_size(photo(name), megapixels=12.0).save(path, format="JPEG", quality=90)
+        paths.append(path)
+    exact = Embedder(tiny_model_dir, draft=False).encode_images(paths)
+    draft = Embedder(tiny_model_dir, draft=True).encode_images(paths)
+    assert cosine_rows(exact, draft).min() >= 0.999
