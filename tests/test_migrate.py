@@ -114,9 +114,11 @@ def test_migrate_copies_ids_vectors_payloads_and_model(
     source = EdgeStore(edge_dir, COLLECTION)
     with source:
         source.collection_info()
-        want = {h.id: round(h.score, 5) for h in source.search(query, limit=20)}
+        want = {h.id: h.score for h in source.search(query, limit=20)}
     got = local_server.search(query, limit=20)
-    assert {h.id: round(h.score, 5) for h in got} == want  # (a byte copy ties with its original: compare as sets)
+    # (a byte copy ties with its original: compare as sets; the two engines round scores differently)
+    assert {h.id for h in got} == set(want)
+    assert all(abs(h.score - want[h.id]) <= 1e-5 for h in got)
     assert [h.score for h in got] == sorted((h.score for h in got), reverse=True)
 
     # a second run (as from a new process) is idempotent: nothing added, everything verified again
