@@ -83,7 +83,7 @@ from PIL import Image, ImageFile
 
 from indexer.errors import ImageError, ImageTooLargeError, ModelNotFoundError
 from indexer.manifest import ModelManifest
-from indexer.walk import register_optional_plugins
+from indexer.walk import file_kind, register_optional_plugins
 
 #: Pillow's own refusal threshold (it raises ``DecompressionBombError`` above twice its
 #: ``MAX_IMAGE_PIXELS``, about 179 megapixels): large enough for 108 MP phone photos.
@@ -218,20 +218,6 @@ def _pil_bomb(name: str, exc: Image.DecompressionBombError, limit: int) -> Image
     )
 
 
-def _file_kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a special file"
-
-
 def _open_regular(name: str) -> IO[bytes]:
     """Open ``name`` for reading, refusing (without blocking) anything but a non-empty regular file."""
     flags = os.O_RDONLY
@@ -244,7 +230,7 @@ def _open_regular(name: str) -> IO[bytes]:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise ImageError(name, f"not a regular file ({_file_kind(st.st_mode)})")
+            raise ImageError(name, f"not a regular file ({file_kind(st.st_mode)})")
         if st.st_size == 0:
             raise ImageError(name, "empty file (0 bytes)")
         return os.fdopen(fd, "rb")

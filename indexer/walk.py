@@ -97,7 +97,8 @@ def has_image_extension(name: str, extensions: frozenset[str]) -> bool:
     return dot > 0 and name[dot + 1 :].lower() in extensions
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a non-regular ``st_mode`` is, for messages (``"a FIFO (named pipe)"``...)."""
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISFIFO(mode):
@@ -108,7 +109,7 @@ def _kind(mode: int) -> str:
         return "a block device"
     if stat.S_ISSOCK(mode):
         return "a socket"
-    return "not a regular file"
+    return "a special file"
 
 
 def _reason(exc: OSError, entry: os.DirEntry[str] | None = None) -> str:
@@ -157,7 +158,7 @@ def iter_image_files(
     except OSError as exc:
         raise WalkError(f"{root_str}: cannot read the folder to index ({_reason(exc)})") from exc
     if not stat.S_ISDIR(root_st.st_mode):
-        raise WalkError(f"{root_str}: is not a folder ({_kind(root_st.st_mode)})")
+        raise WalkError(f"{root_str}: is not a folder ({file_kind(root_st.st_mode)})")
     try:
         first = _sorted_entries(root_str)
     except OSError as exc:
@@ -187,7 +188,7 @@ def iter_image_files(
                 continue
             if not stat.S_ISDIR(st.st_mode):  # replaced by something else since scandir
                 if has_image_extension(name, exts) and on_error is not None:
-                    on_error(entry.path, f"skipped: {_kind(st.st_mode)}")
+                    on_error(entry.path, f"skipped: {file_kind(st.st_mode)}")
                 continue
             key = (st.st_dev, st.st_ino)
             if key in visited:  # symlink loop, or a folder reachable twice
@@ -211,6 +212,6 @@ def iter_image_files(
             continue
         if not stat.S_ISREG(st.st_mode):
             if on_error is not None:
-                on_error(entry.path, f"skipped: {_kind(st.st_mode)}, not a regular file")
+                on_error(entry.path, f"skipped: {file_kind(st.st_mode)}, not a regular file")
             continue
         yield FoundFile(Path(entry.path), st.st_size, st.st_mtime_ns)
