@@ -424,7 +424,8 @@ def ingest(
     shard_spec = parse_shard(shard)
     ensure_model(model_dir, source_model, quiet or as_json)
     embedder = Embedder(model_dir, device=device, precision=precision, draft=draft, max_pixels=max_pixels)
-    provider = embedder.provider("vision")
+    embedder.tower_path("vision")  # fail fast on a missing model file; the session loads at the first batch
+    provider = embedder.planned_provider
     store = make_store(data_dir, qdrant_url, api_key_file, collection, shards=shards, replicas=replicas)
     if not quiet:
         info(f"clipindex: {embedder.model_name} ({precision}) on {provider}; store {store.describe()}")

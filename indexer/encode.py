@@ -231,14 +231,28 @@ class Embedder:
     def model_name(self) -> str:
         return self.manifest.model_name
 
+    def tower_path(self, kind: Literal["vision", "text"]) -> Path:
+        """The ONNX file of a tower at this precision; raises ModelNotFoundError when it is missing."""
+        base = VISION_FILE if kind == "vision" else TEXT_FILE
+        path = self.model_dir / (quantized_name(base) if self.precision == "int8" else base)
+        if not path.is_file():
+            raise ModelNotFoundError(
+                f"{path}: missing; run `clipindex convert` (add `--quantize int8` for the int8 files)"
+            )
+        return path
+
     def tower(self, kind: Literal["vision", "text"]) -> OnnxTower:
+        """The tower's session, created on first use (a run that embeds nothing never loads it)."""
         if kind not in self._towers:
-            base = VISION_FILE if kind == "vision" else TEXT_FILE
-            name = quantized_name(base) if self.precision == "int8" else base
             self._towers[kind] = OnnxTower(
-                self.model_dir / name, self.providers, intra_op_threads=self.intra_op_threads
+                self.tower_path(kind), self.providers, intra_op_threads=self.intra_op_threads
             )
         return self._towers[kind]
+
+    @property
+    def planned_provider(self) -> str:
+        """The execution provider sessions ask for first (``auto`` resolved), known without loading a model."""
+        return self.providers[0]
 
     def provider(self, kind: Literal["vision", "text"] = "vision") -> str:
         """The execution provider the tower actually runs on (after ORT's own fallbacks)."""

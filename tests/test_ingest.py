@@ -374,3 +374,13 @@ def test_ingest_converts_the_model_first_when_missing(photo_dir: Path, tiny_chec
     assert result.exit_code == 0, result.output
     assert "converting" in result.stderr and (model_dir / "manifest.json").is_file()
     assert "indexed 6" in result.stdout
+
+
+def test_noop_rerun_never_loads_the_vision_model(photo_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    with EdgeStore(tmp_path / "data", COLLECTION) as store:
+        ingest(photo_dir, Embedder(tiny_model_dir), store)
+    embedder = Embedder(tiny_model_dir)
+    with EdgeStore(tmp_path / "data", COLLECTION) as store:
+        report = ingest(photo_dir, embedder, store)
+    assert report.unchanged == 6 and report.indexed == 0
+    assert embedder._towers == {}, "an unchanged tree must cost stat() calls, not a model load"
