@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -218,7 +217,6 @@ class Embedder:
         self.draft = draft
         self.max_pixels = max_pixels
         self._towers: dict[str, OnnxTower] = {}
-        self._tower_lock = threading.Lock()
         self._tokenizer: Any = None
         self._preprocessor: Any = None
 
@@ -245,27 +243,11 @@ class Embedder:
 
     def tower(self, kind: Literal["vision", "text"]) -> OnnxTower:
         """The tower's session, created on first use (a run that embeds nothing never loads it)."""
-        with self._tower_lock:  # one session per tower, also while load_in_background() creates it
-            if kind not in self._towers:
-                self._towers[kind] = OnnxTower(
-                    self.tower_path(kind), self.providers, intra_op_threads=self.intra_op_threads
-                )
-            return self._towers[kind]
-
-    def load_in_background(self, kind: Literal["vision", "text"]) -> threading.Thread:
-        """Start creating ``kind``'s session on a thread; :meth:`tower` waits for it. Join the thread.
-
-        ONNX Runtime releases the GIL while it builds a session, so the load overlaps with decoding. A
-        failure is not raised on the thread: the next :meth:`tower` call tries again and raises it.
-        """
-
-        def load() -> None:
-            with contextlib.suppress(Exception):
-                self.tower(kind)
-
-        thread = threading.Thread(target=load, name=f"clipindex-load-{kind}", daemon=True)
-        thread.start()
-        return thread
+        if kind not in self._towers:
+            self._towers[kind] = OnnxTower(
+                self.tower_path(kind), self.providers, intra_op_threads=self.intra_op_threads
+            )
+        return self._towers[kind]
 
     @property
     def planned_provider(self) -> str:

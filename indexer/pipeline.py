@@ -229,22 +229,14 @@ class _Ingest:
         batch_size = self.options.batch_size
         batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
         workers = self.options.decode_workers or available_cores()
-        if not batches:
-            return  # nothing to embed (a no-op re-run): the vision model is never loaded
-        # The session loads while the first batches decode: loading at the first batch instead leaves one of
-        # two cores idle for the ~0.5 s the load takes.
-        loading = self.embedder.load_in_background("vision")
-        try:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clipindex-decode") as pool:
-                queue: deque[list[Future[_Prepared]]] = deque()
-                for batch in batches:
-                    queue.append([pool.submit(self.prepare, item) for item in batch])
-                    if len(queue) > LOOKAHEAD_BATCHES:
-                        self.write_batch([f.result() for f in queue.popleft()])
-                while queue:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clipindex-decode") as pool:
+            queue: deque[list[Future[_Prepared]]] = deque()
+            for batch in batches:
+                queue.append([pool.submit(self.prepare, item) for item in batch])
+                if len(queue) > LOOKAHEAD_BATCHES:
                     self.write_batch([f.result() for f in queue.popleft()])
-        finally:
-            loading.join()  # never exit with ONNX Runtime still loading on a thread
+            while queue:
+                self.write_batch([f.result() for f in queue.popleft()])
 
     def write_batch(self, prepared: list[_Prepared]) -> None:
         points: list[Point] = []
