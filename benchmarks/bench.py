@@ -297,6 +297,14 @@ def describe_inputs(folder: Path) -> dict[str, Any]:
 # --- model ------------------------------------------------------------------------------------------------------
 
 
+def _stale_model(manifest: Path) -> bool:
+    """True when the cached model was converted with other int8 settings than the converter's current ones."""
+    from convert.api import INT8_OP_TYPES
+
+    quantization = json.loads(manifest.read_text()).get("quantization") or {}
+    return bool(quantization.get("op_types") != list(INT8_OP_TYPES))
+
+
 def make_model(work: Path) -> tuple[Path, Path]:
     """(checkpoint folder, converted model folder with int8 files); both cached."""
     checkpoint = work / "checkpoint" / MODEL_NAME
@@ -307,7 +315,7 @@ def make_model(work: Path) -> tuple[Path, Path]:
             shutil.rmtree(checkpoint)
         run_child([sys.executable, "-m", "convert.checkpoint", str(checkpoint), "--arch", "vit-b-32"]).check()
     manifest = model_dir / "manifest.json"
-    if not manifest.is_file() or not (model_dir / "vision.int8.onnx").is_file():
+    if not manifest.is_file() or not (model_dir / "vision.int8.onnx").is_file() or _stale_model(manifest):
         log(f"model: converting with `clipindex convert --quantize int8` into {model_dir} (a few minutes)")
         cmd = [*clipindex_cmd(), "convert", "--model", str(checkpoint), "--output", str(model_dir)]
         run_child([*cmd, "--quantize", "int8", "--force"]).check()

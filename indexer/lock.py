@@ -36,6 +36,9 @@ from urllib.parse import urlsplit
 
 from indexer.errors import LockHeldError, StoreError
 
+#: how long a refused ingest waits for the lock holder's note (pid, since) before reporting what it read
+HOLDER_NOTE_WAIT_S = 1.0
+
 __all__ = ["IngestLock", "default_state_dir", "server_lock_path"]
 
 
@@ -97,6 +100,12 @@ class IngestLock:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             holder = _read_holder(f)
+            # The holder writes its note just after taking the lock (and a killed holder's note stays until the
+            # next one replaces it): give it a moment, so that the message names the process that holds it.
+            deadline = time.monotonic() + HOLDER_NOTE_WAIT_S
+            while not _live_holder(holder) and time.monotonic() < deadline:
+                time.sleep(0.02)
+                holder = _read_holder(f)
             f.close()
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise LockHeldError(_held_message(self.store, holder, self.path)) from None
@@ -141,6 +150,22 @@ class IngestLock:
     def __del__(self) -> None:
         if self._file is not None:
             self._file.close()
+
+
+def _live_holder(holder: dict[str, Any]) -> bool:
+    """True when the note names a process: one alive on this host, or any on another host."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if holder.get("host") not in (None, socket.gethostname()):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def _read_holder(f: IO[str]) -> dict[str, Any]:

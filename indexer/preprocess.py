@@ -18,10 +18,11 @@ Decoding: :func:`load_image`
    JPEGs already small, decode at full size. The scaled image is then resized (with ``box=`` so
    that the geometry matches the original exactly) straight to the size step 1 of preprocessing
    would give, so :func:`preprocess` only crops. Draft approximates the exact path: on ~12 MP photos
-   (JPEG q90) it differs by at most 6 of 255 levels, 0.2 on average, and decode + preprocess take
-   ~31 ms instead of ~150 ms per image (one core). ``draft=None`` means :data:`DEFAULT_DRAFT` (on:
-   measured at the embedding, draft vs exact gives cosine >= 0.99999 on 12 MP real photos with the
-   full-size ViT-B/32, well above the 0.999 bar; ``--no-draft`` restores bit-exact parity).
+   (JPEG q90, a 1/8 scale) it differs by at most 14 of 255 levels, 0.4-1 on average, and decode +
+   preprocess take ~22 ms instead of ~125 ms per image (one core). ``draft=None`` means
+   :data:`DEFAULT_DRAFT` (on: measured at the embedding, draft vs exact gives cosine >= 0.99999 on 12 MP
+   real photos with the full-size ViT-B/32, well above the 0.999 bar; ``--no-draft`` restores bit-exact
+   parity).
 4. ``load()`` decodes the first frame fully (animated GIF/WebP/APNG, multi-page TIFF: frame 0).
    ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is kept ``False``, so a truncated or corrupt file raises
    instead of being padded with grey. Every decoder failure becomes :class:`~indexer.errors.ImageError`.
@@ -93,10 +94,15 @@ DEFAULT_MAX_PIXELS: int = 2 * int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 #: >= 0.99999 (full-size ViT-B/32 and the tiny test model; tests/test_encode.py holds it to >= 0.999).
 DEFAULT_DRAFT: bool = True
 
-#: Draft mode keeps the decoded short side >= this many times the model's ``shortest_edge``.
-#: 2 means a 1/4 DCT scale for 12 MP photos: max |diff| 6 levels, mean 0.20, vs 14 / 0.52 at 1/8
-#: (measured on 7 photos upscaled to 12 MP with noise, JPEG q90; see tests/test_preprocess.py).
-DRAFT_OVERSAMPLE: float = 2.0
+#: Draft mode keeps the decoded short side >= this many times the model's ``shortest_edge``, so the bicubic
+#: resize that follows still downsamples by at least 1.5x. For 12 MP photos (3000 px short side, 224 px
+#: target) that is a 1/8 DCT scale (375 px): decode + preprocess take ~22 ms instead of ~36 ms at 2.0 (1/4,
+#: 750 px), and ingest runs 10-12 % faster on 12 MP photos (benchmarks/results.md). The price, on 7 photos
+#: upscaled to 12 MP with noise, JPEG q90: pixel_values differ from the exact path by 0.006-0.014 on average
+#: (0.4-1 of 255 levels) and at most 0.21 (14 levels), vs 0.002-0.004 / 0.09 at 2.0; at the embedding, draft
+#: vs exact stays at cosine >= 0.99999 with the full-size ViT-B/32 (tests/test_preprocess.py,
+#: benchmarks/results.md). ``--no-draft`` is exact.
+DRAFT_OVERSAMPLE: float = 1.5
 
 OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)

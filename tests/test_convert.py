@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
@@ -68,6 +69,11 @@ def test_cli_convert_writes_a_verified_model(tiny_checkpoint: Path, tmp_path: Pa
     assert manifest["parity"]["text_batch_n_padded"]["batch_size"] >= 11
     for name in ("vision.int8.onnx", "text.int8.onnx"):
         assert 0.9 < manifest["quantization"][name]["min_cosine"] <= 1.0
+    assert manifest["quantization"]["op_types"] == ["MatMul"]
+    # int8 rewrites the MatMuls only: the patch-embedding Conv stays fp32 (ORT's ConvInteger is slow on CPU)
+    int8_ops = {node.op_type for node in onnx.load(str(out / "vision.int8.onnx"), load_external_data=False).graph.node}
+    assert "Conv" in int8_ops and "ConvInteger" not in int8_ops
+    assert {"MatMulInteger", "DynamicQuantizeMatMul"} & int8_ops
     assert ModelManifest.load(out).embedding_dim == 512
 
 

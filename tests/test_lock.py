@@ -70,6 +70,47 @@ def test_second_process_is_refused_at_once(holder: tuple[subprocess.Popen[str], 
     assert info["pid"] == proc.pid  # the holder's record was not clobbered by the refused attempt
 
 
+def test_refusal_names_a_holder_that_has_not_written_its_note_yet(tmp_path: Path) -> None:
+    """The holder writes its note just after taking the flock: a refusal in that window waits for the note."""
+    import fcntl
+    import socket
+    import threading
+
+    path = tmp_path / "ingest.lock"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = {"pid": int(dead.stdout), "since": "2026-01-01T00:00:00+0000", "host": socket.gethostname()}
+    path.write_text(json.dumps(stale) + "\n")  # the note a killed holder left behind
+    with path.open("r+", encoding="utf-8") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # the new holder took the lock...
+
+        def write_note() -> None:  # ...and writes its own note a moment later
+            time.sleep(0.2)
+            held.seek(0)
+            held.truncate()
+            held.write(json.dumps({"pid": os.getpid(), "since": "now", "host": socket.gethostname()}) + "\n")
+            held.flush()
+
+        writer = threading.Thread(target=write_note)
+        writer.start()
+        with pytest.raises(LockHeldError) as exc:
+            IngestLock(path, store="s").acquire()
+        writer.join()
+    assert f"pid {os.getpid()} " in str(exc.value)
+
+
+def test_refusal_reports_the_note_it_read_when_no_live_holder_appears(tmp_path: Path) -> None:
+    import fcntl
+
+    path = tmp_path / "ingest.lock"
+    with path.open("a+", encoding="utf-8") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, with no note at all
+        t0 = time.monotonic()
+        with pytest.raises(LockHeldError) as exc:
+            IngestLock(path, store="s").acquire()
+    assert 0.9 <= time.monotonic() - t0 < 5  # waited for a note (1 s), then gave up
+    assert "pid ?" in str(exc.value)
+
+
 def test_lock_is_released_when_the_holder_is_sigkilled(holder: tuple[subprocess.Popen[str], Path]) -> None:
     proc, path = holder
     with pytest.raises(LockHeldError):
