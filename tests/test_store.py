@@ -468,6 +468,13 @@ def test_edge_layout_indexes_and_optimize(tmp_path: Path) -> None:
     assert {"path", "dirs"} <= set(schema)
     points = make_points([f"/p/{i}.jpg" for i in range(50)])
     store.upsert(points)
+    store.flush()
+    # vectors live in a memory-mapped file, not loaded into RAM at open (the engine's own segment config)
+    segments = list((tmp_path / "images" / "shard" / "segments").glob("*/segment.json"))
+    assert segments
+    for segment in segments:
+        vector_data = json.loads(segment.read_text())["config"]["vector_data"][""]
+        assert vector_data["storage_type"] == "ChunkedMmap"
     store.delete([p.id for p in points[:20]])
     store.optimize()
     assert store.count(exact=True) == 30

@@ -34,6 +34,14 @@ and experiments with 0.9.0)
   flush every few thousand points. ``flush()`` fsyncs WAL and segments (also what protects against
   a power cut; ~1 s at 100k points) and lets the WAL drop what the segments now hold; ``close()``
   flushes and releases the directory (a closed shard raises "Shard is not initialized").
+* Memory: ``EdgeVectorParams(on_disk=True)`` keeps vectors in a memory-mapped file (segment storage type
+  ``ChunkedMmap``) instead of loading them at open (``InRamChunkedMmap``, the default): at 100k points,
+  opening takes 204 MB RSS instead of 428 MB and 0.4 s instead of 0.8 s; a brute-force query then pages
+  the vectors in (the first one ~0.2 s instead of 0.03 s, cold). The storage type is fixed per segment
+  at creation: a store created in RAM mode stays so (a config given to ``load`` only changes
+  ``edge_config.json``). Keyword payload indexes of an appendable segment live in RAM whatever their
+  ``on_disk`` (~0.7 KB a point for ``path`` + ``dirs``); without them a filtered query scans every
+  payload (1.1 s at 100k, against 1 ms).
 * Optimisation is never automatic: until ``optimize()`` runs, points sit in one appendable segment
   searched by brute force (~30 ms at 100k x 512). ``optimize()`` builds HNSW segments under
   ``path/temp_segments/segment_builder_*`` and swaps them in (~2 min at 100k x 512 on 2 cores); the
@@ -100,6 +108,9 @@ if TYPE_CHECKING:
     from qdrant_edge import ConditionType
 
 __all__ = ["EdgeStore", "cleanup_orphan_temp_segments"]
+
+#: new collections keep their vectors memory-mapped rather than loaded into RAM (module doc: Memory)
+VECTORS_ON_DISK = True
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +287,11 @@ class EdgeStore(VectorStore):
         self._check_free_space()
         info = CollectionInfo(model_name=model_name, vector_dim=vector_dim, created=True)
         self._write_meta(info)
-        config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=vector_dim, distance=qe.Distance.Cosine))
+        # Vectors in a memory-mapped file (on_disk), not loaded into RAM at open: ingest reads payloads only, so
+        # a re-run over 100k photos keeps ~220 MB less resident (vectors are 2 KB a point); search pages them in.
+        config = qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=vector_dim, distance=qe.Distance.Cosine, on_disk=VECTORS_ON_DISK)
+        )
         shard = self._engine("create the shard", lambda: qe.EdgeShard.create(str(self.shard_dir), config))
         try:
             self._ensure_indexes(shard)
