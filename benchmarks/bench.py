@@ -532,7 +532,8 @@ def make_noop_store(work: Path, model_dir: Path, files: int) -> tuple[Path, Path
     rng = np.random.default_rng(0)
     store = EdgeStore(data_dir, "images")
     store.ensure_collection(manifest.embedding_dim, manifest.model_name)
-    # upserts of 25 points (ingest's batch), flushed now and then as ingest does: the store ingest would leave
+    # upserts of 25 points (ingest's batch), with the store's maintenance and a flush now and then as ingest
+    # does (ingest: every 30 s): the store ingest would leave
     chunk = 25
     for start in range(0, len(entries), chunk):
         vectors = rng.standard_normal((min(chunk, len(entries) - start), manifest.embedding_dim), dtype=np.float32)
@@ -556,7 +557,9 @@ def make_noop_store(work: Path, model_dir: Path, files: int) -> tuple[Path, Path
         ]
         store.upsert(points)
         if (start // chunk) % 400 == 399:
+            store.optimize()
             store.flush()
+    store.optimize()
     count = store.count(exact=True)
     store.close()
     if count != files:

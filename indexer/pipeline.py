@@ -306,8 +306,14 @@ class _Ingest:
         if self.progress is not None:
             self.progress.advance(len(prepared))
         if time.monotonic() - self.last_flush >= self.options.flush_interval_s:
-            self.store.flush()
-            self.last_flush = time.monotonic()
+            self.maintain()
+
+    def maintain(self) -> None:
+        """Periodic and final: the store's due maintenance (the embedded store seals its appendable segment into
+        a compact memory-mapped one, which keeps memory low at 1M points), then a flush."""
+        self.store.optimize()
+        self.store.flush()
+        self.last_flush = time.monotonic()
 
     def upsert_verified(self, points: list[Point]) -> None:
         new_ids = {p.id for p in points} - self.present
@@ -439,6 +445,7 @@ def ingest(
             run.embed(todo)
             if run.options.prune:
                 run.prune(seen)
+            run.maintain()
             run.finish()
         except StoreUnavailableError as exc:
             if run.todo_total is None:

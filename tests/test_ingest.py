@@ -384,3 +384,58 @@ def test_noop_rerun_never_loads_the_vision_model(photo_dir: Path, tiny_model_dir
         report = ingest(photo_dir, embedder, store)
     assert report.unchanged == 6 and report.indexed == 0
     assert embedder._towers == {}, "an unchanged tree must cost stat() calls, not a model load"
+
+
+def test_ingest_seals_segments_as_it_goes_and_search_stays_exact(
+    tmp_path: Path, tiny_model_dir: Path, sample_photos: dict[str, Image.Image], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded store's maintenance (EdgeStore.optimize at every flush) runs mid-ingest: every batch is still
+    verified, sealed segments are memory-mapped with no HNSW graph, and search stays exact brute force."""
+    import indexer.store.edge as edge
+
+    monkeypatch.setattr(edge, "INDEXING_THRESHOLD_KB", 1)  # seal from the first point on (2 KB a 512-d vector)
+    monkeypatch.setattr(edge, "MAX_SEGMENT_KB", 40)  # segments of at most ~20 points: merges happen too
+    root = tmp_path / "photos"
+    photos = list(sample_photos.values())
+    for i in range(90):  # distinct real crops of the sample photos
+        image = photos[i % len(photos)].convert("RGB")
+        x, y = (i * 7) % max(1, image.width - 96), (i * 11) % max(1, image.height - 96)
+        folder = root / f"{i % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        image.crop((x, y, x + 96, y + 96)).save(folder / f"{i:03d}.jpg", quality=90)
+    data_dir = tmp_path / "data"
+    options = IngestOptions(batch_size=10, flush_interval_s=0.0, prune=True)
+    with EdgeStore(data_dir, COLLECTION) as store:
+        report = ingest(root, Embedder(tiny_model_dir), store, options=options)
+    assert (report.indexed, report.points, report.failed) == (90, 90, [])
+
+    segments = [
+        json.loads(p.read_text()) for p in (data_dir / COLLECTION / "shard" / "segments").glob("*/segment.json")
+    ]
+    sealed = [s for s in segments if s["config"]["vector_data"][""]["storage_type"] == "Mmap"]
+    assert len(sealed) >= 2  # sealed more than once during the run
+    for segment in sealed:
+        assert segment["config"]["vector_data"][""]["index"]["options"]["m"] == 0  # no HNSW graph
+        assert segment["config"]["id_tracker_memory"] == "cold"
+
+    for path in sorted(root.rglob("*.jpg"))[::3]:  # a third of the files go, and are pruned
+        path.unlink()
+    with EdgeStore(data_dir, COLLECTION) as store:
+        again = ingest(root, Embedder(tiny_model_dir), store, options=options)
+        assert (again.indexed, again.unchanged, again.removed, again.points) == (0, 60, 30, 60)
+        payloads = dict(store.iter_payloads(["path"]))
+        vectors = store.get_vectors(list(payloads))
+        assert len(vectors) == 60 and store.count(exact=True) == 60
+        ids = list(vectors)
+        matrix = np.stack([vectors[i] for i in ids])
+        for probe in ids[:5]:  # exact brute force: the engine's top 10 is numpy's top 10
+            scores = dict(zip(ids, (matrix @ vectors[probe]).tolist(), strict=True))
+            hits = store.search(vectors[probe], limit=10)
+            assert hits[0].id == probe
+            for hit in hits:  # each hit carries its true score...
+                assert hit.score == pytest.approx(scores[hit.id], abs=1e-5)
+            # ...and they are the 10 best (ties aside, the same scores as numpy's top 10)
+            np.testing.assert_allclose([h.score for h in hits], sorted(scores.values())[::-1][:10], atol=1e-5)
+        under = store.search(vectors[ids[0]], limit=100, path_prefix=str(root / "1"))
+        assert under and all(h.payload["path"].startswith(str(root / "1") + "/") for h in under)
+        assert len(under) == sum(1 for p in payloads.values() if p["path"].startswith(str(root / "1") + "/"))

@@ -217,9 +217,11 @@ class VectorStore(ABC):
         """Flush and release the store. Idempotent."""
 
     def optimize(self) -> bool:
-        """Build the vector index now (embedded store; a server optimises by itself).
+        """Run the storage engine's pending maintenance now (embedded store; a server optimises by itself).
 
-        Returns True when something was optimised. Slow: minutes at 100k points.
+        For the embedded store: seal an appendable segment grown past the engine's threshold into a compact,
+        memory-mapped one, merge small segments, vacuum deleted points. Cheap when nothing is due (ingest calls
+        it at every flush); seconds per 100k points otherwise. Returns True when something changed.
         """
         return False
 
