@@ -17,8 +17,9 @@ from typing import Any
 #: namespace of clipindex point ids (uuid5 of the absolute path bytes in it)
 ID_NAMESPACE = uuid.UUID("8b6a1f2e-6c1d-5f7e-9a43-0c1a2b3c4d5e")
 
-#: payload keys the incremental ingest reads back
-INDEX_FIELDS: tuple[str, ...] = ("path", "size", "mtime_ns", "sha256")
+#: payload keys the incremental ingest reads back for every stored point (``--prune`` then reads ``path`` of the
+#: points the walk did not see)
+INDEX_FIELDS: tuple[str, ...] = ("size", "mtime_ns", "sha256")
 
 
 def absolute(path: str | os.PathLike[str]) -> str:

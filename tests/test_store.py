@@ -226,6 +226,17 @@ def test_get_vectors_and_delete(backend: Backend) -> None:
     store.delete([])
 
 
+def test_get_payloads_returns_the_fields_of_existing_points(backend: Backend) -> None:
+    store = backend.open()
+    store.ensure_collection(DIM, "clip-a")
+    points = make_points([f"/p/{i}.jpg" for i in range(10)])
+    store.upsert(points)
+    ghost = str(uuid.uuid4())
+    got = store.get_payloads([points[2].id, points[7].id, ghost], ["path"])
+    assert got == {points[2].id: {"path": "/p/2.jpg"}, points[7].id: {"path": "/p/7.jpg"}}
+    assert store.get_payloads([], ["path"]) == {}
+
+
 def test_search_ranking_and_scores_match_numpy(backend: Backend) -> None:
     store = backend.open()
     store.ensure_collection(DIM, "clip-a")

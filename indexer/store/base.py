@@ -255,6 +255,10 @@ class VectorStore(ABC):
         """Unit-norm float32 vectors of the points that exist among ``ids``."""
 
     @abstractmethod
+    def get_payloads(self, ids: Iterable[str], fields: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The ``fields`` of the payloads of the points that exist among ``ids``."""
+
+    @abstractmethod
     def delete(self, ids: Iterable[str]) -> None:
         """Delete points by id (unknown ids are ignored)."""
 

@@ -443,6 +443,20 @@ class EdgeStore(VectorStore):
                     out[str(rec.id)] = unit(vec)
         return out
 
+    def get_payloads(self, ids: Iterable[str], fields: Sequence[str]) -> dict[str, dict[str, Any]]:
+        shard = self._need()
+        wanted = [check_id(i) for i in ids]
+        selector = qe.PayloadSelector.Include(list(fields))
+        out: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(wanted), _RETRIEVE_CHUNK):
+            chunk: list[Any] = wanted[start : start + _RETRIEVE_CHUNK]
+            records = self._engine(
+                "retrieve", partial(shard.retrieve, chunk, with_payload=selector, with_vector=False)
+            )
+            for rec in records:
+                out[str(rec.id)] = dict(rec.payload or {})
+        return out
+
     def delete(self, ids: Iterable[str]) -> None:
         shard = self._need()
         wanted: list[Any] = [check_id(i) for i in ids]

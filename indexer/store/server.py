@@ -335,6 +335,21 @@ class ServerStore(VectorStore):
                     out[str(rec.id)] = unit(vec)  # local mode returns vectors as given
         return out
 
+    def get_payloads(self, ids: Iterable[str], fields: Sequence[str]) -> dict[str, dict[str, Any]]:
+        require_open(self._opened, self)
+        wanted = [check_id(i) for i in ids]
+        name = self.collection
+        out: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(wanted), _RETRIEVE_CHUNK):
+            chunk: list[Any] = wanted[start : start + _RETRIEVE_CHUNK]
+            records = self._call(
+                "retrieve",
+                partial(self._client.retrieve, name, ids=chunk, with_payload=list(fields), with_vectors=False),
+            )
+            for rec in records:
+                out[str(rec.id)] = dict(rec.payload or {})
+        return out
+
     def delete(self, ids: Iterable[str]) -> None:
         require_open(self._opened, self)
         from qdrant_client import models
