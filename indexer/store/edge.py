@@ -42,8 +42,8 @@ and experiments with 0.9.0)
   :func:`edge_config` is what clipindex creates and re-applies on every open: vectors ``on_disk``
   (``ChunkedMmap``, not loaded into RAM at open), keyword indexes ``on_disk``, payload and id tracker
   ``Memory.Cold``, and no HNSW graph (``HnswIndexConfig(m=0)``): search is exact brute force over the
-  memory-mapped vectors (~20 ms warm at 100k points, ~0.2 s at 1M; the first query after a cold page
-  cache reads them from disk), and sealing costs ~5 s per 100k points instead of the ~2 min an HNSW build
+  memory-mapped vectors (~20 ms warm at 100k points, 0.11 s at 1M once paged in, 0.8 s for the first
+  query of a process at 1M), and sealing costs ~5 s per 100k points instead of the ~2 min an HNSW build
   takes. The optimizers seal an appendable segment past :data:`INDEXING_THRESHOLD_KB` and keep segments
   under :data:`MAX_SEGMENT_KB`, which bounds one optimisation's memory (sealing 1M points at once peaked at
   8.7 GB RSS). Ingest calls ``optimize()`` at every periodic flush and at the end of a run. A segment's
