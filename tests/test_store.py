@@ -608,3 +608,26 @@ def test_ancestor_dirs() -> None:
     assert ancestor_dirs("/x.jpg") == ["/"]
     assert ancestor_dirs("/a//b/../c/y.jpg") == ["/", "/a", "/a/c"]
     assert ancestor_dirs("rel/x.jpg") == ["rel"]
+
+
+def test_edge_optimize_is_skipped_when_the_disk_is_nearly_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sealing writes a copy of a segment through memory maps: with less than the headroom free, it is skipped
+    (no SIGBUS risk) while upserts, which need only CLIPINDEX_MIN_FREE_MB, still work."""
+    import indexer.store.edge as edge
+
+    monkeypatch.setattr(edge, "INDEXING_THRESHOLD_KB", 1)  # anything is due for sealing
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    margin = 128 * 2**20  # what the test may write, with room to spare; less than the 256 MB headroom
+    store = EdgeStore(tmp_path, "images", min_free_bytes=max(0, free - margin))
+    store.ensure_collection(DIM, "clip-a")
+    store.upsert(make_points([f"/p/{i}.jpg" for i in range(50)]))
+    with caplog.at_level("WARNING", logger="indexer.store.edge"):
+        assert store.optimize() is False
+    assert "needed to seal segments; skipped" in caplog.text
+    assert store.count(exact=True) == 50
+    store.min_free_bytes = 0  # room again: the same store seals
+    assert store.optimize() is True
+    assert store.count(exact=True) == 50
+    store.close()
