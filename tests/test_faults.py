@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from stored import stored_vectors
 from tcp_proxy import QdrantRestServer, TcpProxy, closed_port
 
 from indexer.errors import StoreUnavailableError
@@ -120,15 +121,6 @@ def read_index(data_dir: Path) -> Index:
         store.close()
 
 
-def read_vectors(data_dir: Path, ids: list[str]) -> dict[str, np.ndarray]:
-    store = EdgeStore(data_dir, COLLECTION)
-    try:
-        store.collection_info()
-        return store.get_vectors(ids)
-    finally:
-        store.close()
-
-
 def assert_exact_index(data_dir: Path, valid: list[Path], reference: dict[str, np.ndarray] | None = None) -> None:
     """The index is exactly ``valid``: one point per file (ids and paths), nothing else; vectors as the reference."""
     index = read_index(data_dir)
@@ -137,7 +129,7 @@ def assert_exact_index(data_dir: Path, valid: list[Path], reference: dict[str, n
     assert set(index.payloads) == {point_id(str(p)) for p in valid}
     assert index.exact == len(index.payloads) == len(valid), "duplicates or stale points"
     if reference is not None:
-        got = read_vectors(data_dir, list(index.payloads))
+        got = stored_vectors(data_dir, list(index.payloads))
         assert set(got) == set(index.payloads)
         worst = max(float(np.abs(got[i] - reference[i]).max()) for i in got)
         assert worst <= 1e-6, worst
@@ -266,7 +258,7 @@ def test_sigkill_at_random_moments_mid_batch_flush_and_prune_then_rerun_converge
     ref = run_ingest([*args[:-3], "--data-dir", str(reference_dir), "-q", "--json"], env)
     assert ref.returncode == 0, ref.stderr
     assert json.loads(ref.stdout)["points"] == len(valid)
-    reference = read_vectors(reference_dir, [point_id(str(p)) for p in valid])
+    reference = stored_vectors(reference_dir, [point_id(str(p)) for p in valid])
     total_batches = -(-len(valid) // 25)
     assert ref.markers.count("upsert end") == total_batches
     startup_s = ref.times[ref.markers.index("upsert begin")]  # imports, model, open, index, walk, first batch

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from hostile import make_hostile_files
 from PIL import Image, ImageOps
 from reference import cosine_rows, image_features
+from stored import stored_points, stored_vectors
 
 from indexer.cli import cli
 from indexer.encode import Embedder
@@ -55,24 +56,6 @@ def ingest_json(root: Path, model_dir: Path, data_dir: Path, *extra: str) -> dic
     assert len(lines) == 1, result.stdout
     data: dict[str, Any] = json.loads(lines[0])
     return data
-
-
-def stored_points(data_dir: Path) -> dict[str, dict[str, Any]]:
-    store = EdgeStore(data_dir, COLLECTION)
-    try:
-        store.collection_info()
-        return dict(store.iter_payloads())
-    finally:
-        store.close()
-
-
-def stored_vectors(data_dir: Path, ids: list[str]) -> dict[str, np.ndarray]:
-    store = EdgeStore(data_dir, COLLECTION)
-    try:
-        store.collection_info()
-        return store.get_vectors(ids)
-    finally:
-        store.close()
 
 
 @pytest.fixture
