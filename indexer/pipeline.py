@@ -41,7 +41,7 @@ from indexer.errors import CountMismatchError, ImageError, StoreUnavailableError
 from indexer.lock import IngestLock
 from indexer.points import INDEX_FIELDS, absolute, display_path, in_shard, make_payload, point_id
 from indexer.preprocess import DecodedFile, decode_file
-from indexer.store.base import Point, VectorStore
+from indexer.store.base import PATH_KEY, Point, VectorStore
 from indexer.walk import iter_image_files
 
 DEFAULT_BATCH_SIZE = 25
@@ -52,7 +52,6 @@ LOOKAHEAD_BATCHES = 2
 PRUNE_CHUNK = 1000
 #: payloads per page when reading the index of stored points (fewer, larger pages: ~13 % faster at 1M points)
 INDEX_PAGE_SIZE = 5000
-PATH_FIELD = "path"
 
 
 class Progress(Protocol):
@@ -323,7 +322,7 @@ class _Ingest:
             self.maintain()
 
     def maintain(self) -> None:
-        """Periodic and final: the store's due maintenance (the embedded store seals its appendable segment into
+        """Every flush interval: the store's due maintenance (the embedded store seals its appendable segment into
         a compact memory-mapped one, which keeps memory low at 1M points), then a flush."""
         self.store.optimize()
         self.store.flush()
@@ -382,9 +381,9 @@ class _Ingest:
         gone: list[str] = []
         for start in range(0, len(unseen), PRUNE_CHUNK):
             chunk = unseen[start : start + PRUNE_CHUNK]
-            payloads = self.store.get_payloads(chunk, [PATH_FIELD])
+            payloads = self.store.get_payloads(chunk, [PATH_KEY])
             for pid in chunk:
-                path = payloads.get(pid, {}).get(PATH_FIELD)
+                path = payloads.get(pid, {}).get(PATH_KEY)
                 if (
                     isinstance(path, str)
                     and path.startswith(under)
@@ -466,7 +465,7 @@ def ingest(
             run.embed(todo)
             if run.options.prune:
                 run.prune(seen)
-            run.maintain()
+            store.optimize()  # the final flush is the finally's below
             run.finish()
         except StoreUnavailableError as exc:
             if run.todo_total is None:

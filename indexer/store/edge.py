@@ -370,13 +370,9 @@ class EdgeStore(VectorStore):
     def _has_room_to_optimize(self) -> bool:
         """Sealing a segment writes a copy of it through memory maps: skip it (the store works on, its appendable
         segment just grows) rather than risk a SIGBUS when the filesystem is nearly full."""
-        try:
-            st = os.statvfs(self.shard_dir)
-        except OSError:
-            return True
-        free = st.f_bavail * st.f_frsize
+        free = self._free_bytes()
         needed = self.min_free_bytes + OPTIMIZE_HEADROOM_BYTES
-        if free < needed:
+        if free is not None and free < needed:
             log.warning(
                 "%s: %.0f MB free, %.0f MB needed to seal segments; skipped",
                 self.describe(),
@@ -428,34 +424,34 @@ class EdgeStore(VectorStore):
             if offset is None:
                 return
 
-    def get_vectors(self, ids: Iterable[str]) -> dict[str, npt.NDArray[np.float32]]:
+    def _retrieve(
+        self, ids: Iterable[str], *, with_payload: bool | qe.PayloadSelector, with_vector: bool
+    ) -> Iterator[Any]:
+        """The records of the points that exist among ``ids``, read a chunk at a time."""
         shard = self._need()
         wanted = [check_id(i) for i in ids]
-        out: dict[str, npt.NDArray[np.float32]] = {}
         for start in range(0, len(wanted), _RETRIEVE_CHUNK):
             chunk: list[Any] = wanted[start : start + _RETRIEVE_CHUNK]
-            records = self._engine("retrieve", partial(shard.retrieve, chunk, with_payload=False, with_vector=True))
-            for rec in records:
-                vec: Any = rec.vector
-                if isinstance(vec, dict):
-                    vec = vec.get("")
-                if vec is not None:
-                    out[str(rec.id)] = unit(vec)
+            yield from self._engine(
+                "retrieve", partial(shard.retrieve, chunk, with_payload=with_payload, with_vector=with_vector)
+            )
+
+    def get_vectors(self, ids: Iterable[str]) -> dict[str, npt.NDArray[np.float32]]:
+        out: dict[str, npt.NDArray[np.float32]] = {}
+        for rec in self._retrieve(ids, with_payload=False, with_vector=True):
+            vec: Any = rec.vector
+            if isinstance(vec, dict):
+                vec = vec.get("")
+            if vec is not None:
+                out[str(rec.id)] = unit(vec)
         return out
 
     def get_payloads(self, ids: Iterable[str], fields: Sequence[str]) -> dict[str, dict[str, Any]]:
-        shard = self._need()
-        wanted = [check_id(i) for i in ids]
         selector = qe.PayloadSelector.Include(list(fields))
-        out: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(wanted), _RETRIEVE_CHUNK):
-            chunk: list[Any] = wanted[start : start + _RETRIEVE_CHUNK]
-            records = self._engine(
-                "retrieve", partial(shard.retrieve, chunk, with_payload=selector, with_vector=False)
-            )
-            for rec in records:
-                out[str(rec.id)] = dict(rec.payload or {})
-        return out
+        return {
+            str(rec.id): dict(rec.payload or {})
+            for rec in self._retrieve(ids, with_payload=selector, with_vector=False)
+        }
 
     def delete(self, ids: Iterable[str]) -> None:
         shard = self._need()
@@ -509,17 +505,21 @@ class EdgeStore(VectorStore):
 
     # --- internals ----------------------------------------------------------------------------
 
-    def _check_free_space(self) -> None:
-        """Raise StoreError, before the engine writes, when the filesystem is (nearly) full."""
+    def _free_bytes(self) -> int | None:
+        """Free space on the shard's filesystem (its nearest existing folder); None when it cannot be read."""
         where = self.shard_dir
         while not where.exists() and where != where.parent:
             where = where.parent
         try:
             st = os.statvfs(where)
         except OSError:
-            return
-        free = st.f_bavail * st.f_frsize
-        if free < self.min_free_bytes:
+            return None
+        return st.f_bavail * st.f_frsize
+
+    def _check_free_space(self) -> None:
+        """Raise StoreError, before the engine writes, when the filesystem is (nearly) full."""
+        free = self._free_bytes()
+        if free is not None and free < self.min_free_bytes:
             raise StoreError(
                 f"no space left for {self.describe()}: {free / 2**20:.1f} MB free on its filesystem, "
                 f"{self.min_free_bytes / 2**20:.0f} MB needed to write safely (CLIPINDEX_MIN_FREE_MB); "

@@ -316,39 +316,33 @@ class ServerStore(VectorStore):
             if offset is None:
                 return
 
-    def get_vectors(self, ids: Iterable[str]) -> dict[str, npt.NDArray[np.float32]]:
+    def _retrieve(self, ids: Iterable[str], *, with_payload: bool | list[str], with_vectors: bool) -> Iterator[Any]:
+        """The records of the points that exist among ``ids``, read a chunk at a time."""
         require_open(self._opened, self)
         wanted = [check_id(i) for i in ids]
         name = self.collection
-        out: dict[str, npt.NDArray[np.float32]] = {}
         for start in range(0, len(wanted), _RETRIEVE_CHUNK):
             chunk: list[Any] = wanted[start : start + _RETRIEVE_CHUNK]
-            records = self._call(
+            yield from self._call(
                 "retrieve",
-                partial(self._client.retrieve, name, ids=chunk, with_payload=False, with_vectors=True),
+                partial(self._client.retrieve, name, ids=chunk, with_payload=with_payload, with_vectors=with_vectors),
             )
-            for rec in records:
-                vec: Any = rec.vector
-                if isinstance(vec, dict):
-                    vec = vec.get("")
-                if vec is not None:
-                    out[str(rec.id)] = unit(vec)  # local mode returns vectors as given
+
+    def get_vectors(self, ids: Iterable[str]) -> dict[str, npt.NDArray[np.float32]]:
+        out: dict[str, npt.NDArray[np.float32]] = {}
+        for rec in self._retrieve(ids, with_payload=False, with_vectors=True):
+            vec: Any = rec.vector
+            if isinstance(vec, dict):
+                vec = vec.get("")
+            if vec is not None:
+                out[str(rec.id)] = unit(vec)  # local mode returns vectors as given
         return out
 
     def get_payloads(self, ids: Iterable[str], fields: Sequence[str]) -> dict[str, dict[str, Any]]:
-        require_open(self._opened, self)
-        wanted = [check_id(i) for i in ids]
-        name = self.collection
-        out: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(wanted), _RETRIEVE_CHUNK):
-            chunk: list[Any] = wanted[start : start + _RETRIEVE_CHUNK]
-            records = self._call(
-                "retrieve",
-                partial(self._client.retrieve, name, ids=chunk, with_payload=list(fields), with_vectors=False),
-            )
-            for rec in records:
-                out[str(rec.id)] = dict(rec.payload or {})
-        return out
+        return {
+            str(rec.id): dict(rec.payload or {})
+            for rec in self._retrieve(ids, with_payload=list(fields), with_vectors=False)
+        }
 
     def delete(self, ids: Iterable[str]) -> None:
         require_open(self._opened, self)
@@ -396,9 +390,7 @@ class ServerStore(VectorStore):
                 with_vectors=False,
             ),
         )
-        return [
-            Hit(id=str(s.id), score=float(s.score), payload=dict(s.payload or {})) for s in response.points
-        ]
+        return [Hit(id=str(s.id), score=float(s.score), payload=dict(s.payload or {})) for s in response.points]
 
     # --- status -------------------------------------------------------------------------------
 
