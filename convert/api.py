@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import indexer
-from convert.export import OPSET, export_towers, text_pooling_rule
+from convert.export import OPSET, VISION_LAST_LAYER, export_towers, text_pooling_rule
 from indexer.errors import ConvertError, MissingExtraError
 from indexer.manifest import (
     FORMAT_VERSION,
@@ -293,6 +293,7 @@ def convert_model(
             "context_length": context_length,
             "special_tokens": special_tokens,
             "text_pooling": text_pooling_rule(model),
+            "vision_last_layer": VISION_LAST_LAYER,
             "text_inputs": ["input_ids"],
             "normalized": False,
             "logit_scale": float(model.logit_scale.exp().item()),

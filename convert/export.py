@@ -8,6 +8,12 @@ tower pools the way transformers does for this checkpoint's config: at ``argmax(
 ``eos_token_id: 2`` of the hub's openai/clip-* configs, else at the first ``eos_token_id``. Either way that is the
 first end-of-text token, and the causal mask keeps padding after it from mattering, so no attention mask is
 needed and padded and unpadded inputs give the same vector.
+
+The vision tower only ever outputs the class token (``pooler_output`` is ``post_layernorm`` of row 0 of the last
+hidden state), so its last encoder layer computes only what row 0 needs: keys and values for every token, but the
+query, attention output, residuals and MLP for the class token alone. That is the same arithmetic transformers does
+for that row (the converter's parity check proves it), and it skips about 6.6 % of ViT-B/32's FLOPs per image
+(the last layer's Q/O projections and MLP on the 49 patch tokens), which ONNX Runtime cannot prune by itself.
 """
 
 from __future__ import annotations
@@ -21,11 +27,30 @@ VISION_INPUT = "pixel_values"
 VISION_OUTPUT = "image_embeds"
 TEXT_INPUT = "input_ids"
 TEXT_OUTPUT = "text_embeds"
+VISION_LAST_LAYER = "class_token_only"  # recorded in the manifest: models converted before computed every token
 
 
 def text_pooling_rule(model: Any) -> str:
     """How transformers pools this checkpoint's text tower: ``argmax_input_ids`` or ``first_eos_token``."""
     return "argmax_input_ids" if int(model.config.text_config.eos_token_id) == 2 else "first_eos_token"
+
+
+def _class_token_layer(layer: Any, hidden: Any) -> Any:
+    """One ``CLIPEncoderLayer`` on ``hidden`` [batch, tokens, width], returning only the class token's output row
+    [batch, width]: the eager attention of transformers' ``CLIPAttention`` with a single query."""
+    import torch
+
+    attention = layer.self_attn
+    batch, tokens, width = hidden.shape
+    heads, head_dim = attention.num_heads, attention.head_dim
+    normed = layer.layer_norm1(hidden)
+    query = attention.q_proj(normed[:, :1]).view(batch, 1, heads, head_dim).transpose(1, 2)
+    keys = attention.k_proj(normed).view(batch, tokens, heads, head_dim).transpose(1, 2)
+    values = attention.v_proj(normed).view(batch, tokens, heads, head_dim).transpose(1, 2)
+    weights = torch.softmax(torch.matmul(query, keys.transpose(-1, -2)) * attention.scale, dim=-1)
+    attended = torch.matmul(weights, values).transpose(1, 2).reshape(batch, width)
+    row = hidden[:, 0] + attention.out_proj(attended)
+    return row + layer.mlp(layer.layer_norm2(row))
 
 
 def _tower_modules(model: Any) -> tuple[Any, Any]:
@@ -38,8 +63,12 @@ def _tower_modules(model: Any) -> tuple[Any, Any]:
             self.visual_projection = clip.visual_projection
 
         def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-            pooled = self.vision_model(pixel_values=pixel_values).pooler_output
-            return self.visual_projection(pooled)
+            vision = self.vision_model
+            hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
+            *layers, last = vision.encoder.layers
+            for layer in layers:
+                hidden = layer(hidden, None)
+            return self.visual_projection(vision.post_layernorm(_class_token_layer(last, hidden)))
 
     class TextTower(torch.nn.Module):
         def __init__(self, clip: Any) -> None:

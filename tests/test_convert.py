@@ -55,6 +55,7 @@ def test_cli_convert_writes_a_verified_model(tiny_checkpoint: Path, tmp_path: Pa
     assert manifest["special_tokens"]["eos_token_id"] == 49407
     assert manifest["special_tokens"]["config_eos_token_id"] == 2
     assert manifest["text_pooling"] == "argmax_input_ids"
+    assert manifest["vision_last_layer"] == "class_token_only"
     assert manifest["resize"] == {"shortest_edge": 224, "resample": "bicubic"}
     assert manifest["crop"] == {"height": 224, "width": 224}
     assert manifest["image_mean"] == pytest.approx([0.48145466, 0.4578275, 0.40821073])
@@ -85,6 +86,40 @@ def test_parity_on_real_photos(tiny_model_dir: Path, torch_clip, sample_photos) 
     expected = image_features(model, processor, images)
     assert cosine_rows(got, expected).min() >= 0.99999
     assert np.abs(got - expected).max() <= 1e-4
+
+
+def _weight_macs_per_image(model: onnx.ModelProto) -> int:
+    """Multiply-accumulates per image of the graph's weight products (MatMul/Gemm with an initializer weight),
+    from ONNX Runtime's symbolic shape inference: weight size times the token rows it runs on (1 for a 2-D input)."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    weights = {init.name: int(np.prod(init.dims)) for init in inferred.graph.initializer}
+    ranks = {
+        info.name: [dim.dim_value or None for dim in info.type.tensor_type.shape.dim]
+        for info in [*inferred.graph.value_info, *inferred.graph.input]
+    }
+    macs = 0
+    for node in inferred.graph.node:
+        if node.op_type in ("MatMul", "Gemm") and node.input[1] in weights:
+            dims = ranks[node.input[0]]
+            rows = 1 if len(dims) == 2 else dims[-2]
+            assert rows is not None, f"{node.name}: token axis unknown"
+            macs += rows * weights[node.input[1]]
+    return macs
+
+
+def test_last_vision_layer_computes_only_the_class_token(tiny_model_dir: Path, tiny_checkpoint: Path) -> None:
+    """The exported vision tower does the work of every encoder layer on every token except the last layer's
+    query, output projection and MLP, which run on the class token alone (the only row the embedding uses)."""
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    vision, projection_dim = config["vision_config"], config["projection_dim"]
+    width, inner, layers = vision["hidden_size"], vision["intermediate_size"], vision["num_hidden_layers"]
+    tokens = (vision["image_size"] // vision["patch_size"]) ** 2 + 1
+    per_token_layer = 4 * width * width + 2 * width * inner  # q, k, v, out; fc1, fc2
+    full = layers * tokens * per_token_layer + width * projection_dim
+    pruned = full - (tokens - 1) * (2 * width * width + 2 * width * inner)  # q, out, fc1, fc2 on 1 row, not tokens
+    assert _weight_macs_per_image(onnx.load(str(tiny_model_dir / "vision.onnx"))) == pruned
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 11, 26])
