@@ -50,6 +50,9 @@ FLUSH_INTERVAL_S = 30.0
 #: batches decoded ahead of the one being encoded
 LOOKAHEAD_BATCHES = 2
 PRUNE_CHUNK = 1000
+#: with images to embed and at least this many points read, ingest asks the store to give back what the read
+#: left mapped (the embedded store: 0.5 GB at 1M points, 50 MB at 100k) before the model loads
+RELEASE_MEMORY_POINTS = 100_000
 #: payloads per page when reading the index of stored points (fewer, larger pages: ~13 % faster at 1M points)
 INDEX_PAGE_SIZE = 5000
 
@@ -460,6 +463,8 @@ def ingest(
             run.load_index()
             todo, seen = run.walk()
             run.todo_total, run.seen = len(todo), seen
+            if todo and len(run.present) >= RELEASE_MEMORY_POINTS:
+                store.release_memory()  # before the model loads: the index read left the store's pages mapped
             if progress is not None:
                 progress.start(len(todo))
             run.embed(todo)

@@ -422,3 +422,40 @@ def test_ingest_seals_segments_as_it_goes_and_search_stays_exact(
         under = store.search(vectors[ids[0]], limit=100, path_prefix=str(root / "1"))
         assert under and all(h.payload["path"].startswith(str(root / "1") + "/") for h in under)
         assert len(under) == sum(1 for p in payloads.values() if p["path"].startswith(str(root / "1") + "/"))
+
+
+def test_rerun_on_a_large_store_releases_its_pages_before_embedding(
+    photo_dir: Path,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    sample_photos: dict[str, Image.Image],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With new images to embed and a large index read (here: any), ingest reopens the embedded store to give back
+    the pages the read left mapped; the run goes on on the reopened shard and every batch is still verified."""
+    import indexer.pipeline as pipeline
+
+    data_dir = tmp_path / "data"
+    with EdgeStore(data_dir, COLLECTION) as store:
+        ingest(photo_dir, Embedder(tiny_model_dir), store)
+    monkeypatch.setattr(pipeline, "RELEASE_MEMORY_POINTS", 1)
+    sample_photos["chelsea"].rotate(90, expand=True).save(photo_dir / "new-rotated.jpg", quality=90)
+    sample_photos["coffee"].crop((0, 0, 200, 150)).save(photo_dir / "new-crop.png")
+    with EdgeStore(data_dir, COLLECTION) as store:
+        store.collection_info()
+        opened = store._shard
+        embedder = Embedder(tiny_model_dir)
+        report = ingest(photo_dir, embedder, store)
+        assert (report.indexed, report.unchanged, report.points) == (2, 6, 8)
+        assert store._shard is not None and store._shard is not opened  # reopened, and written through
+        assert store.count(exact=True) == 8
+    points = stored_points(data_dir)
+    assert {p["path"] for p in points.values()} == {str(p) for p in photo_dir.rglob("*") if p.is_file()}
+    new = photo_dir / "new-rotated.jpg"
+    expected = embedder.encode_images([new])[0]
+    np.testing.assert_allclose(stored_vectors(data_dir, [point_id(str(new))])[point_id(str(new))], expected, atol=1e-5)
+
+    with EdgeStore(data_dir, COLLECTION) as store:  # nothing new: no release, no model load
+        embedder = Embedder(tiny_model_dir)
+        assert ingest(photo_dir, embedder, store).unchanged == 8
+        assert embedder._towers == {}

@@ -557,13 +557,9 @@ def test_server_metadata_and_fallbacks(tmp_path: Path) -> None:
     assert meta["clipindex_model"] == "clip-a" and meta["clipindex_vector_dim"] == DIM
 
     # a collection without metadata: the model comes from a point's payload, then gets recorded
-    client.create_collection(
-        "bare", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE)
-    )
+    client.create_collection("bare", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE))
     p = make_points(["/p/a.jpg"])[0]
-    client.upsert(
-        "bare", [models.PointStruct(id=p.id, vector=p.vector.tolist(), payload={"model": "clip-a"})]
-    )
+    client.upsert("bare", [models.PointStruct(id=p.id, vector=p.vector.tolist(), payload={"model": "clip-a"})])
     with pytest.raises(CollectionMismatchError, match="clip-a"):
         ServerStore(client=client, collection="bare").ensure_collection(DIM, "clip-b")
     assert not (client.get_collection("bare").config.metadata or {}).get("clipindex_model")
@@ -571,9 +567,7 @@ def test_server_metadata_and_fallbacks(tmp_path: Path) -> None:
     assert (client.get_collection("bare").config.metadata or {})["clipindex_model"] == "clip-a"
 
     # collections clipindex did not make
-    client.create_collection(
-        "dot", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.DOT)
-    )
+    client.create_collection("dot", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.DOT))
     with pytest.raises(CollectionMismatchError, match="Dot"):
         ServerStore(client=client, collection="dot").ensure_collection(DIM, "clip-a")
     client.create_collection(
@@ -631,3 +625,97 @@ def test_edge_optimize_is_skipped_when_the_disk_is_nearly_full(
     assert store.optimize() is True
     assert store.count(exact=True) == 50
     store.close()
+
+
+def _rss_file_mb() -> float:
+    """Resident file-backed pages of this process (memory maps included), from /proc/self/status."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+def test_edge_release_memory_unmaps_what_a_full_read_paged_in(tmp_path: Path) -> None:
+    """Reading every payload (ingest's index) leaves the store's pages mapped into the process; release_memory
+    gives them back and the store stays open, with every point and payload as before."""
+    store = EdgeStore(tmp_path, "images")
+    store.ensure_collection(DIM, "clip-a")
+    # random (incompressible: the engine compresses its payload pages) 400-character names: ~5 MB of payloads
+    rng = np.random.default_rng(1)
+    points = make_points([f"/photos/{rng.bytes(200).hex()}-{i:05d}.jpg" for i in range(10_000)])
+    for start in range(0, len(points), 1000):
+        store.upsert(points[start : start + 1000])
+    store.optimize()  # sealed into memory-mapped segments, as ingest leaves a large store
+    store.close()
+
+    store = EdgeStore(tmp_path, "images")
+    store.collection_info()
+    before = _rss_file_mb()
+    assert sum(1 for _ in store.iter_payloads(["path", "size"], page_size=1000)) == 10_000
+    paged_in = _rss_file_mb()
+    store.release_memory()
+    released = _rss_file_mb()
+    assert paged_in - before >= 3, (before, paged_in)
+    assert paged_in - released >= 3, (paged_in, released)
+
+    assert store.count(exact=True) == 10_000
+    got = store.get_payloads([points[7].id], ["path", "size"])
+    assert got == {points[7].id: {"path": points[7].payload["path"], "size": points[7].payload["size"]}}
+    store.upsert(make_points(["/p/new.jpg"]))
+    assert store.count(exact=True) == 10_001
+    store.close()
+
+
+def test_edge_release_memory_waits_for_a_search_that_opened_the_store_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between closing and reopening, another process (a search) may open the shard: the reopen waits for it,
+    and gives up with StoreBusyError after REOPEN_WAIT_S, leaving the data intact."""
+    import threading
+
+    import indexer.store.edge as edge
+
+    store = EdgeStore(tmp_path, "images")
+    store.ensure_collection(DIM, "clip-a")
+    store.upsert(make_points([f"/p/{i}.jpg" for i in range(20)]))
+    real_cleanup = edge.cleanup_orphan_temp_segments
+    hold_s: list[float] = []
+
+    def a_search_gets_in_first(shard_dir: Path) -> list[Path]:
+        # runs inside the reopen, after the close: a real second opener takes the shard for a while
+        removed = real_cleanup(shard_dir)
+        if hold_s:
+            seconds = hold_s.pop()
+            other = EdgeStore(tmp_path, "images")
+            other.collection_info()
+            assert other.count() == 20
+            threading.Timer(seconds, other.close).start()
+        return removed
+
+    monkeypatch.setattr(edge, "cleanup_orphan_temp_segments", a_search_gets_in_first)
+    hold_s.append(0.5)
+    started = time.monotonic()
+    store.release_memory()
+    assert time.monotonic() - started >= 0.5  # it waited for the other opener
+    assert store.count(exact=True) == 20
+
+    monkeypatch.setattr(edge, "REOPEN_WAIT_S", 0.2)
+    hold_s.append(1.0)
+    with pytest.raises(StoreBusyError, match="in use by another process"):
+        store.release_memory()
+    time.sleep(1.2)
+    monkeypatch.setattr(edge, "cleanup_orphan_temp_segments", real_cleanup)
+    again = EdgeStore(tmp_path, "images")
+    again.ensure_collection(DIM, "clip-a")
+    assert again.count(exact=True) == 20
+    again.close()
+
+
+def test_server_release_memory_is_a_no_op(tmp_path: Path) -> None:
+    backend = Backend("server-local", tmp_path)
+    store = backend.open()
+    store.ensure_collection(DIM, "clip-a")
+    store.upsert(make_points(["/p/a.jpg"]))
+    store.release_memory()
+    assert store.count(exact=True) == 1
+    backend.close()

@@ -126,6 +126,8 @@ INDEXING_THRESHOLD_KB = 10_000
 MAX_SEGMENT_KB = 65_536
 #: free space (beyond CLIPINDEX_MIN_FREE_MB) an optimisation needs: the segment it writes, with payloads and indexes
 OPTIMIZE_HEADROOM_BYTES = 4 * MAX_SEGMENT_KB * 1024
+#: :meth:`EdgeStore.release_memory` reopens the shard it closed; a search that opened it meanwhile is waited for
+REOPEN_WAIT_S = 30.0
 
 
 def edge_config(vector_dim: int) -> qe.EdgeConfig:
@@ -356,6 +358,24 @@ class EdgeStore(VectorStore):
                 self._engine("flush", shard.flush)
             finally:
                 self._close_shard(shard)
+
+    def release_memory(self) -> None:
+        shard, info = self._shard, self._info
+        if shard is None or info is None:
+            return
+        self._engine("flush", shard.flush)
+        self._shard = None
+        self._close_shard(shard)
+        # While the shard is closed another process (a search) may open it: wait for it to finish.
+        deadline = time.monotonic() + REOPEN_WAIT_S
+        while True:
+            try:
+                self._shard = self._open_shard(info.vector_dim)
+                return
+            except StoreBusyError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
 
     def optimize(self) -> bool:
         shard = self._need()
