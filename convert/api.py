@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import indexer
-from convert.export import OPSET, VISION_LAST_LAYER, export_towers, text_pooling_rule
+from convert.export import OPSET, VISION_EXPORT, export_towers, text_pooling_rule
 from indexer.errors import ConvertError, MissingExtraError
 from indexer.manifest import (
     FORMAT_VERSION,
@@ -165,10 +165,10 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-#: operators int8 quantization rewrites. Only MatMul: the vision tower's patch-embedding Conv stays fp32, since
-#: ONNX Runtime's ConvInteger took 15 % of the int8 vision tower's time on CPU (an fp32 Conv: 3 % of the fp32
-#: tower's); quantizing MatMul only made the int8 vision tower ~10 % faster, and no less accurate (measured on
-#: full-size ViT-B/32 at batch 25, benchmarks/README.md).
+#: operators int8 quantization rewrites. Only MatMul: ONNX Runtime's ConvInteger took 15 % of the int8 vision
+#: tower's time on CPU when the patch embedding was a Conv (~10 % slower overall). The export now writes the patch
+#: embedding as a MatMul (convert/export.py), so it is quantized with the rest; a checkpoint exported with a Conv
+#: would keep it fp32.
 INT8_OP_TYPES: tuple[str, ...] = ("MatMul",)
 
 
@@ -293,7 +293,7 @@ def convert_model(
             "context_length": context_length,
             "special_tokens": special_tokens,
             "text_pooling": text_pooling_rule(model),
-            "vision_last_layer": VISION_LAST_LAYER,
+            "vision_export": dict(VISION_EXPORT),
             "text_inputs": ["input_ids"],
             "normalized": False,
             "logit_scale": float(model.logit_scale.exp().item()),

@@ -9,11 +9,16 @@ tower pools the way transformers does for this checkpoint's config: at ``argmax(
 first end-of-text token, and the causal mask keeps padding after it from mattering, so no attention mask is
 needed and padded and unpadded inputs give the same vector.
 
-The vision tower only ever outputs the class token (``pooler_output`` is ``post_layernorm`` of row 0 of the last
-hidden state), so its last encoder layer computes only what row 0 needs: keys and values for every token, but the
-query, attention output, residuals and MLP for the class token alone. That is the same arithmetic transformers does
-for that row (the converter's parity check proves it), and it skips about 6.6 % of ViT-B/32's FLOPs per image
-(the last layer's Q/O projections and MLP on the 49 patch tokens), which ONNX Runtime cannot prune by itself.
+The vision tower is written out as the same arithmetic as transformers' ``CLIPVisionModel`` in two cheaper shapes
+(recorded in the manifest as ``vision_export``: :data:`VISION_EXPORT`; the converter's parity check proves both):
+
+- ``patch_embedding: matmul``: the patch Conv (kernel = stride = patch size, no padding) is a reshape of the image
+  into its [patches, 3 * P * P] rows times the Conv weight as a [3 * P * P, width] matrix. ONNX Runtime runs a MatMul
+  faster than that Conv, and ``--quantize int8`` quantizes it with the other MatMuls (ORT's ConvInteger is slow).
+- ``last_layer: class_token_only``: the embedding is made from the class token alone (``pooler_output`` is
+  ``post_layernorm`` of row 0 of the last hidden state), so the last encoder layer computes keys and values for
+  every token but the query, attention output, residuals and MLP for the class token only. That skips about 6.6 %
+  of ViT-B/32's FLOPs per image, which ONNX Runtime cannot prune by itself.
 """
 
 from __future__ import annotations
@@ -27,12 +32,35 @@ VISION_INPUT = "pixel_values"
 VISION_OUTPUT = "image_embeds"
 TEXT_INPUT = "input_ids"
 TEXT_OUTPUT = "text_embeds"
-VISION_LAST_LAYER = "class_token_only"  # recorded in the manifest: models converted before computed every token
+#: how the vision tower was exported, recorded in the manifest (models converted before it have no such key)
+VISION_EXPORT: dict[str, str] = {"patch_embedding": "matmul", "last_layer": "class_token_only"}
 
 
 def text_pooling_rule(model: Any) -> str:
     """How transformers pools this checkpoint's text tower: ``argmax_input_ids`` or ``first_eos_token``."""
     return "argmax_input_ids" if int(model.config.text_config.eos_token_id) == 2 else "first_eos_token"
+
+
+def _embeddings(embeddings: Any, pixel_values: Any) -> Any:
+    """``CLIPVisionEmbeddings`` (at the model's own image size) with the patch Conv as a reshape and a MatMul:
+    [batch, 3, S, S] -> [batch, 1 + (S / P) ** 2, width]."""
+    import torch
+
+    conv = embeddings.patch_embedding
+    patch = int(embeddings.patch_size)
+    batch, channels, height, width = pixel_values.shape
+    rows, cols = height // patch, width // patch
+    patches = (
+        pixel_values.reshape(batch, channels, rows, patch, cols, patch)
+        .permute(0, 2, 4, 1, 3, 5)  # [batch, rows, cols, channels, P, P]: one Conv window per row, in its order
+        .reshape(batch, rows * cols, channels * patch * patch)
+    )
+    patch_embeds = torch.matmul(patches, conv.weight.reshape(conv.out_channels, -1).t())
+    if conv.bias is not None:
+        patch_embeds = patch_embeds + conv.bias
+    class_embeds = embeddings.class_embedding.expand(batch, 1, -1)
+    tokens = torch.cat([class_embeds, patch_embeds], dim=1)
+    return tokens + embeddings.position_embedding(embeddings.position_ids)
 
 
 def _class_token_layer(layer: Any, hidden: Any) -> Any:
@@ -64,7 +92,7 @@ def _tower_modules(model: Any) -> tuple[Any, Any]:
 
         def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
             vision = self.vision_model
-            hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
+            hidden = vision.pre_layrnorm(_embeddings(vision.embeddings, pixel_values))
             *layers, last = vision.encoder.layers
             for layer in layers:
                 hidden = layer(hidden, None)

@@ -55,7 +55,7 @@ def test_cli_convert_writes_a_verified_model(tiny_checkpoint: Path, tmp_path: Pa
     assert manifest["special_tokens"]["eos_token_id"] == 49407
     assert manifest["special_tokens"]["config_eos_token_id"] == 2
     assert manifest["text_pooling"] == "argmax_input_ids"
-    assert manifest["vision_last_layer"] == "class_token_only"
+    assert manifest["vision_export"] == {"patch_embedding": "matmul", "last_layer": "class_token_only"}
     assert manifest["resize"] == {"shortest_edge": 224, "resample": "bicubic"}
     assert manifest["crop"] == {"height": 224, "width": 224}
     assert manifest["image_mean"] == pytest.approx([0.48145466, 0.4578275, 0.40821073])
@@ -71,10 +71,14 @@ def test_cli_convert_writes_a_verified_model(tiny_checkpoint: Path, tmp_path: Pa
     for name in ("vision.int8.onnx", "text.int8.onnx"):
         assert 0.9 < manifest["quantization"][name]["min_cosine"] <= 1.0
     assert manifest["quantization"]["op_types"] == ["MatMul"]
-    # int8 rewrites the MatMuls only: the patch-embedding Conv stays fp32 (ORT's ConvInteger is slow on CPU)
-    int8_ops = {node.op_type for node in onnx.load(str(out / "vision.int8.onnx"), load_external_data=False).graph.node}
-    assert "Conv" in int8_ops and "ConvInteger" not in int8_ops
+    # int8 rewrites the MatMuls, the patch embedding's included (exported as one), and no Conv (ORT's ConvInteger
+    # is slow on CPU): no float MatMul with a weight is left
+    int8_graph = onnx.load(str(out / "vision.int8.onnx"), load_external_data=False).graph
+    int8_ops = {node.op_type for node in int8_graph.node}
+    assert not {"Conv", "ConvInteger"} & int8_ops
     assert {"MatMulInteger", "DynamicQuantizeMatMul"} & int8_ops
+    weights = {init.name for init in int8_graph.initializer}
+    assert not [n.name for n in int8_graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in weights]
     assert ModelManifest.load(out).embedding_dim == 512
 
 
@@ -111,15 +115,20 @@ def _weight_macs_per_image(model: onnx.ModelProto) -> int:
 
 def test_last_vision_layer_computes_only_the_class_token(tiny_model_dir: Path, tiny_checkpoint: Path) -> None:
     """The exported vision tower does the work of every encoder layer on every token except the last layer's
-    query, output projection and MLP, which run on the class token alone (the only row the embedding uses)."""
+    query, output projection and MLP, which run on the class token alone (the only row the embedding uses); the
+    patch embedding is a MatMul on the image's patches (no Conv left for int8 to skip)."""
     config = json.loads((tiny_checkpoint / "config.json").read_text())
     vision, projection_dim = config["vision_config"], config["projection_dim"]
     width, inner, layers = vision["hidden_size"], vision["intermediate_size"], vision["num_hidden_layers"]
-    tokens = (vision["image_size"] // vision["patch_size"]) ** 2 + 1
+    patch = vision["patch_size"]
+    tokens = (vision["image_size"] // patch) ** 2 + 1
     per_token_layer = 4 * width * width + 2 * width * inner  # q, k, v, out; fc1, fc2
-    full = layers * tokens * per_token_layer + width * projection_dim
+    patch_embedding = (tokens - 1) * 3 * patch * patch * width  # the Conv as a MatMul: one row per patch
+    full = patch_embedding + layers * tokens * per_token_layer + width * projection_dim
     pruned = full - (tokens - 1) * (2 * width * width + 2 * width * inner)  # q, out, fc1, fc2 on 1 row, not tokens
-    assert _weight_macs_per_image(onnx.load(str(tiny_model_dir / "vision.onnx"))) == pruned
+    vision_graph = onnx.load(str(tiny_model_dir / "vision.onnx"))
+    assert _weight_macs_per_image(vision_graph) == pruned
+    assert "Conv" not in {node.op_type for node in vision_graph.graph.node}
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 11, 26])
