@@ -299,12 +299,13 @@ def describe_inputs(folder: Path) -> dict[str, Any]:
 
 def _stale_model(manifest: Path) -> bool:
     """True when the cached model was converted with another export or int8 settings than the converter's now."""
-    from convert.api import INT8_OP_TYPES
+    from convert.api import INT8_SETTINGS
     from convert.export import VISION_EXPORT
 
     recorded = json.loads(manifest.read_text())
     quantization = recorded.get("quantization") or {}
-    return bool(quantization.get("op_types") != list(INT8_OP_TYPES) or recorded.get("vision_export") != VISION_EXPORT)
+    settings = {key: quantization.get(key) for key in INT8_SETTINGS}
+    return bool(settings != INT8_SETTINGS or recorded.get("vision_export") != VISION_EXPORT)
 
 
 def make_model(work: Path) -> tuple[Path, Path]:

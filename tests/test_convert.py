@@ -71,6 +71,7 @@ def test_cli_convert_writes_a_verified_model(tiny_checkpoint: Path, tmp_path: Pa
     for name in ("vision.int8.onnx", "text.int8.onnx"):
         assert 0.9 < manifest["quantization"][name]["min_cosine"] <= 1.0
     assert manifest["quantization"]["op_types"] == ["MatMul"]
+    assert manifest["quantization"]["per_channel"] is True and manifest["quantization"]["reduce_range"] is True
     # int8 rewrites the MatMuls, the patch embedding's included (exported as one), and no Conv (ORT's ConvInteger
     # is slow on CPU): no float MatMul with a weight is left
     int8_graph = onnx.load(str(out / "vision.int8.onnx"), load_external_data=False).graph
