@@ -63,22 +63,27 @@ def _embeddings(embeddings: Any, pixel_values: Any) -> Any:
     return tokens + embeddings.position_embedding(embeddings.position_ids)
 
 
-def _class_token_layer(layer: Any, hidden: Any) -> Any:
-    """One ``CLIPEncoderLayer`` on ``hidden`` [batch, tokens, width], returning only the class token's output row
-    [batch, width]: the eager attention of transformers' ``CLIPAttention`` with a single query."""
+def _encoder_layer(layer: Any, hidden: Any, *, class_token_only: bool = False) -> Any:
+    """One ``CLIPEncoderLayer`` on ``hidden`` [batch, tokens, width] -> [batch, tokens, width], written out from
+    its modules (layer norms, Q/K/V/out projections, MLP) with the eager attention of transformers'
+    ``CLIPAttention`` (no mask: the vision tower attends everywhere), so the export does not depend on the
+    signature of ``CLIPEncoderLayer.forward``, which changed between transformers 4 and 5.
+    ``class_token_only``: queries, residuals and MLP for the class token alone -> [batch, 1, width]."""
     import torch
 
     attention = layer.self_attn
     batch, tokens, width = hidden.shape
     heads, head_dim = attention.num_heads, attention.head_dim
+    rows = 1 if class_token_only else tokens
+    residual = hidden[:, :1] if class_token_only else hidden
     normed = layer.layer_norm1(hidden)
-    query = attention.q_proj(normed[:, :1]).view(batch, 1, heads, head_dim).transpose(1, 2)
+    query = attention.q_proj(normed[:, :rows]).view(batch, rows, heads, head_dim).transpose(1, 2)
     keys = attention.k_proj(normed).view(batch, tokens, heads, head_dim).transpose(1, 2)
     values = attention.v_proj(normed).view(batch, tokens, heads, head_dim).transpose(1, 2)
     weights = torch.softmax(torch.matmul(query, keys.transpose(-1, -2)) * attention.scale, dim=-1)
-    attended = torch.matmul(weights, values).transpose(1, 2).reshape(batch, width)
-    row = hidden[:, 0] + attention.out_proj(attended)
-    return row + layer.mlp(layer.layer_norm2(row))
+    attended = torch.matmul(weights, values).transpose(1, 2).reshape(batch, rows, width)
+    out = residual + attention.out_proj(attended)
+    return out + layer.mlp(layer.layer_norm2(out))
 
 
 def _tower_modules(model: Any) -> tuple[Any, Any]:
@@ -95,8 +100,9 @@ def _tower_modules(model: Any) -> tuple[Any, Any]:
             hidden = vision.pre_layrnorm(_embeddings(vision.embeddings, pixel_values))
             *layers, last = vision.encoder.layers
             for layer in layers:
-                hidden = layer(hidden, None)
-            return self.visual_projection(vision.post_layernorm(_class_token_layer(last, hidden)))
+                hidden = _encoder_layer(layer, hidden)
+            class_token = _encoder_layer(last, hidden, class_token_only=True)[:, 0]
+            return self.visual_projection(vision.post_layernorm(class_token))
 
     class TextTower(torch.nn.Module):
         def __init__(self, clip: Any) -> None:
