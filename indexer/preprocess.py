@@ -551,9 +551,7 @@ def preprocess(
     return out
 
 
-def preprocess_batch(
-    images: Sequence[Image.Image], config: PreprocessConfig = CLIP_DEFAULT
-) -> npt.NDArray[np.float32]:
+def preprocess_batch(images: Sequence[Image.Image], config: PreprocessConfig = CLIP_DEFAULT) -> npt.NDArray[np.float32]:
     """Stack :func:`preprocess` of each image into ``float32 [N, 3, crop_height, crop_width]``."""
     batch = np.empty((len(images), *config.output_shape), dtype=np.float32)
     for index, image in enumerate(images):
@@ -604,9 +602,7 @@ class Preprocessor:
     def load(self, path: str | os.PathLike[str]) -> Image.Image:
         return load_image(path, max_pixels=self.max_pixels, draft=self.draft, config=self.config)
 
-    def preprocess(
-        self, image: Image.Image, *, out: npt.NDArray[np.float32] | None = None
-    ) -> npt.NDArray[np.float32]:
+    def preprocess(self, image: Image.Image, *, out: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float32]:
         return preprocess(image, self.config, out=out)
 
     def preprocess_batch(self, images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:

@@ -57,12 +57,7 @@ def _chunk(kind: bytes, data: bytes, *, crc: int | None = None) -> bytes:
 
 def _png(width: int, height: int, idat: bytes, *, ihdr_crc: int | None = None) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", ihdr, crc=ihdr_crc)
-        + _chunk(b"IDAT", idat)
-        + _chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr, crc=ihdr_crc) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 
 
 def _patch_jpeg_size(data: bytes, width: int, height: int) -> bytes:
@@ -136,8 +131,7 @@ def make_hostile_files(folder: Path) -> dict[str, str]:
     write("text_notes.png", "Shopping list:\n- milk\n- pâte\n".encode(), "error")
     write(
         "svg_drawing.png",
-        b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
-        b'<rect width="10" height="10"/></svg>',
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>',
         "error",
     )
     write("riff_wave.webp", b"RIFF" + struct.pack("<I", 36) + b"WAVEfmt " + bytes(28), "error")

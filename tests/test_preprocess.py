@@ -165,9 +165,7 @@ def manifest_with(**preprocessing: Any) -> ModelManifest:
 
 def test_config_from_manifest() -> None:
     assert PreprocessConfig.from_manifest(manifest_with()) == CLIP_DEFAULT
-    big = PreprocessConfig.from_manifest(
-        manifest_with(resize_shortest_edge=336, crop_height=336, crop_width=336)
-    )
+    big = PreprocessConfig.from_manifest(manifest_with(resize_shortest_edge=336, crop_height=336, crop_width=336))
     assert big.output_shape == (3, 336, 336)
     assert preprocess(photo("coffee"), big).shape == (3, 336, 336)
     with pytest.raises(ModelNotFoundError, match="resample"):
@@ -387,9 +385,7 @@ def test_decompression_bomb_refused_and_limit_adjustable(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("name", ["china", "astronaut"])
 @pytest.mark.parametrize("draft", [False, True])
-def test_truncated_files_are_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, draft: bool
-) -> None:
+def test_truncated_files_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, draft: bool) -> None:
     source = photo_path(name)
     data = source.read_bytes() if source is not None else b""
     assert data, "sample photo missing"
@@ -511,7 +507,6 @@ def test_draft_larger_model_keeps_its_margin(camera_jpegs: list[Path]) -> None:
     drafted = load_and_preprocess(path, config, draft=True)
     assert drafted.shape == exact.shape == (3, 336, 336)
     assert float(np.abs(drafted - exact).max()) <= DRAFT_MAX_PIXEL_VALUES
-
 
 
 # --- decode_file (what ingest uses: one read, hash, optional decode) -------------------------------------
