@@ -153,6 +153,19 @@ def unit(vector: npt.ArrayLike) -> npt.NDArray[np.float32]:
     return arr / norm if norm > 0 else arr.copy()
 
 
+def vectors_by_id(records: Iterable[Any]) -> dict[str, npt.NDArray[np.float32]]:
+    """Engine records (Qdrant Edge or qdrant-client) -> id: unit vector, of the unnamed vector; records without
+    one are left out."""
+    out: dict[str, npt.NDArray[np.float32]] = {}
+    for rec in records:
+        vec: Any = rec.vector
+        if isinstance(vec, dict):
+            vec = vec.get("")
+        if vec is not None:
+            out[str(rec.id)] = unit(vec)  # qdrant-client's local mode returns vectors as given
+    return out
+
+
 def stored_payload(payload: Mapping[str, Any], model_name: str) -> dict[str, Any]:
     """The payload as written: ``model`` filled in, ``dirs`` computed from ``path``."""
     out = dict(payload)

@@ -108,7 +108,7 @@ from indexer.store.base import (
     normalize_prefix,
     require_open,
     stored_payload,
-    unit,
+    vectors_by_id,
 )
 
 if TYPE_CHECKING:
@@ -457,14 +457,7 @@ class EdgeStore(VectorStore):
             )
 
     def get_vectors(self, ids: Iterable[str]) -> dict[str, npt.NDArray[np.float32]]:
-        out: dict[str, npt.NDArray[np.float32]] = {}
-        for rec in self._retrieve(ids, with_payload=False, with_vector=True):
-            vec: Any = rec.vector
-            if isinstance(vec, dict):
-                vec = vec.get("")
-            if vec is not None:
-                out[str(rec.id)] = unit(vec)
-        return out
+        return vectors_by_id(self._retrieve(ids, with_payload=False, with_vector=True))
 
     def get_payloads(self, ids: Iterable[str], fields: Sequence[str]) -> dict[str, dict[str, Any]]:
         selector = qe.PayloadSelector.Include(list(fields))

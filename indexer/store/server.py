@@ -65,7 +65,7 @@ from indexer.store.base import (
     normalize_prefix,
     require_open,
     stored_payload,
-    unit,
+    vectors_by_id,
 )
 
 if TYPE_CHECKING:
@@ -329,14 +329,7 @@ class ServerStore(VectorStore):
             )
 
     def get_vectors(self, ids: Iterable[str]) -> dict[str, npt.NDArray[np.float32]]:
-        out: dict[str, npt.NDArray[np.float32]] = {}
-        for rec in self._retrieve(ids, with_payload=False, with_vectors=True):
-            vec: Any = rec.vector
-            if isinstance(vec, dict):
-                vec = vec.get("")
-            if vec is not None:
-                out[str(rec.id)] = unit(vec)  # local mode returns vectors as given
-        return out
+        return vectors_by_id(self._retrieve(ids, with_payload=False, with_vectors=True))
 
     def get_payloads(self, ids: Iterable[str], fields: Sequence[str]) -> dict[str, dict[str, Any]]:
         return {
