@@ -233,11 +233,17 @@ class _Ingest:
         except ImageError as exc:
             prepared.error = exc.reason
             return prepared
+        except MemoryError:
+            prepared.error = "not enough memory to decode this image (lower --max-pixels to skip such images)"
+            return prepared
         prepared.decoded = decoded
         if decoded.image is None:
             prepared.reuse_from = self.hash_to_id.get(bytes.fromhex(decoded.sha256))
         else:
-            prepared.pixels = self.embedder.preprocessor.preprocess(decoded.image)
+            try:
+                prepared.pixels = self.embedder.preprocessor.preprocess(decoded.image)
+            except MemoryError:
+                prepared.error = "not enough memory to preprocess this image (lower --max-pixels to skip such images)"
             decoded.image = None  # free the decoded bitmap early
         return prepared
 

@@ -39,8 +39,9 @@ Decoding: :func:`load_image`
    fits, else as [0, 255] if it fits, else min-max stretched (NaN/inf -> 0). A 16-bit grey image with
    a ``transparency`` value gets that value as fully transparent.
 
-:func:`decode_file` (what ingest uses) reads a file once, hashes the bytes (sha256), checks the header
-(size, format, pixel limit) and decodes the same bytes as above only when asked to.
+:func:`decode_file` (what ingest uses) checks the header first (format, size, pixel limit: a file that is no
+image fails before it is read in full), then reads the file once, hashes the bytes (sha256), checks the header
+of those bytes again and decodes them as above only when asked to.
 :class:`Preprocessor` bundles one model's settings: ``from_manifest(manifest, draft=, max_pixels=)``.
 
 Preprocessing: :func:`preprocess` (``CLIPImageProcessorPil`` of transformers 5, bit for bit)
@@ -55,7 +56,9 @@ of ``W x H`` with ``S = shortest_edge``, crop ``ch x cw``:
 2. Center crop: ``top = (h - ch) // 2``, ``left = (w - cw) // 2`` (floor division, also when
    negative); ``PIL.Image.crop((left, top, left + cw, top + ch))``. When the image is smaller than the
    crop, PIL fills outside pixels with 0, which is exactly transformers' zero padding
-   (``ceil`` padding then the same offsets).
+   (``ceil`` padding then the same offsets). When the resized image would exceed
+   :data:`RESIZE_PIXEL_BUDGET` pixels (an aspect ratio beyond about 1:334), steps 1 and 2 resize only the
+   crop's preimage (``resize(box=...)``), so a 1 x 60000 image costs a 224 x 224 resize, not 12 GB.
 3. Rescale and normalize, per channel ``c`` and 8-bit value ``v``:
    ``x = float32(float64(v) * rescale_factor)``, then ``(x - float32(mean[c])) / float32(std[c])``
    in float32 — identical to transformers' ``rescale`` (float64 multiply, float32 cast) followed by
@@ -103,6 +106,12 @@ DEFAULT_DRAFT: bool = True
 #: vs exact stays at cosine >= 0.99999 with the full-size ViT-B/32 (tests/test_preprocess.py,
 #: benchmarks/results.md). ``--no-draft`` is exact.
 DRAFT_OVERSAMPLE: float = 1.5
+
+#: A shortest-edge resize to more pixels than this (only very elongated images: an aspect ratio beyond about
+#: 1:334 at 224 px, such as 1 x 60000, which would otherwise resize to 224 x 13,440,000 pixels, 12 GB) resizes
+#: just the region the center crop keeps: the same pixels (up to floating-point rounding in Pillow's filter
+#: positions), in bounded memory.
+RESIZE_PIXEL_BUDGET: int = 1 << 24
 
 OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
@@ -370,7 +379,11 @@ def decode_file(
     pre = preprocessor if preprocessor is not None else Preprocessor()
     draft_config = pre.config if pre.draft else None
     with _open_regular(name) as fp:
+        # The header first (Pillow reads only what it needs): a file that is no image, or one declaring too
+        # many pixels, fails in milliseconds instead of being read and hashed in full (a 10 GB file named .jpg)
+        _decode_guarded(fp, name, pre.max_pixels, None, pixels=False)
         try:
+            fp.seek(0)
             size = os.fstat(fp.fileno()).st_size
             if size <= IN_MEMORY_LIMIT:
                 data = fp.read()
@@ -537,9 +550,13 @@ def preprocess(
     if width <= 0 or height <= 0:
         raise ImageError("<image>", f"image has no pixels ({width}x{height})")
     new_size = resize_size(width, height, config.shortest_edge)
-    if new_size != image.size:
-        image = image.resize(new_size, resample_filter(config.resample))
-    cropped = image.crop(crop_box(*new_size, config.crop_width, config.crop_height))
+    box = crop_box(*new_size, config.crop_width, config.crop_height)
+    if new_size[0] * new_size[1] > RESIZE_PIXEL_BUDGET:
+        cropped = _resize_crop_region(image, new_size, box, resample_filter(config.resample))
+    else:
+        if new_size != image.size:
+            image = image.resize(new_size, resample_filter(config.resample))
+        cropped = image.crop(box)
     pixels = np.asarray(cropped)  # [ch, cw, 3] uint8
     if out is None:
         out = np.empty(config.output_shape, dtype=np.float32)
@@ -549,6 +566,131 @@ def preprocess(
     for channel in range(3):
         np.take(table[channel], pixels[:, :, channel], out=out[channel])
     return out
+
+
+def _cubic(x: float) -> float:
+    x = abs(x)
+    if x < 1.0:
+        return ((-0.5 + 2.0) * x - (-0.5 + 3.0)) * x * x + 1
+    if x < 2.0:
+        return (((x - 5) * x + 8) * x - 4) * -0.5
+    return 0.0
+
+
+def _sinc(x: float) -> float:
+    if x == 0.0:
+        return 1.0
+    x = x * math.pi
+    return math.sin(x) / x
+
+
+def _hamming(x: float) -> float:
+    x = abs(x)
+    if x == 0.0:
+        return 1.0
+    if x >= 1.0:
+        return 0.0
+    x = x * math.pi
+    return math.sin(x) / x * (_F32_054 + _F32_046 * math.cos(x))
+
+
+_F32_054 = float(np.float32(0.54))  # Pillow writes 0.54f and 0.46f
+_F32_046 = float(np.float32(0.46))
+#: Pillow's resampling filters (libImaging/Resample.c): support and kernel, in double precision like its C code
+_PIL_FILTERS: dict[int, tuple[float, Callable[[float], float]]] = {
+    Image.Resampling.BOX: (0.5, lambda x: 1.0 if -0.5 < x <= 0.5 else 0.0),
+    Image.Resampling.BILINEAR: (1.0, lambda x: max(0.0, 1.0 - abs(x))),
+    Image.Resampling.HAMMING: (1.0, _hamming),
+    Image.Resampling.BICUBIC: (2.0, _cubic),
+    Image.Resampling.LANCZOS: (3.0, lambda x: _sinc(x) * _sinc(x / 3) if -3.0 <= x < 3.0 else 0.0),
+}
+_PRECISION_BITS = 32 - 8 - 2
+
+
+def _resample_axis(
+    pixels: npt.NDArray[np.uint8], in_size: int, out_size: int, first: int, count: int, resample: int
+) -> npt.NDArray[np.uint8]:
+    """Output rows ``first .. first + count`` of Pillow's 8-bit resample of ``pixels`` (its axis 0, of
+    ``in_size`` rows) to ``out_size`` rows: ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` + the 8bpc pass of
+    libImaging/Resample.c, in the same arithmetic (double coefficients, 22-bit fixed point), so bit for bit."""
+    support_base, kernel = _PIL_FILTERS[resample]
+    scale = float(in_size) / out_size
+    filterscale = max(scale, 1.0)
+    support = support_base * filterscale
+    inv_filterscale = 1.0 / filterscale
+    out = np.empty((count, *pixels.shape[1:]), dtype=np.uint8)
+    for row in range(count):
+        center = (first + row + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        taps = min(int(center + support + 0.5), in_size) - xmin
+        weights = [kernel((x + xmin - center + 0.5) * inv_filterscale) for x in range(taps)]
+        total = 0.0
+        for weight in weights:
+            total += weight
+        if total != 0.0:
+            weights = [weight / total for weight in weights]
+        acc = np.full(pixels.shape[1:], 1 << (_PRECISION_BITS - 1), dtype=np.int64)
+        for x, weight in enumerate(weights):
+            scaled = weight * (1 << _PRECISION_BITS)
+            fixed = int(-0.5 + scaled) if weight < 0 else int(0.5 + scaled)
+            acc += pixels[xmin + x].astype(np.int64) * fixed
+        out[row] = np.clip(acc >> _PRECISION_BITS, 0, 255)
+    return out
+
+
+def _resize_crop_region(
+    image: Image.Image, new_size: tuple[int, int], box: tuple[int, int, int, int], resample: Image.Resampling
+) -> Image.Image:
+    """``image.resize(new_size, resample).crop(box)``, bit for bit, computing only the crop: Pillow's two passes
+    (in the order Pillow picks for the full resize) restricted to the rows and columns the crop needs."""
+    if resample not in _PIL_FILTERS:  # NEAREST: Pillow's box= resize (float32 box: may differ by a pixel shift)
+        return _resize_crop_region_approx(image, new_size, box, resample)
+    width, height = image.size
+    new_width, new_height = new_size
+    left, top, right, bottom = box
+    cols = (max(left, 0), min(right, new_width))
+    rows = (max(top, 0), min(bottom, new_height))
+    pixels = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)  # [height, width, 3]
+    # libImaging/Resample.c ImagingResampleInner: vertical first only when the height shrinks more than twice
+    # as much as the width does
+    horizontal_first = not (height - new_height > 0 and height - new_height > (width - new_width) * 2)
+
+    def vertical(arr: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+        if new_height == height:
+            return arr[rows[0] : rows[1]]
+        return _resample_axis(arr, height, new_height, rows[0], rows[1] - rows[0], resample)
+
+    def horizontal(arr: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+        if new_width == width:
+            return arr[:, cols[0] : cols[1]]
+        moved = np.moveaxis(arr, 1, 0)
+        return np.moveaxis(_resample_axis(moved, width, new_width, cols[0], cols[1] - cols[0], resample), 0, 1)
+
+    region = horizontal(vertical(pixels)) if not horizontal_first else vertical(horizontal(pixels))
+    result = Image.fromarray(np.ascontiguousarray(region), "RGB")
+    if (cols[0], rows[0], cols[1], rows[1]) == box:
+        return result
+    canvas = Image.new("RGB", (right - left, bottom - top))  # zero fill, like crop past the edge
+    canvas.paste(result, (cols[0] - left, rows[0] - top))
+    return canvas
+
+
+def _resize_crop_region_approx(
+    image: Image.Image, new_size: tuple[int, int], box: tuple[int, int, int, int], resample: Image.Resampling
+) -> Image.Image:
+    width, height = image.size
+    new_width, new_height = new_size
+    left, top, right, bottom = box
+    inside = (max(left, 0), max(top, 0), min(right, new_width), min(bottom, new_height))
+    scale_x, scale_y = width / new_width, height / new_height
+    region = image.resize(
+        (inside[2] - inside[0], inside[3] - inside[1]),
+        resample,
+        box=(inside[0] * scale_x, inside[1] * scale_y, inside[2] * scale_x, inside[3] * scale_y),
+    )
+    canvas = Image.new(image.mode, (right - left, bottom - top))
+    canvas.paste(region, (inside[0] - left, inside[1] - top))
+    return canvas
 
 
 def preprocess_batch(images: Sequence[Image.Image], config: PreprocessConfig = CLIP_DEFAULT) -> npt.NDArray[np.float32]:

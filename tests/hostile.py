@@ -180,6 +180,8 @@ def make_hostile_files(folder: Path) -> dict[str, str]:
     write("jpeg_named.png", jpeg, "ok")
     write("gif_named.tiff", gif, "ok")
     write("UPPER_CASE.JPG", jpeg, "ok")
+    # 1 x 60000: a plain shortest-edge resize would be 224 x 13,440,000 pixels (12 GB)
+    write("strip_1x60000.png", _encode(Image.new("RGB", (1, 60_000), (30, 160, 60)), "PNG"), "ok")
     write("corrupt_exif.jpg", _jpeg_with_exif(photo, b"II*\x00\xff\xff\xff\x7f" + b"\x00garbage" * 4), "ok")
     write("exif_bad_orientation.jpg", _jpeg_with_exif(photo, _exif_orientation_payload(99)), "ok")
     # unreadable (mode 000): only refused when not root (root reads anything)

@@ -112,6 +112,41 @@ def test_parity_other_config_padding_and_filters(tmp_path: Path) -> None:
             assert float(np.abs(ours - ref).max()) <= PARITY
 
 
+@pytest.mark.parametrize("size", [(3, 2000), (2000, 3), (700, 2400), (1, 5000), (5000, 11)])
+def test_elongated_images_resize_only_the_crop_bit_for_bit(
+    clip_processor: Any, monkeypatch: pytest.MonkeyPatch, size: tuple[int, int]
+) -> None:
+    """Past RESIZE_PIXEL_BUDGET only the crop's rows and columns are resampled (Pillow's two passes, in Pillow's
+    order: (700, 2400) shrinks its height first): still transformers' result exactly."""
+    import indexer.preprocess as pp
+
+    rng = np.random.default_rng(size[0] * 7 + size[1])
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    ref = reference(clip_processor, image)
+    monkeypatch.setattr(pp, "RESIZE_PIXEL_BUDGET", 0)  # every image takes the crop-only path
+    np.testing.assert_array_equal(preprocess(image), ref)
+    config = PreprocessConfig(shortest_edge=100, crop_height=128, crop_width=161, resample="lanczos")
+    full = image.resize(resize_size(*size, 100), Image.Resampling.LANCZOS)
+    expected = np.asarray(full.crop(crop_box(*full.size, 161, 128)))  # zero padding past the edges
+    ours = preprocess(image, config)
+    mean, std = np.float32(config.image_mean), np.float32(config.image_std)
+    table = (expected.astype(np.float32) * np.float32(config.rescale_factor) - mean) / std
+    np.testing.assert_allclose(ours, table.transpose(2, 0, 1), atol=1e-6)
+
+
+def test_extreme_aspect_ratio_stays_in_bounded_memory(tmp_path: Path) -> None:
+    """1 x 60000: the plain resize would be 224 x 13,440,000 pixels (12 GB); the crop-only path needs ~nothing."""
+    import resource
+
+    path = save(Image.new("RGB", (1, 60000), (200, 30, 30)), tmp_path / "strip.png", "PNG")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    pixels = load_and_preprocess(path)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert pixels.shape == (3, 224, 224)
+    assert grown_mb < 200, f"peak RSS grew by {grown_mb:.0f} MB"
+    np.testing.assert_allclose(pixels[:, 100, 100], preprocess(Image.new("RGB", (224, 224), (200, 30, 30)))[:, 0, 0])
+
+
 def test_resize_and_crop_rounding_rules() -> None:
     # transformers truncates the long side: int(224 * 451 / 300) = int(336.746...) = 336
     assert resize_size(451, 300, 224) == (336, 224)
@@ -544,6 +579,16 @@ def test_decode_file_hashes_and_decodes_the_same_bytes(tmp_path: Path) -> None:
     assert drafted.image.size == resize_size(drafted.width, drafted.height, 224)  # draft: already resized
     with Image.open(camera_path) as raw:
         assert (drafted.width, drafted.height) == raw.size
+
+
+def test_decode_file_checks_the_header_before_reading_the_file(tmp_path: Path) -> None:
+    """A huge sparse file named .jpg is refused from its first bytes, not read and hashed in full."""
+    big = tmp_path / "sparse.jpg"
+    with big.open("wb") as handle:
+        handle.truncate(64 * 1024**3)  # 64 GiB of holes: reading it all would take minutes
+    with pytest.raises(ImageError) as info:
+        call_with_deadline(lambda: decode_file(big), 5)
+    assert "sparse.jpg" in str(info.value)
 
 
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
