@@ -27,7 +27,9 @@ DEFAULT_COLLECTION = "images"
 
 
 def fail(message: str, code: int = 1) -> None:
-    click.echo(f"Error: {message}", err=True)
+    from indexer.search import printable  # file names may hold newlines or escape sequences
+
+    click.echo(f"Error: {printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -420,6 +422,7 @@ def ingest(
     from indexer.errors import FailedFilesError
     from indexer.pipeline import FailedFile, IngestOptions
     from indexer.pipeline import ingest as run_ingest
+    from indexer.search import printable
 
     shard_spec = parse_shard(shard)
     ensure_model(model_dir, source_model, quiet or as_json)
@@ -431,7 +434,7 @@ def ingest(
         info(f"clipindex: {embedder.model_name} ({precision}) on {provider}; store {store.describe()}")
 
     def on_failed(failed: FailedFile) -> None:
-        info(f"failed: {failed.path}: {failed.reason}")
+        info(printable(f"failed: {failed.path}: {failed.reason}"))
 
     options = IngestOptions(batch_size=batch_size, prune=prune, shard=shard_spec, decode_workers=workers)
     progress = TqdmProgress(enabled=not quiet and sys.stderr.isatty())
@@ -651,7 +654,7 @@ def classify(
     from indexer.encode import Embedder
     from indexer.errors import FailedFilesError, ImageError
     from indexer.search import classify as run_classify
-    from indexer.search import format_classifications, label_texts, parse_labels
+    from indexer.search import format_classifications, label_texts, parse_labels, printable
 
     try:
         names = parse_labels(labels)
@@ -663,7 +666,7 @@ def classify(
 
     def on_error(exc: ImageError) -> None:
         failed.append(exc)
-        info(f"failed: {exc.path}: {exc.reason}")
+        info(printable(f"failed: {exc.path}: {exc.reason}"))
 
     results = run_classify(embedder, list(images), names, template=template, on_error=on_error)
     if as_json:

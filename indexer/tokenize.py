@@ -18,6 +18,21 @@ from tokenizers import Tokenizer
 from indexer.errors import ModelNotFoundError
 
 
+def valid_unicode(text: str) -> str:
+    """``text`` without lone surrogates, which the tokenizer refuses: a command-line argument that is not
+    UTF-8 (``caf\\xe9`` typed in a Latin-1 terminal) reaches Python as surrogate escapes; each undecodable byte
+    becomes U+FFFD, as a UTF-8 decoder with ``errors="replace"`` would make it."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # surrogates that are not escaped bytes (from JSON, say)
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
 @dataclass(frozen=True)
 class TokenBatch:
     input_ids: np.ndarray  # int64 [batch, sequence]
@@ -41,11 +56,11 @@ class TextTokenizer:
 
     def token_ids(self, text: str) -> list[int]:
         """Ids for one text, truncated to the context length, not padded."""
-        return list(self._tokenizer.encode(text).ids)
+        return list(self._tokenizer.encode(valid_unicode(text)).ids)
 
     def encode(self, texts: Sequence[str]) -> TokenBatch:
         """Tokenize ``texts`` into one int64 batch padded to its longest row."""
-        encodings = self._tokenizer.encode_batch(list(texts))
+        encodings = self._tokenizer.encode_batch([valid_unicode(text) for text in texts])
         length = max((len(e.ids) for e in encodings), default=0)
         ids = np.full((len(encodings), max(length, 1)), self.pad_token_id, dtype=np.int64)
         for row, encoding in enumerate(encodings):

@@ -156,6 +156,8 @@ def test_hostile_files_are_reported_and_the_run_completes(
     errors = {name for name, outcome in outcomes.items() if outcome == "error"} - {"folder.jpg"}
     assert len(errors) >= 20
     sample_photos["rocket"].save(root / "good.jpg")
+    (root / "bad\nname\x1b]0;pwned\x07\x1b[2J.jpg").write_bytes(b"not an image")  # a hostile name, too
+    errors.add("bad\nname\x1b]0;pwned\x07\x1b[2J.jpg")
     result = run_cli("ingest", root, "--model-dir", tiny_model_dir, "--data-dir", tmp_path / "d", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -165,6 +167,8 @@ def test_hostile_files_are_reported_and_the_run_completes(
     # one stderr line per bad file, naming it
     stderr_lines = [line for line in result.stderr.splitlines() if line.startswith("failed: ")]
     assert len(stderr_lines) == len(report["failed"])
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr  # escapes shown, never sent raw
+    assert [line for line in stderr_lines if "bad\\x0aname\\x1b]0;pwned\\x07\\x1b[2J.jpg: " in line]
     ok = {name for name, outcome in outcomes.items() if outcome == "ok"} | {"good.jpg"}
     assert report["indexed"] == len(ok) and report["points"] == len(ok)
 

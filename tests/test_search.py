@@ -301,6 +301,17 @@ def test_long_query_warns_about_truncation(indexed: Indexed) -> None:
     assert "Warning" not in search_cli(indexed, "a red car", "--limit", "1").stderr
 
 
+def test_query_that_is_not_utf8_is_searched_not_a_traceback(indexed: Indexed) -> None:
+    """``caf\\xe9`` typed in a Latin-1 terminal: the undecodable byte becomes U+FFFD, as in any UTF-8 decoder."""
+    env = {**os.environ, "CLIPINDEX_CACHE_DIR": "off"}
+    args = [sys.executable, "-m", "indexer", "search", b"caf\xe9", "--json", "--limit", "3"]
+    args += ["--model-dir", str(indexed.model_dir), "--data-dir", str(indexed.data_dir)]
+    result = subprocess.run(args, capture_output=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert b"Traceback" not in result.stderr
+    assert json.loads(result.stdout) == lib_search(indexed, "caf\ufffd", limit=3)
+
+
 def test_usage_errors(indexed: Indexed) -> None:
     assert search_cli(indexed).exit_code == 2
     assert search_cli(indexed, "a cat", "--image", indexed.paths["chelsea"]).exit_code == 2

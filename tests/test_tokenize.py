@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.tokenize import TextTokenizer
+from indexer.tokenize import TextTokenizer, valid_unicode
 
 WORDS = [
     "a",
@@ -171,6 +171,16 @@ def test_truncation_at_77_keeps_end_token_and_reports_it(runtime_tokenizer: Text
     # the short row is padded with the pad id after its own end token
     assert list(batch.input_ids[1, :4]) == [49406, 320, 2368, 49407]
     assert np.all(batch.input_ids[1, 4:] == 49407)
+
+
+def test_text_that_is_not_valid_unicode_is_tokenized_with_replacement_characters(
+    runtime_tokenizer: TextTokenizer,
+) -> None:
+    escaped = b"caf\xe9 au lait".decode("utf-8", "surrogateescape")  # a non-UTF-8 command-line argument
+    replaced = runtime_tokenizer.token_ids("caf\ufffd au lait")
+    assert runtime_tokenizer.token_ids(escaped) == replaced
+    assert runtime_tokenizer.encode([escaped, "\ud800 lone"]).input_ids.shape[0] == 2
+    assert valid_unicode("café 🐈 au lait") == "café 🐈 au lait"  # valid text is untouched
 
 
 def test_batch_is_padded_to_longest_row_only(runtime_tokenizer: TextTokenizer) -> None:
