@@ -287,19 +287,32 @@ class TqdmProgress:
 
 def ensure_model(model_dir: Path, source_model: str, quiet: bool) -> None:
     """Convert the model first when the folder has none (the README's one-command start)."""
-    from indexer.manifest import MANIFEST_NAME
+    from indexer.errors import ModelNotFoundError
+    from indexer.manifest import MANIFEST_NAME, missing_manifest_message
 
     if (model_dir / MANIFEST_NAME).is_file():
         return
+    empty_dir = model_dir.is_dir() and not any(model_dir.iterdir())
+    if model_dir.exists() and not empty_dir:  # never convert over someone's files
+        raise ModelNotFoundError(missing_manifest_message(model_dir))
     from convert.api import convert_model, require_convert_extra
 
     require_convert_extra()
     if not quiet:
         info(f"No model in {model_dir}: converting {source_model} first (clipindex convert)")
-    convert_model(source_model, model_dir, progress=None if quiet else info)
+    convert_model(source_model, model_dir, force=empty_dir, progress=None if quiet else info)
 
 
 # --- ingest -----------------------------------------------------------------------------------------------
+
+max_pixels_option = click.option(
+    "--max-pixels",
+    type=click.IntRange(0),
+    envvar="CLIPINDEX_MAX_PIXELS",
+    show_envvar=True,
+    default=None,
+    help="Refuse images declaring more pixels than this (decompression bombs); 0: no limit.  [default: 178956970]",
+)
 
 
 @cli.command()
@@ -350,14 +363,7 @@ def ensure_model(model_dir: Path, source_model: str, quiet: bool) -> None:
     default=None,
     help="Decode/preprocess threads.  [default: the CPU cores]",
 )
-@click.option(
-    "--max-pixels",
-    type=click.IntRange(0),
-    envvar="CLIPINDEX_MAX_PIXELS",
-    show_envvar=True,
-    default=None,
-    help="Refuse images declaring more pixels than this (decompression bombs); 0: no limit.  [default: 178956970]",
-)
+@max_pixels_option
 @click.option(
     "--draft/--no-draft",
     envvar="CLIPINDEX_DRAFT",
@@ -517,6 +523,7 @@ def json_option(what: str) -> Callable[[F], F]:
     metavar="FILE",
     help="Also write a self-contained HTML contact sheet (embedded thumbnails, scores, paths) to FILE.",
 )
+@max_pixels_option
 @query_device_options("cpu")
 @handle_errors
 def search(
@@ -532,6 +539,7 @@ def search(
     path_prefix: str | None,
     as_json: bool,
     html_file: Path | None,
+    max_pixels: int | None,
     device: str,
     precision: str,
 ) -> None:
@@ -558,7 +566,7 @@ def search(
         raise click.BadParameter("must not be empty", param_hint="--path-prefix")
     if threshold is not None and threshold != threshold:  # NaN passes FloatRange
         raise click.BadParameter("must be a number between -1 and 1", param_hint="--threshold")
-    embedder = Embedder(model_dir, device=device, precision=precision)
+    embedder = Embedder(model_dir, device=device, precision=precision, max_pixels=max_pixels)
     store = make_store(data_dir, qdrant_url, api_key_file, collection)
 
     def on_truncate(text: str) -> None:
@@ -630,6 +638,7 @@ def exit_now_if_main() -> None:
     "[default: the labels as given]",
 )
 @json_option("the results as one array of {image, labels: [{label, probability, similarity}]}")
+@max_pixels_option
 @query_device_options("auto")
 @handle_errors
 def classify(
@@ -638,6 +647,7 @@ def classify(
     labels: tuple[str, ...],
     template: str | None,
     as_json: bool,
+    max_pixels: int | None,
     device: str,
     precision: str,
 ) -> None:
@@ -661,7 +671,7 @@ def classify(
         label_texts(names, template)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--template" if "template" in str(exc) else "--labels") from None
-    embedder = Embedder(model_dir, device=device, precision=precision)
+    embedder = Embedder(model_dir, device=device, precision=precision, max_pixels=max_pixels)
     failed: list[ImageError] = []
 
     def on_error(exc: ImageError) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from indexer.errors import DeviceError, ModelNotFoundError
+from indexer.errors import DeviceError, ModelIntegrityError, ModelNotFoundError
 from indexer.manifest import TEXT_FILE, TOKENIZER_FILE, VISION_FILE, ModelManifest, quantized_name
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -85,15 +85,16 @@ def ort_cache_dir() -> Path | None:
     return Path(base) / "clipindex"
 
 
-def _cached_session(path: Path, options: Any) -> Any:
+def _cached_session(path: Path, options: Any, verify: Callable[[], None]) -> Any:
     """A CPU session from a cached, already optimised copy of ``path`` whose weights sit in an external file.
 
     ONNX Runtime loads a model whose initializers are inline in the protobuf by copying them (about 0.6 s for
     ViT-B/32's 250 MB text tower here); from external data it takes about 0.16 s, which matters for
     ``clipindex search``, a new process per query. The copy is ORT's own ``optimized_model_filepath`` output
     (level EXTENDED, portable across CPUs; layout-specific optimisations still run at load), written once per
-    model file, checked against its path, size, mtime and the ONNX Runtime version. Returns None when the cache is
-    off or unusable (read-only home...), and the caller loads ``path`` directly.
+    model file, checked against its path, size, mtime and the ONNX Runtime version. ``verify`` (the sha256 check
+    against the manifest) runs before an entry is written, so a cached copy always comes from a verified file.
+    Returns None when the cache is off or unusable (read-only home...), and the caller loads ``path`` directly.
     """
     import hashlib
 
@@ -107,10 +108,16 @@ def _cached_session(path: Path, options: Any) -> Any:
     key = f"{resolved}|{st.st_size}|{st.st_mtime_ns}|{ort.__version__}"
     # One entry per model file: a re-converted model (new size/mtime) replaces its old entry.
     folder = root / "ort" / hashlib.sha256(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    model = folder / path.name
+    stamp = folder / "key"
     try:
-        model = folder / path.name
-        stamp = folder / "key"
-        if not (model.is_file() and stamp.is_file() and stamp.read_text(encoding="utf-8") == key):
+        hit = model.is_file() and stamp.is_file() and stamp.read_text(encoding="utf-8") == key
+    except (OSError, UnicodeDecodeError):
+        hit = False
+    if not hit:
+        verify()  # raises ModelIntegrityError: never cache, nor load, a corrupted model
+    try:
+        if not hit:
             _write_optimised_copy(path, folder, key)
         return ort.InferenceSession(str(model), options, providers=[CPU])
     except Exception:  # a broken or unwritable cache must never cost the run: load the model directly
@@ -147,19 +154,53 @@ def _write_optimised_copy(path: Path, folder: Path, key: str) -> None:
         shutil.rmtree(retired, ignore_errors=True)
 
 
+def verify_sha256(path: Path, expected: str) -> None:
+    """Raise :class:`ModelIntegrityError` unless ``path``'s sha256 is ``expected`` (from the manifest)."""
+    import hashlib
+
+    try:
+        with path.open("rb") as handle:
+            actual = hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError as exc:
+        raise ModelNotFoundError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    if actual != expected.lower():
+        raise ModelIntegrityError(
+            f"{path}: corrupted (its sha256 is not the one manifest.json recorded at conversion); "
+            "re-run `clipindex convert --force` or copy the model folder again"
+        )
+
+
 class OnnxTower:
     """One tower's ONNX Runtime session: ``run(batch) -> [batch, D]`` normalised float32."""
 
-    def __init__(self, path: Path, providers: Sequence[str], *, intra_op_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        providers: Sequence[str],
+        *,
+        intra_op_threads: int | None = None,
+        sha256: str | None = None,
+        vector_dim: int | None = None,
+    ) -> None:
+        """``sha256``: the file's digest from the manifest, checked before the file is first loaded (or cached);
+        ``vector_dim``: the manifest's embedding dimension, checked against the model's output shape."""
         import onnxruntime as ort
 
         if not path.is_file():
             raise ModelNotFoundError(
                 f"{path}: missing; run `clipindex convert` (add `--quantize int8` for the int8 files)"
             )
+        verified: list[bool] = []
+
+        def verify() -> None:
+            if sha256 and not verified:
+                verify_sha256(path, sha256)
+                verified.append(True)
+
         options = _session_options(intra_op_threads)
-        self.session: Any = _cached_session(path, options) if list(providers) == [CPU] else None
+        self.session: Any = _cached_session(path, options, verify) if list(providers) == [CPU] else None
         if self.session is None:
+            verify()
             try:
                 self.session = ort.InferenceSession(str(path), options, providers=list(providers))
             except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
@@ -168,6 +209,12 @@ class OnnxTower:
                     "re-run `clipindex convert --force`"
                 ) from exc
         self.input_name = self.session.get_inputs()[0].name
+        output_dim = self.session.get_outputs()[0].shape[-1]
+        if vector_dim is not None and isinstance(output_dim, int) and output_dim != vector_dim:
+            raise ModelIntegrityError(
+                f"{path}: the model outputs {output_dim}-dim vectors but manifest.json says embedding_dim "
+                f"{vector_dim}; re-run `clipindex convert --force`"
+            )
         self.provider = self.session.get_providers()[0]
         self._on_gpu = self.provider == CUDA
 
@@ -244,8 +291,14 @@ class Embedder:
     def tower(self, kind: Literal["vision", "text"]) -> OnnxTower:
         """The tower's session, created on first use (a run that embeds nothing never loads it)."""
         if kind not in self._towers:
+            path = self.tower_path(kind)
+            recorded = self.manifest.files.get(path.name)
             self._towers[kind] = OnnxTower(
-                self.tower_path(kind), self.providers, intra_op_threads=self.intra_op_threads
+                path,
+                self.providers,
+                intra_op_threads=self.intra_op_threads,
+                sha256=recorded.get("sha256") if isinstance(recorded, dict) else None,
+                vector_dim=self.manifest.embedding_dim,
             )
         return self._towers[kind]
 

@@ -15,6 +15,7 @@ the runtime L2-normalises them.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,15 +71,34 @@ class ModelManifest:
     def has_int8(self) -> bool:
         return all((self.model_dir / quantized_name(f)).is_file() for f in (VISION_FILE, TEXT_FILE))
 
+    def invalid_value(self) -> str | None:
+        """What is wrong with the manifest's values (parsed but impossible), or ``None``."""
+        sizes = {
+            "embedding_dim": self.embedding_dim,
+            "image_size": self.image_size,
+            "resize.shortest_edge": self.resize_shortest_edge,
+            "crop.height": self.crop_height,
+            "crop.width": self.crop_width,
+        }
+        for key, value in sizes.items():
+            if value <= 0:
+                return f"{key} is {value}, must be a positive number of pixels or dimensions"
+        if self.context_length < 2:
+            return f"context_length is {self.context_length}, must be at least 2 (start and end tokens)"
+        if not (math.isfinite(self.rescale_factor) and self.rescale_factor > 0):
+            return f"rescale_factor is {self.rescale_factor}, must be a positive number"
+        if not all(math.isfinite(v) for v in self.image_mean):
+            return f"image_mean {list(self.image_mean)} is not finite"
+        if not all(math.isfinite(v) and v > 0 for v in self.image_std):
+            return f"image_std {list(self.image_std)} must be positive numbers"
+        return None
+
     @classmethod
     def load(cls, model_dir: str | Path) -> ModelManifest:
         model_dir = Path(model_dir)
         manifest_path = model_dir / MANIFEST_NAME
         if not manifest_path.is_file():
-            raise ModelNotFoundError(
-                f"{manifest_path}: no model manifest; run `clipindex convert --output {model_dir}` first "
-                "(or pass --model-dir / set CLIPINDEX_MODEL_DIR to a converted model folder)"
-            )
+            raise ModelNotFoundError(missing_manifest_message(model_dir))
         try:
             raw = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -113,12 +133,29 @@ class ModelManifest:
             raise ModelNotFoundError(
                 f"{manifest_path}: manifest is missing or has a bad field ({exc!r}); re-run `clipindex convert --force`"
             ) from exc
+        problem = manifest.invalid_value()
+        if problem:
+            raise ModelNotFoundError(f"{manifest_path}: {problem}; re-run `clipindex convert --force`")
         for name in (VISION_FILE, TEXT_FILE, TOKENIZER_FILE):
             if not (model_dir / name).is_file():
                 raise ModelNotFoundError(
                     f"{model_dir / name}: missing from the model folder; re-run `clipindex convert --force`"
                 )
         return manifest
+
+
+def missing_manifest_message(model_dir: Path) -> str:
+    """Why ``model_dir`` is no model folder, and the fix that applies (convert refuses a non-empty folder)."""
+    if model_dir.is_dir() and any(model_dir.iterdir()):
+        return (
+            f"{model_dir}: not a converted model folder (it has files but no {MANIFEST_NAME}); pass --model-dir "
+            "(or set CLIPINDEX_MODEL_DIR) to a converted model folder, or convert into a new one with "
+            "`clipindex convert --output NEW_FOLDER`"
+        )
+    return (
+        f"{model_dir / MANIFEST_NAME}: no model manifest; run `clipindex convert --output {model_dir}` first "
+        "(or pass --model-dir / set CLIPINDEX_MODEL_DIR to a converted model folder)"
+    )
 
 
 def _triple(values: Any) -> tuple[float, float, float]:

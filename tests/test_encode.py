@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from convert.api import convert_model
 from convert.checkpoint import write_random_checkpoint
 from indexer.cli import cli
 from indexer.encode import Embedder
-from indexer.errors import DeviceError, ModelNotFoundError
+from indexer.errors import DeviceError, ModelIntegrityError, ModelNotFoundError
 from indexer.store import EdgeStore
 
 
@@ -84,11 +85,65 @@ def test_cuda_without_gpu_and_bad_options_are_clear_errors(tiny_model_dir: Path,
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model_dir, broken)
     (broken / "vision.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ModelIntegrityError, match="convert --force"):  # its sha256 is not the recorded one
+        Embedder(broken).encode_images([Image.new("RGB", (10, 10))])
+    manifest = json.loads((broken / "manifest.json").read_text())
+    del manifest["files"]["vision.onnx"]  # no digest to check: ONNX Runtime's refusal is the error
+    (broken / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelNotFoundError, match="convert --force"):
         Embedder(broken).encode_images([Image.new("RGB", (10, 10))])
     (broken / "manifest.json").write_text("{")
     with pytest.raises(ModelNotFoundError, match="manifest"):
         Embedder(broken)
+
+
+@pytest.mark.parametrize("cache", ["on", "off"])
+def test_a_corrupted_model_file_is_refused_not_used(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: str
+) -> None:
+    """Same size, a few flipped bytes: ONNX Runtime would load it and write wrong vectors; the manifest's sha256
+    catches it, also after a good run has cached the model (the cache entry is keyed on size and mtime)."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    monkeypatch.setenv("CLIPINDEX_CACHE_DIR", str(tmp_path / "cache") if cache == "on" else "off")
+    image = Image.new("RGB", (40, 30), (10, 120, 200))
+    good = Embedder(model).encode_images([image])
+    data = bytearray((model / "vision.onnx").read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0x5A for b in data[middle : middle + 64])
+    (model / "vision.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError, match=r"vision\.onnx: corrupted"):
+        Embedder(model).encode_images([image])
+    shutil.copy2(tiny_model_dir / "vision.onnx", model / "vision.onnx")  # restored: works again
+    np.testing.assert_allclose(Embedder(model).encode_images([image]), good, atol=1e-6)
+
+
+def test_manifest_values_that_cannot_be_right_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    original = json.loads((model / "manifest.json").read_text())
+
+    def with_changes(**changes: Any) -> None:
+        manifest = json.loads(json.dumps(original))
+        for dotted, value in changes.items():
+            *parents, key = dotted.split("__")
+            target = manifest
+            for parent in parents:
+                target = target[parent]
+            target[key] = value
+        (model / "manifest.json").write_text(json.dumps(manifest))
+
+    with_changes(resize__shortest_edge=0)
+    with pytest.raises(ModelNotFoundError, match="shortest_edge is 0"):
+        Embedder(model)
+    with_changes(image_std=[0.2, 0.0, 0.3])
+    with pytest.raises(ModelNotFoundError, match="image_std"):
+        Embedder(model)
+    with_changes(embedding_dim=original["embedding_dim"] // 2)  # parses, but the model says otherwise
+    with pytest.raises(ModelIntegrityError, match="embedding_dim"):
+        Embedder(model).encode_images([Image.new("RGB", (10, 10))])
+    with pytest.raises(ModelIntegrityError, match="embedding_dim"):
+        Embedder(model).encode_text(["a cat"])
 
 
 def test_embedding_dim_comes_from_the_checkpoint(tmp_path: Path, sample_photos) -> None:  # type: ignore[no-untyped-def]

@@ -363,6 +363,26 @@ def test_ingest_converts_the_model_first_when_missing(photo_dir: Path, tiny_chec
     assert "indexed 6" in result.stdout
 
 
+def test_model_dir_that_exists_without_a_model(photo_dir: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """An empty folder (made beforehand) is converted into; a folder with other files is never touched, and the
+    error names a fix that works (not `--force`, which ingest does not have)."""
+    runner = CliRunner(env={"CLIPINDEX_SOURCE_MODEL": str(tiny_checkpoint)})
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    args = ["ingest", str(photo_dir), "--data-dir", str(tmp_path / "d")]
+    result = runner.invoke(cli, [*args, "--model-dir", str(empty)])
+    assert result.exit_code == 0, result.output
+    assert (empty / "manifest.json").is_file() and "indexed 6" in result.stdout
+    busy = tmp_path / "busy-model"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    result = runner.invoke(cli, [*args, "--model-dir", str(busy)])
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "busy-model: not a converted model folder" in line and "--force" not in line
+    assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
+
+
 def test_noop_rerun_never_loads_the_vision_model(photo_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     with EdgeStore(tmp_path / "data", COLLECTION) as store:
         ingest(photo_dir, Embedder(tiny_model_dir), store)

@@ -312,6 +312,15 @@ def test_query_that_is_not_utf8_is_searched_not_a_traceback(indexed: Indexed) ->
     assert json.loads(result.stdout) == lib_search(indexed, "caf\ufffd", limit=3)
 
 
+def test_image_query_over_the_pixel_limit_names_an_option_that_exists(indexed: Indexed) -> None:
+    photo = indexed.paths["chelsea"]
+    refused = assert_one_line_error(search_cli(indexed, "--image", photo, "--max-pixels", "1000"), "--max-pixels")
+    suggested = refused.split("--max-pixels", 1)[1].split()[0].strip(").;,")
+    result = search_cli(indexed, "--image", photo, "--max-pixels", suggested, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["path"] == str(photo)
+
+
 def test_usage_errors(indexed: Indexed) -> None:
     assert search_cli(indexed).exit_code == 2
     assert search_cli(indexed, "a cat", "--image", indexed.paths["chelsea"]).exit_code == 2
