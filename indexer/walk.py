@@ -18,7 +18,10 @@ Rules
 * Hidden entries (name starts with ``.``) are skipped, files and folders alike. The root itself is
   walked even if its own name starts with a dot.
 * Symlinks are followed, to files and to folders. Every folder is walked at most once (tracked by
-  ``(st_dev, st_ino)``), so symlink loops end and a folder linked twice is not indexed twice.
+  ``(st_dev, st_ino)``), so symlink loops end and a folder linked twice is not indexed twice. Two kinds of
+  folder links are reported and skipped instead: one to a folder that contains the root (a link to ``/``
+  or ``~`` would otherwise walk, and index, everything above), and one into a virtual file system
+  (:data:`VIRTUAL_FILESYSTEMS`: ``/proc``, ``/sys``, ``/dev``).
 * Nothing stops the walk: a folder that cannot be listed (permission denied, removed meanwhile), a
   dangling or looping symlink, or an image-named entry that is not a regular file (FIFO, socket,
   device such as a link to ``/dev/zero``) is reported to ``on_error(path, reason)`` and skipped.
@@ -44,6 +47,9 @@ BASE_EXTENSIONS: frozenset[str] = frozenset({"jpg", "jpeg", "png", "webp", "bmp"
 #: extensions that need the optional ``pillow_heif`` plugin (AVIF: or Pillow's native AVIF support)
 HEIF_EXTENSIONS: frozenset[str] = frozenset({"heic", "heif"})
 AVIF_EXTENSIONS: frozenset[str] = frozenset({"avif"})
+
+#: folder links into these are never followed (kernel views of processes and devices, not photos)
+VIRTUAL_FILESYSTEMS: tuple[str, ...] = ("/proc", "/sys", "/dev")
 
 #: ``on_error(path, reason)``: called for each entry the walk had to skip
 OnError = Callable[[str, str], None]
@@ -130,6 +136,17 @@ def _reason(exc: OSError, entry: os.DirEntry[str] | None = None) -> str:
     return exc.strerror or str(exc)
 
 
+def _unsafe_folder_link(entry: os.DirEntry[str], root_real: str) -> str | None:
+    """Why the folder symlink ``entry`` must not be followed, or ``None``."""
+    target = os.path.realpath(entry.path)
+    if root_real == target or root_real.startswith(target.rstrip(os.sep) + os.sep):
+        return f"skipped: symlink to {target}, a folder that contains the folder being indexed"
+    for virtual in VIRTUAL_FILESYSTEMS:
+        if target == virtual or target.startswith(virtual + os.sep):
+            return f"skipped: symlink to {target}, in the virtual file system {virtual}"
+    return None
+
+
 def _sorted_entries(path: str) -> list[os.DirEntry[str]]:
     """The entries of one folder, sorted by the bytes of their names. Raises ``OSError``."""
     with os.scandir(path) as it:
@@ -165,6 +182,7 @@ def iter_image_files(
         raise WalkError(f"{root_str}: cannot list the folder to index ({_reason(exc)})") from exc
 
     visited: set[tuple[int, int]] = {(root_st.st_dev, root_st.st_ino)}
+    root_real = os.path.realpath(root_str)
     stack: list[Iterator[os.DirEntry[str]]] = [iter(first)]
     while stack:
         entry = next(stack[-1], None)
@@ -192,6 +210,11 @@ def iter_image_files(
                 continue
             key = (st.st_dev, st.st_ino)
             if key in visited:  # symlink loop, or a folder reachable twice
+                continue
+            unsafe = _unsafe_folder_link(entry, root_real) if entry.is_symlink() else None
+            if unsafe is not None:
+                if on_error is not None:
+                    on_error(entry.path, unsafe)
                 continue
             visited.add(key)
             try:

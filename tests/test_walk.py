@@ -130,6 +130,29 @@ def test_symlinks_followed_and_loops_survived(tmp_path: Path) -> None:
     assert errors == []
 
 
+def test_links_to_folders_above_the_root_or_into_proc_are_reported_not_walked(tmp_path: Path) -> None:
+    """A link to / (or to a folder holding the root) would walk and index the whole machine; /proc never ends."""
+    outside = tmp_path / "outside"
+    touch(outside / "far.jpg")
+    root = tmp_path / "home" / "photos"
+    touch(root / "a" / "one.jpg")
+    (root / "a" / "slash").symlink_to("/", target_is_directory=True)
+    (root / "a" / "home").symlink_to(tmp_path / "home", target_is_directory=True)
+    (root / "proc").symlink_to("/proc", target_is_directory=True)
+    (root / "sys_block").symlink_to("/sys/block", target_is_directory=True)
+    virtual = {"proc", "sys_block"} if os.path.isdir("/sys/block") else {"proc"}  # (a sandbox may lack /sys)
+    (root / "elsewhere").symlink_to(outside, target_is_directory=True)  # a library on another disk: followed
+    found, errors = call_with_deadline(lambda: walk(root), 10)
+    assert found == ["a/one.jpg", "elsewhere/far.jpg"]
+    reasons = dict(errors)
+    assert set(reasons) == {"a/slash", "a/home"} | virtual
+    assert "contains the folder being indexed" in reasons["a/slash"] and reasons["a/home"].endswith(
+        "a folder that contains the folder being indexed"
+    )
+    assert "virtual file system /proc" in reasons["proc"]
+    assert "sys_block" not in virtual or "virtual file system /sys" in reasons["sys_block"]
+
+
 def test_dangling_and_looping_symlinks_are_reported(tmp_path: Path) -> None:
     touch(tmp_path / "good.jpg")
     (tmp_path / "dangling.jpg").symlink_to(tmp_path / "missing.jpg")
