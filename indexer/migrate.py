@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from indexer.errors import CountMismatchError
+from indexer.errors import CountMismatchError, StoreError
 from indexer.lock import IngestLock
 from indexer.store.base import Point, VectorStore
 
@@ -167,7 +167,10 @@ def migrate(
                 f"{target.describe()}: {len(bad)} of {len(sample)} sampled vectors differ from {source.describe()} "
                 f"after the copy (e.g. point {bad[0]}); run the migration again"
             )
-        summary = source.load_summary()
+        try:
+            summary = source.load_summary()
+        except StoreError:  # an unreadable report of the last ingest is not worth failing a verified copy
+            summary = None
         if summary is not None:
             target.save_summary(summary)
     finally:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import CollectionNotFoundError, ModelNotFoundError, StoreBusyError
+from indexer.errors import CollectionNotFoundError, ModelNotFoundError, StoreBusyError, StoreError
 from indexer.search import printable
 from indexer.store.base import UNKNOWN_MODEL, VectorStore
 
@@ -86,6 +86,8 @@ class Status:
 def _ingest_line(summary: Mapping[str, Any] | None) -> str:
     if summary is None:
         return "never"
+    if summary.get("error"):
+        return f"unreadable ({summary['error']})"
     parts: list[str] = []
     when = summary.get("finished_at_iso")
     if when:
@@ -146,6 +148,8 @@ def collect_status(model_dir: str | Path, store: VectorStore) -> Status:
             summary = store.load_summary()
         except StoreBusyError:
             summary = None
+        except StoreError as exc:  # the summary is a report, not data: status still shows the rest
+            summary = {"error": " ".join(str(exc).split())}
     if summary is not None:
         summary = dict(summary)
         summary["finished_at_iso"] = _iso(summary.get("finished_at"))

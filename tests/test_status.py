@@ -96,6 +96,16 @@ def test_status_before_and_after_an_ingest(tiny_model_dir: Path, tmp_path: Path)
     CliRunner().invoke(cli, ["ingest", str(IMAGES), "--model-dir", str(tiny_model_dir), "--data-dir", str(data_dir)])
     again = status_json(tiny_model_dir, data_dir)["last_ingest"]
     assert again["unchanged"] == 8 and again["indexed"] == 0 and again["finished_at"] >= last["finished_at"]
+    # a damaged summary is reported, and status still shows everything else
+    (data_dir / "images" / "last_ingest.json").write_text("{broken")
+    damaged = status_json(tiny_model_dir, data_dir)
+    assert damaged["points"] == 8 and "not valid JSON" in damaged["last_ingest"]["error"]
+    shown = rows(status(tiny_model_dir, data_dir).stdout)
+    assert (
+        shown["points"] == "8"
+        and shown["last ingest"].startswith("unreadable (")
+        and "fix or delete" in shown["last ingest"]
+    )
 
 
 def test_status_without_a_model_and_with_another_model(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -202,7 +202,7 @@ def test_root_must_be_a_folder(tmp_path: Path) -> None:
     with pytest.raises(WalkError, match="cannot read"):
         list(iter_image_files(tmp_path / "missing"))
     touch(tmp_path / "file.jpg")
-    with pytest.raises(WalkError, match="not a folder"):
+    with pytest.raises(WalkError, match=r"file\.jpg: is not a folder \(a file\)"):
         list(iter_image_files(tmp_path / "file.jpg"))
 
 
