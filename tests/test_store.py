@@ -719,3 +719,26 @@ def test_server_release_memory_is_a_no_op(tmp_path: Path) -> None:
     store.release_memory()
     assert store.count(exact=True) == 1
     backend.close()
+
+
+def test_a_damaged_embedded_store_is_one_line_naming_the_fix_and_is_left_alone(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from indexer.cli import cli
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (64, 48), (20, 90, 200)).save(photos / "a.jpg")
+    args = ["--model-dir", str(tiny_model_dir), "--data-dir", str(tmp_path / "data")]
+    assert CliRunner().invoke(cli, ["ingest", str(photos), *args, "-q"]).exit_code == 0
+    config = next((tmp_path / "data").rglob("edge_config.json"))
+    config.write_text("{not json")
+    for command in (["ingest", str(photos)], ["search", "a cat"]):
+        result = CliRunner().invoke(cli, [*command, *args])
+        assert result.exit_code == 1, result.output
+        (line,) = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert line.startswith("Error: Qdrant Edge: open failed") and "the store is damaged: restore" in line
+        assert config.read_text() == "{not json"  # nothing was rewritten or deleted

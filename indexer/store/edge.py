@@ -633,4 +633,10 @@ class EdgeStore(VectorStore):
                 raise StoreBusyError(
                     f"{self.root} is in use by another process (an ingest or a search); try again when it has finished"
                 ) from None
-            raise StoreError(f"Qdrant Edge: {what} failed on {self.shard_dir}: {msg}") from e
+            hint = ""
+            if what == "open":  # the files are there but the engine cannot read them
+                hint = (
+                    f"; the store is damaged: restore {self.root} from a backup, or move it away and re-run "
+                    "ingest (which re-embeds every image)"
+                )
+            raise StoreError(f"Qdrant Edge: {what} failed on {self.shard_dir}: {msg}{hint}") from e
