@@ -634,7 +634,8 @@ class EdgeStore(VectorStore):
                     f"{self.root} is in use by another process (an ingest or a search); try again when it has finished"
                 ) from None
             hint = ""
-            if what == "open":  # the files are there but the engine cannot read them
+            damaged = ("deserialize", "parse", "corrupt", "invalid", "unexpected end", "checksum", "eof")
+            if what == "open" and any(word in msg.lower() for word in damaged):  # files there but unreadable
                 hint = (
                     f"; the store is damaged: restore {self.root} from a backup, or move it away and re-run "
                     "ingest (which re-embeds every image)"
