@@ -95,6 +95,11 @@ class IngestLock:
             # "a+": create if missing, never truncate before we own the lock
             f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - kept open while held
         except OSError as e:
+            blocker = next((p for p in (self.path.parent, *self.path.parent.parents) if p.is_file()), None)
+            if blocker is not None:  # mkdir says "File exists" about a file where a folder must go
+                raise StoreError(
+                    f"{blocker} is a file where the store needs a folder; move it away or choose another --data-dir"
+                ) from e
             raise StoreError(f"cannot create the lock file {self.path}: {e.strerror or e}") from e
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.errors import LockHeldError
+from indexer.errors import LockHeldError, StoreError
 from indexer.lock import IngestLock, default_state_dir, server_lock_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,6 +148,14 @@ def test_same_process_second_lock_refused_and_reacquire(tmp_path: Path) -> None:
     with IngestLock(path):
         pass
     assert path.exists()
+
+
+def test_a_file_where_the_store_folder_goes_is_named_in_the_error(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "images").write_text("not a folder")
+    with pytest.raises(StoreError, match=r"data/images is a file where the store needs a folder"):
+        IngestLock(tmp_path / "data" / "images" / "ingest.lock").acquire()
+    assert (tmp_path / "data" / "images").read_text() == "not a folder"
 
 
 def test_server_lock_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
