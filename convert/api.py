@@ -2,8 +2,9 @@
 
 Steps, each reported through ``progress``:
 
-1. load the checkpoint (``CLIPModel``, ``CLIPTokenizer``, ``CLIPImageProcessor``) from a local folder in the
-   hub's layout or from the hub;
+1. load the checkpoint (``CLIPModel`` in float32, ``CLIPTokenizer``, ``CLIPImageProcessor``) from a local folder in
+   the hub's layout or from the hub, refusing what transformers would silently turn into a useless model (not CLIP,
+   no tokenizer, missing weights, Git LFS pointers, a crop that is not the vision tower's image size);
 2. export both towers to ONNX (:mod:`convert.export`) into a temporary folder beside ``output``;
 3. save the runtime tokenizer (``tokenizer.json``) and check its ids against ``CLIPTokenizer``;
 4. verify ONNX Runtime against PyTorch (:mod:`convert.verify`); on divergence raise ``ParityError``;
@@ -18,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -52,10 +54,45 @@ class ConvertResult:
     file_sizes: dict[str, int]
 
 
+#: a Hugging Face model id: ``name`` or ``org/name`` (anything else is taken as a local path)
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+#: the first bytes of a Git LFS pointer file (a ``git clone`` without git-lfs leaves these instead of the files)
+LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
+#: the weight files transformers 5 loads, in its order of preference
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+#: tokenizer files read besides tokenizer.json / vocab.json + merges.txt (optional)
+_TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json")
+#: the tokenizer must hold at least this fraction of ``text_config.vocab_size`` tokens (a real one holds all)
+MIN_TOKENIZER_VOCAB_FRACTION = 0.5
+
+
+def is_local_source(source: str) -> bool:
+    """Whether ``source`` names a local folder (existing or not) rather than a Hugging Face model id."""
+    if Path(source).expanduser().exists():
+        return True
+    return _HUB_ID.fullmatch(source) is None or source in (".", "..")
+
+
+def _hub_cache_name(folder: Path) -> str | None:
+    """``.../models--openai--clip-vit-base-patch32/snapshots/<commit>`` -> ``clip-vit-base-patch32``."""
+    repo_folder = folder.parent.parent
+    if folder.parent.name == "snapshots" and repo_folder.name.startswith("models--"):
+        return repo_folder.name.split("--")[-1] or None
+    return None
+
+
 def model_name_for(source: str) -> str:
-    """``openai/clip-vit-base-patch32`` or ``/ckpts/clip-vit-base-patch32/`` -> ``clip-vit-base-patch32``."""
-    name = Path(source.rstrip("/\\")).name
-    return name or "clip"
+    """``openai/clip-vit-base-patch32``, ``/ckpts/clip-vit-base-patch32/`` or a hub-cache snapshot folder of it
+    -> ``clip-vit-base-patch32``. A local path is named after the folder it resolves to (``.`` included)."""
+    if is_local_source(source):
+        folder = Path(source).expanduser().resolve()
+        return _hub_cache_name(folder) or folder.name or "clip"
+    return source.rsplit("/", 1)[-1] or "clip"
 
 
 def default_output(source: str, models_root: Path = Path("models")) -> Path:
@@ -77,14 +114,157 @@ def require_convert_extra() -> None:
         )
 
 
-def _is_local(source: str) -> bool:
-    return Path(source).expanduser().exists() or source.startswith((".", "/", "~")) or os.sep in source.strip("/")
+def _refuse_lfs_pointer(path: Path, *, weights: bool = False) -> None:
+    """Raise when ``path`` is a Git LFS pointer (about 130 bytes of text) instead of the file itself."""
+    try:
+        if path.stat().st_size > 1024:
+            return
+        with path.open("rb") as fh:
+            head = fh.read(len(LFS_POINTER_PREFIX))
+    except OSError:
+        return  # unreadable: the loader reports it
+    if head == LFS_POINTER_PREFIX:
+        raise ConvertError(
+            f"{path} is a Git LFS pointer, not the {'weights' if weights else 'file'}: run `git lfs pull` in "
+            f"{path.parent} (or download the checkpoint again)"
+        )
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The weight files transformers will read from ``folder`` (an index and its shards), checked for LFS pointers;
+    raise when there are none."""
+    for name in WEIGHT_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        _refuse_lfs_pointer(path, weights=True)
+        if not name.endswith(".index.json"):
+            return [path]
+        try:
+            weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+            shards = sorted({str(shard) for shard in weight_map.values()})
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConvertError(f"{path}: unreadable weight index ({exc}); download the checkpoint again") from exc
+        for shard in shards:
+            if not (folder / shard).is_file():
+                raise ConvertError(f"{folder / shard}: missing (listed in {name}); download the checkpoint again")
+            _refuse_lfs_pointer(folder / shard, weights=True)
+        return [path, *(folder / shard for shard in shards)]
+    raise ConvertError(
+        f"{folder}: no weights (model.safetensors, pytorch_model.bin or a sharded index of either); "
+        "download the checkpoint's weight file into this folder"
+    )
+
+
+def _check_checkpoint_files(folder: Path, where: str) -> None:
+    """The checks every checkpoint gets, local folder or hub snapshot, before transformers loads it: config.json
+    says CLIP, preprocessor_config.json and a real tokenizer (tokenizer.json, or vocab.json + merges.txt) are
+    there, and none of them is a Git LFS pointer. ``where`` names the checkpoint in messages."""
+    needs = (
+        "a checkpoint needs config.json, weights (model.safetensors or pytorch_model.bin), "
+        "preprocessor_config.json and tokenizer files (tokenizer.json, or vocab.json and merges.txt)"
+    )
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ConvertError(f"{where}: missing config.json; {needs}")
+    _refuse_lfs_pointer(config_path)
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConvertError(f"{where}: config.json is unreadable ({exc}); is this a CLIP checkpoint?") from exc
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type != "clip":
+        raise ConvertError(
+            f"{where}: config.json has model_type {model_type!r}, not 'clip'; clipindex converts CLIP checkpoints "
+            "(e.g. openai/clip-vit-base-patch32)"
+        )
+    if not (folder / "preprocessor_config.json").is_file():
+        raise ConvertError(f"{where}: missing preprocessor_config.json; {needs}")
+    _refuse_lfs_pointer(folder / "preprocessor_config.json")
+    tokenizer_files = [folder / "tokenizer.json"]
+    if not tokenizer_files[0].is_file():
+        tokenizer_files = [folder / "vocab.json", folder / "merges.txt"]
+        if not all(path.is_file() for path in tokenizer_files):
+            raise ConvertError(
+                f"{where}: no tokenizer (tokenizer.json, or vocab.json and merges.txt); copy the tokenizer files "
+                "of the checkpoint's hub repository into the folder"
+            )
+    for path in [*tokenizer_files, *(folder / name for name in _TOKENIZER_EXTRAS)]:
+        if path.is_file():
+            _refuse_lfs_pointer(path)
+
+
+def _hub_snapshot(repo_id: str) -> tuple[Path, bool]:
+    """Fetch the small files of ``repo_id`` (config, preprocessor, tokenizer) into the hub cache; return the
+    snapshot folder and whether to read the cache only.
+
+    Without ``HF_HUB_OFFLINE``, one HEAD request (no retries) tells whether the hub answers. When it does not,
+    everything is read from the cache (``local_files_only``) instead of letting huggingface_hub retry each
+    uncached file with backoff for half a minute."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, is_offline_mode
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+    )
+
+    local_only = is_offline_mode()
+    why = "HF_HUB_OFFLINE is set"
+    if not local_only:
+        try:
+            get_hf_file_metadata(hf_hub_url(repo_id, "config.json"))
+        except HfHubHTTPError:
+            pass  # the hub answered (unknown id, gated, no such file): hf_hub_download says which below
+        except Exception:  # no network (DNS, refused, timeout, proxy): use the cache, fail fast without it
+            local_only, why = True, "the hub is unreachable"
+    unreachable = (
+        f"could not load {repo_id!r} from the Hugging Face hub ({why if local_only else 'download failed'}, and it "
+        "is not in the local cache); download it elsewhere and pass the local folder: clipindex convert "
+        "/path/to/checkpoint (for ingest: CLIPINDEX_SOURCE_MODEL=/path/to/checkpoint)"
+    )
+
+    def fetch(name: str) -> Path | None:
+        try:
+            return Path(hf_hub_download(repo_id, name, local_files_only=local_only))
+        except EntryNotFoundError:  # not in the repository, or (cache only) not in the cache
+            return None
+
+    try:
+        config = fetch("config.json")
+        if config is None:
+            if local_only:
+                raise ConvertError(unreachable)
+            raise ConvertError(f"{repo_id}: the hub repository has no config.json; it is not a CLIP checkpoint")
+        for name in ("preprocessor_config.json", "tokenizer.json", *_TOKENIZER_EXTRAS):
+            fetch(name)
+        if not (config.parent / "tokenizer.json").is_file():
+            fetch("vocab.json")
+            fetch("merges.txt")
+    except GatedRepoError as exc:
+        raise ConvertError(
+            f"{repo_id}: a gated repository on the Hugging Face hub; accept its terms on huggingface.co and log in "
+            "(`hf auth login`), or pass a local folder"
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise ConvertError(
+            f"{repo_id}: no such model on the Hugging Face hub (or a private one: log in with `hf auth login`); "
+            "check the id, or pass a local checkpoint folder"
+        ) from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise ConvertError(unreachable) from exc
+    return config.parent, local_only
 
 
 def load_checkpoint(source: str) -> tuple[Any, Any, Any, str]:
-    """Load (model, tokenizer, image_processor, resolved source) from a local folder or a hub id."""
+    """Load (model, tokenizer, image_processor, resolved source) from a local folder or a hub id.
+
+    Refuses what transformers would load silently into something useless: a config that is not CLIP, a missing
+    tokenizer (transformers builds a 3-token one), missing weights (filled with random values), Git LFS pointers.
+    The model is loaded in float32 whatever the checkpoint's dtype: the export and the parity check are fp32."""
     import logging
 
+    import torch
     from transformers import CLIPModel, CLIPTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -94,67 +274,110 @@ def load_checkpoint(source: str) -> tuple[Any, Any, Any, str]:
         from transformers import CLIPImageProcessor  # type: ignore[assignment]
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in logs; the steps are reported
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    path = Path(source).expanduser()
-    if path.exists() or (_is_local(source) and source.count("/") != 1):
+    local_only = False
+    if is_local_source(source):
+        path = Path(source).expanduser()
         if not path.is_dir():
-            raise ConvertError(f"{source}: no such checkpoint directory; pass a folder in the Hugging Face layout")
-        for required in ("config.json", "preprocessor_config.json"):
-            if not (path / required).is_file():
-                raise ConvertError(
-                    f"{path}: missing {required}; a checkpoint folder needs config.json, weights "
-                    "(model.safetensors or pytorch_model.bin), preprocessor_config.json and tokenizer files"
-                )
-        try:
-            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConvertError(f"{path / 'config.json'}: unreadable ({exc}); is this a CLIP checkpoint?") from exc
-        if config.get("model_type") != "clip":
             raise ConvertError(
-                f"{path / 'config.json'}: model_type is {config.get('model_type')!r}, not 'clip'; "
-                "clipindex converts CLIP checkpoints (e.g. openai/clip-vit-base-patch32)"
+                f"{source}: no such checkpoint directory; pass a folder in the Hugging Face layout "
+                "(config.json, weights, preprocessor_config.json, tokenizer files) or a hub id like "
+                "openai/clip-vit-base-patch32"
             )
-        target = str(path.resolve())
+        folder = path.resolve()
+        target = where = str(folder)
+        _check_checkpoint_files(folder, where)
+        weights_name = _weight_files(folder)[0].name
     else:
-        target = source
+        folder, local_only = _hub_snapshot(source)
+        target = where = source
+        _check_checkpoint_files(folder, where)
+        weights_name = "the downloaded weights"
     try:
-        model = CLIPModel.from_pretrained(target).eval()
-        tokenizer = CLIPTokenizer.from_pretrained(target)
-        processor = CLIPImageProcessor.from_pretrained(target)
+        tokenizer = CLIPTokenizer.from_pretrained(target, local_files_only=local_only)
+        processor = CLIPImageProcessor.from_pretrained(target, local_files_only=local_only)
+        loaded: Any = CLIPModel.from_pretrained(
+            target, dtype=torch.float32, output_loading_info=True, local_files_only=local_only
+        )
+        model, loading = loaded
     except OSError as exc:
         if target == source:
             raise ConvertError(
-                f"could not load {source!r} from the Hugging Face hub (offline or unknown id); download it "
-                "elsewhere and pass the local folder: clipindex convert --model /path/to/checkpoint "
+                f"could not load {source!r} from the Hugging Face hub ({str(exc).splitlines()[0][:200]}); download "
+                "it elsewhere and pass the local folder: clipindex convert /path/to/checkpoint "
                 "(for ingest: CLIPINDEX_SOURCE_MODEL=/path/to/checkpoint)"
             ) from exc
-        raise ConvertError(f"{source}: cannot load the checkpoint ({str(exc).splitlines()[0]})") from exc
+        raise ConvertError(f"{where}: cannot load the checkpoint ({str(exc).splitlines()[0][:200]})") from exc
     except (ValueError, KeyError, RuntimeError, TypeError) as exc:
-        raise ConvertError(f"{source}: not a loadable CLIP checkpoint ({str(exc).splitlines()[0][:200]})") from exc
-    return model, tokenizer, processor, target
+        raise ConvertError(f"{where}: not a loadable CLIP checkpoint ({str(exc).splitlines()[0][:200]})") from exc
+    missing = sorted(loading.get("missing_keys") or ())
+    if missing:
+        raise ConvertError(
+            f"{where}: {len(missing)} of the model's weights are missing from {weights_name} "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}), which transformers would fill with "
+            "random values; the file is incomplete or from another architecture: download the checkpoint again"
+        )
+    vocab_size = int(model.config.text_config.vocab_size)
+    if len(tokenizer) < vocab_size * MIN_TOKENIZER_VOCAB_FRACTION:
+        raise ConvertError(
+            f"{where}: the tokenizer has {len(tokenizer)} tokens but config.json's text_config.vocab_size is "
+            f"{vocab_size}; the tokenizer files (tokenizer.json, or vocab.json and merges.txt) are not this model's"
+        )
+    return model.eval(), tokenizer, processor, target
 
 
-def preprocessing_rules(processor: Any) -> dict[str, Any]:
-    """The manifest's image fields, read from the checkpoint's CLIPImageProcessor."""
+def preprocessing_rules(processor: Any, where: str = "preprocessor_config.json") -> dict[str, Any]:
+    """The manifest's image fields, read from the checkpoint's CLIPImageProcessor (``where`` names its file).
+
+    ``do_normalize: false`` becomes mean 0 / std 1 and ``do_rescale: false`` a rescale factor of 1, so the runtime
+    (which always rescales and normalises) computes what transformers does. The runtime batches fixed-size crops:
+    ``do_resize: false`` or ``do_center_crop: false`` is refused, and so is a resize that is not shortest-edge."""
+    do_resize = bool(getattr(processor, "do_resize", True))
+    do_center_crop = bool(getattr(processor, "do_center_crop", True))
+    if not do_resize or not do_center_crop:
+        raise ConvertError(
+            f"{where}: do_resize is {str(do_resize).lower()} and do_center_crop is {str(do_center_crop).lower()}; "
+            "clipindex batches fixed-size crops and needs both true (CLIP's shortest-edge resize, then centre crop)"
+        )
     size, crop = processor.size, processor.crop_size
     shortest = getattr(size, "shortest_edge", None) if not isinstance(size, dict) else size.get("shortest_edge")
-    if not shortest or not processor.do_resize or not processor.do_center_crop:
+    if not shortest:
         raise ConvertError(
-            f"unsupported preprocessing (size={size}, do_center_crop={processor.do_center_crop}); clipindex "
-            "supports CLIP's shortest-edge resize + centre crop"
+            f"{where}: unsupported resize size {_size_fields(size)}; clipindex supports "
+            'CLIP\'s shortest-edge resize ("size": {"shortest_edge": N}) followed by a centre crop'
         )
     crop_h = crop["height"] if isinstance(crop, dict) else crop.height
     crop_w = crop["width"] if isinstance(crop, dict) else crop.width
     resample = int(processor.resample)
+    do_normalize = bool(getattr(processor, "do_normalize", True))
+    do_rescale = bool(getattr(processor, "do_rescale", True))
     return {
         "image_size": int(crop_h),
-        "image_mean": [float(v) for v in processor.image_mean],
-        "image_std": [float(v) for v in processor.image_std],
+        "image_mean": [float(v) for v in processor.image_mean] if do_normalize else [0.0, 0.0, 0.0],
+        "image_std": [float(v) for v in processor.image_std] if do_normalize else [1.0, 1.0, 1.0],
         "resize": {"shortest_edge": int(shortest), "resample": _RESAMPLE_NAMES.get(resample, str(resample))},
         "crop": {"height": int(crop_h), "width": int(crop_w)},
-        "rescale_factor": float(processor.rescale_factor),
+        "rescale_factor": float(processor.rescale_factor) if do_rescale else 1.0,
         "do_convert_rgb": bool(getattr(processor, "do_convert_rgb", True)),
     }
+
+
+def _size_fields(size: Any) -> dict[str, Any]:
+    """The set fields of a processor size (a dict, or transformers 5's ``SizeDict``), for messages."""
+    fields = size if isinstance(size, dict) else getattr(size, "__dict__", {"size": size})
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def _check_image_size(rules: dict[str, Any], model: Any, where: str) -> None:
+    """The crop must be the square the vision tower was built for (its position embeddings fix the patch count)."""
+    image_size = int(model.config.vision_config.image_size)
+    crop_h, crop_w = rules["crop"]["height"], rules["crop"]["width"]
+    if crop_h != image_size or crop_w != image_size:
+        raise ConvertError(
+            f"{where}: crop_size is {crop_h}x{crop_w} but config.json's vision_config.image_size is {image_size}; "
+            f"the preprocessor belongs to another model: use the checkpoint's own (crop_size {image_size})"
+        )
 
 
 def sha256_file(path: Path) -> str:
@@ -206,10 +429,13 @@ def quantize_int8(src: Path, dst: Path) -> None:
 
 @contextlib.contextmanager
 def _staging_dir(output: Path) -> Iterator[Path]:
-    output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    except OSError as exc:
+        raise ConvertError(f"{output.parent}: cannot create the output folder here ({exc.strerror or exc})") from exc
     try:
         yield staging
     finally:
@@ -239,9 +465,12 @@ def convert_model(
     say: Progress = progress or (lambda _msg: None)
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ConvertError(f"--quantize {quantize!r} is not supported; use one of {', '.join(QUANTIZATIONS)}")
-    output = Path(output) if output is not None else default_output(source)
+    output = Path(output).expanduser() if output is not None else default_output(source)
     if output.exists() and not force:
         raise ConvertError(f"{output}: already exists; pass --force to replace it")
+    if output.exists():
+        _refuse_unsafe_replace(source, output)
+    target = Path(os.path.abspath(output))  # "." and ".." have no name to stage beside
     require_convert_extra()
     from convert import verify
 
@@ -249,7 +478,13 @@ def convert_model(
     total = 6 if quantize else 5
     say(f"[1/{total}] loading checkpoint {source}")
     model, tokenizer, processor, resolved = load_checkpoint(source)
-    rules = preprocessing_rules(processor)
+    where = (
+        str(Path(resolved, "preprocessor_config.json"))
+        if is_local_source(source)
+        else f"{source}: preprocessor_config.json"
+    )
+    rules = preprocessing_rules(processor, where)
+    _check_image_size(rules, model, where)
     text_config = model.config.text_config
     context_length = int(text_config.max_position_embeddings)
     embedding_dim = int(model.config.projection_dim)
@@ -259,7 +494,7 @@ def convert_model(
         "pad_token_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id),
         "config_eos_token_id": int(text_config.eos_token_id),
     }
-    with _staging_dir(output) as staging:
+    with _staging_dir(target) as staging:
         say(f"[2/{total}] exporting vision and text towers to ONNX (opset {OPSET}, dynamic batch axis)")
         export_towers(
             model,
@@ -328,10 +563,41 @@ def convert_model(
         }
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _fsync_dir(staging)
-        _replace_dir(staging, output)
+        try:
+            _replace_dir(staging, target)
+        except OSError as exc:
+            raise ConvertError(f"{output}: cannot move the converted model into place ({exc.strerror or exc})") from exc
     sizes = {name: int(info["bytes"]) for name, info in files.items()}
-    sizes[MANIFEST_NAME] = (output / MANIFEST_NAME).stat().st_size
+    sizes[MANIFEST_NAME] = (target / MANIFEST_NAME).stat().st_size
     return ConvertResult(output=output, manifest=manifest, file_sizes=sizes)
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _refuse_unsafe_replace(source: str, output: Path) -> None:
+    """Before ``--force`` touches anything: refuse to replace a folder that holds (or is) the checkpoint being
+    converted, including the blobs a hub-cache snapshot links to, or a folder that is not a converted model."""
+    target = output.resolve()
+    source_path = Path(source).expanduser()
+    if is_local_source(source) and source_path.exists():
+        checkpoint = source_path.resolve()
+        holds_source = _within(checkpoint, target)
+        if not holds_source and checkpoint.is_dir():
+            holds_source = any(_within(child.resolve(), target) for child in checkpoint.iterdir())
+        if holds_source:
+            raise ConvertError(
+                f"--output {output} holds the checkpoint being converted ({checkpoint}); --force would delete it: "
+                "choose another output folder"
+            )
+    if not target.is_dir():
+        raise ConvertError(f"{output}: exists and is not a folder; choose another --output or remove it yourself")
+    if any(target.iterdir()) and not (target / MANIFEST_NAME).is_file():
+        raise ConvertError(
+            f"{output}: not a clipindex model folder (no {MANIFEST_NAME}); --force replaces only a converted model: "
+            "choose another --output or remove the folder yourself"
+        )
 
 
 def _replace_dir(staging: Path, output: Path) -> None:
@@ -339,7 +605,11 @@ def _replace_dir(staging: Path, output: Path) -> None:
     if output.exists():
         retired = output.parent / f".{output.name}.old-{os.getpid()}"
         output.rename(retired)
-        staging.rename(output)
+        try:
+            staging.rename(output)
+        except OSError:
+            retired.rename(output)  # put the old model back
+            raise
         shutil.rmtree(retired, ignore_errors=True)
     else:
         staging.rename(output)

@@ -69,6 +69,7 @@ def cli() -> None:
 
 
 @cli.command()
+@click.argument("source_arg", metavar="[SOURCE]", required=False, default=None)
 @click.option(
     "--model",
     "source",
@@ -77,7 +78,7 @@ def cli() -> None:
     default=DEFAULT_MODEL_ID,
     show_default=True,
     help="Hugging Face model id, or a local checkpoint folder in the hub's layout (config.json, weights, "
-    "preprocessor_config.json, tokenizer files). Offline, pass a local folder.",
+    "preprocessor_config.json, tokenizer files). Offline, pass a local folder. Same as the SOURCE argument.",
 )
 @click.option(
     "--output",
@@ -97,17 +98,27 @@ def cli() -> None:
 )
 @click.option("--force", is_flag=True, help="Replace an existing output folder (atomically, once verified).")
 @handle_errors
-def convert(source: str, output: Path | None, quantize: str | None, force: bool) -> None:
+def convert(source_arg: str | None, source: str, output: Path | None, quantize: str | None, force: bool) -> None:
     """Export CLIP's vision and text towers to ONNX, verified against PyTorch.
 
-    Writes vision.onnx, text.onnx (dynamic batch axis, projected embeddings), tokenizer.json and
-    manifest.json. Before anything is written, ONNX Runtime is checked against transformers' CLIPModel on
-    real photos and probe texts; a model whose embeddings diverge (cosine < 0.99999 or max abs difference
-    > 1e-4) is refused and nothing is left at the output folder. Needs the [convert] extra
-    (torch, transformers, onnx).
+    SOURCE (or --model) is a Hugging Face model id or a local checkpoint folder; the default is
+    openai/clip-vit-base-patch32. Writes vision.onnx, text.onnx (dynamic batch axis, projected embeddings),
+    tokenizer.json and manifest.json. Before anything is written, ONNX Runtime is checked against
+    transformers' CLIPModel on real photos and probe texts; a model whose embeddings diverge (cosine < 0.99999
+    or max abs difference > 1e-4) is refused and nothing is left at the output folder. Needs the [convert]
+    extra (torch, transformers, onnx).
     """
+    from click.core import ParameterSource
+
     from convert.api import convert_model, require_convert_extra
 
+    if source_arg is not None:  # the positional SOURCE; an explicit --model must name the same checkpoint
+        given, positional = Path(source).expanduser(), Path(source_arg).expanduser()
+        same = source_arg == source or (given.exists() and positional.exists() and os.path.samefile(given, positional))
+        from_command_line = click.get_current_context().get_parameter_source("source") == ParameterSource.COMMANDLINE
+        if from_command_line and not same:
+            raise click.UsageError(f"SOURCE {source_arg!r} and --model {source!r} differ; give the checkpoint once")
+        source = source_arg
     require_convert_extra()
     result = convert_model(source, output, quantize=quantize, force=force, progress=info)
     manifest = result.manifest

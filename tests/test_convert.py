@@ -281,3 +281,298 @@ def test_full_size_vit_b_32_converts(tmp_path: Path) -> None:
     assert parity["text_batch_n_padded"]["min_cosine"] >= 0.99999
     assert result.manifest["model_name"] == "clip-vit-base-patch32"
     assert result.file_sizes["vision.onnx"] > 300e6
+
+
+# --- checkpoints that transformers loads silently into a useless model, and other refusals ----------------------
+
+
+def _copy_checkpoint(tiny_checkpoint: Path, dest: Path) -> Path:
+    shutil.copytree(tiny_checkpoint, dest)
+    return dest
+
+
+def _convert_error(source: str, out: Path, *extra: str) -> str:
+    """Run `clipindex convert` expecting a refusal; return its one `Error:` line."""
+    result = CliRunner().invoke(cli, ["convert", "--model", source, "--output", str(out), *extra])
+    assert result.exit_code == 1, (source, result.output)
+    assert "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+def test_checkpoint_without_a_real_tokenizer_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """transformers 5 builds a 3-token CLIPTokenizer when the tokenizer files are missing: every text would get the
+    same embedding. No tokenizer.json and no vocab.json + merges.txt is refused, and so is a tokenizer far smaller
+    than the text tower's vocabulary (the check hub ids get too)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import BPE
+
+    no_tokenizer = _copy_checkpoint(tiny_checkpoint, tmp_path / "no-tokenizer")
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):  # tokenizer_config + special_tokens_map stay
+        (no_tokenizer / name).unlink()
+    error = _convert_error(str(no_tokenizer), tmp_path / "out")
+    assert str(no_tokenizer) in error and "no tokenizer" in error and "vocab.json and merges.txt" in error
+
+    vocab_only = _copy_checkpoint(tiny_checkpoint, tmp_path / "vocab-only")
+    for name in ("tokenizer.json", "merges.txt"):
+        (vocab_only / name).unlink()
+    assert "no tokenizer" in _convert_error(str(vocab_only), tmp_path / "out")
+
+    tiny_vocab = _copy_checkpoint(tiny_checkpoint, tmp_path / "tiny-vocab")
+    for name in ("vocab.json", "merges.txt"):
+        (tiny_vocab / name).unlink()
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2}
+    bpe = BPE(vocab=vocab, merges=[], unk_token="<|endoftext|>", end_of_word_suffix="</w>")
+    Tokenizer(bpe).save(str(tiny_vocab / "tokenizer.json"))
+    error = _convert_error(str(tiny_vocab), tmp_path / "out")
+    assert "the tokenizer has 3 tokens" in error and "vocab_size is 49408" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_weights_are_refused_not_filled_with_random_values(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    partial = _copy_checkpoint(tiny_checkpoint, tmp_path / "partial")
+    weights = load_file(str(partial / "model.safetensors"))
+    vision_only = {key: value for key, value in weights.items() if not key.startswith("text_model.")}
+    assert len(vision_only) < len(weights)
+    save_file(vision_only, str(partial / "model.safetensors"), metadata={"format": "pt"})
+    error = _convert_error(str(partial), tmp_path / "out")
+    assert "missing from model.safetensors" in error and "text_model." in error and "random values" in error
+    assert not (tmp_path / "out").exists()
+
+
+def _hub_cache_repo(cache: Path, repo_id: str, checkpoint: Path | None = None) -> Path:
+    """A repository in the Hugging Face hub cache's layout (refs/main -> snapshots/<commit>); returns the snapshot."""
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    if checkpoint is not None:
+        shutil.copytree(checkpoint, snapshot)
+    else:
+        snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+_HUB_SCRIPT = """
+import json, sys, time
+from click.testing import CliRunner
+from indexer.cli import cli
+
+results = {}
+for repo_id, out in json.loads(sys.argv[1]):
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["convert", "--model", repo_id, "--output", out])
+    results[repo_id] = [result.exit_code, result.output, time.monotonic() - started]
+print(json.dumps(results))
+"""
+
+
+def test_hub_ids_get_the_checks_of_local_folders_and_fail_fast_offline(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Hub ids, read from a hub cache with the hub unreachable (no HF_HUB_OFFLINE): a cached BERT or Chinese-CLIP
+    or a repository without tokenizer is refused like a local folder; an uncached id fails at once instead of
+    huggingface_hub's retries with backoff (about 25 s per file); a cached CLIP converts from the cache."""
+    cache = tmp_path / "hub"
+    (_hub_cache_repo(cache, "acme/bert") / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    chinese = _hub_cache_repo(cache, "acme/chinese-clip", tiny_checkpoint)
+    config = json.loads((chinese / "config.json").read_text())
+    (chinese / "config.json").write_text(json.dumps({**config, "model_type": "chinese_clip"}))
+    no_tokenizer = _hub_cache_repo(cache, "acme/clip-no-tokenizer", tiny_checkpoint)
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        (no_tokenizer / name).unlink()
+    _hub_cache_repo(cache, "acme/clip-tiny-test", tiny_checkpoint)
+
+    repos = ["acme/bert", "acme/chinese-clip", "acme/clip-no-tokenizer", "acme/not-cached", "acme/clip-tiny-test"]
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update({"HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf-home"), "HF_ENDPOINT": "http://127.0.0.1:9"})
+    jobs = json.dumps([[repo, str(tmp_path / repo.split("/")[1])] for repo in repos])
+    proc = subprocess.run(
+        [sys.executable, "-c", _HUB_SCRIPT, jobs], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected_errors = {
+        "acme/bert": "acme/bert: config.json has model_type 'bert', not 'clip'",
+        "acme/chinese-clip": "acme/chinese-clip: config.json has model_type 'chinese_clip', not 'clip'",
+        "acme/clip-no-tokenizer": "acme/clip-no-tokenizer: no tokenizer",
+        "acme/not-cached": "could not load 'acme/not-cached' from the Hugging Face hub (the hub is unreachable",
+    }
+    for repo, expected in expected_errors.items():
+        code, output, seconds = results[repo]
+        errors = [line for line in output.splitlines() if line.startswith("Error:")]
+        assert code == 1 and len(errors) == 1 and expected in errors[0], (repo, output)
+        assert "Traceback" not in output and seconds < 10, (repo, seconds, output)
+        assert not (tmp_path / repo.split("/")[1]).exists()
+    code, output, _ = results["acme/clip-tiny-test"]
+    assert code == 0, output
+    manifest = json.loads((tmp_path / "clip-tiny-test" / "manifest.json").read_text())
+    assert manifest["source_model"] == "acme/clip-tiny-test" and manifest["model_name"] == "clip-tiny-test"
+
+
+def test_fp16_checkpoint_in_a_hub_cache_snapshot_converts_in_fp32(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fp16 weights with "torch_dtype": "float16" crashed the export (transformers 5 loads dtype="auto"); they are
+    loaded in fp32 and verified in fp32. The snapshot folder's model name is the repository's, not the commit's."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    snapshot = _hub_cache_repo(tmp_path / "hub", "acme/clip-tiny-fp16", tiny_checkpoint)
+    weights = load_file(str(snapshot / "model.safetensors"))
+    half = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in weights.items()}
+    save_file(half, str(snapshot / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((snapshot / "config.json").read_text())
+    (snapshot / "config.json").write_text(json.dumps({**config, "torch_dtype": "float16", "dtype": "float16"}))
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CLIPINDEX_MODEL_DIR", raising=False)
+    result = CliRunner().invoke(cli, ["convert", "--model", str(snapshot)])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "models" / "clip-tiny-fp16"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model_name"] == "clip-tiny-fp16"
+    assert manifest["source_model"] == str(snapshot.resolve())
+    for key in ("vision_batch_n", "text_batch_n_padded"):
+        assert manifest["parity"][key]["min_cosine"] >= 0.99999, key
+    vision_input = onnx.load(str(out / "vision.onnx"), load_external_data=False).graph.input[0]
+    assert vision_input.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_git_lfs_pointer_files_are_refused_in_one_line(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize 605247071\n".format("ab" * 32)
+    for name, what in (("model.safetensors", "the weights"), ("tokenizer.json", "the file")):
+        clone = _copy_checkpoint(tiny_checkpoint, tmp_path / f"clone-{name}")
+        (clone / name).write_text(pointer)
+        error = _convert_error(str(clone), tmp_path / "out")
+        assert f"{clone / name} is a Git LFS pointer, not {what}: run `git lfs pull` in {clone}" in error
+
+
+def test_model_name_of_hub_cache_snapshots_and_relative_folders(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from convert.api import default_output, model_name_for
+
+    snapshot = _hub_cache_repo(tmp_path / "hub", "openai/clip-vit-base-patch32")
+    assert model_name_for(str(snapshot)) == "clip-vit-base-patch32"
+    assert model_name_for(str(snapshot) + "/") == "clip-vit-base-patch32"
+    assert default_output(str(snapshot)) == Path("models") / "clip-vit-base-patch32"
+    assert model_name_for("openai/clip-vit-base-patch32") == "clip-vit-base-patch32"
+    folder = tmp_path / "my-clip" / "sub"
+    folder.mkdir(parents=True)
+    monkeypatch.chdir(folder)
+    assert model_name_for(".") == "sub" and model_name_for("..") == "my-clip" and model_name_for("./") == "sub"
+
+
+def test_force_never_deletes_the_checkpoint_or_a_folder_that_is_no_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    checkpoint = _copy_checkpoint(tiny_checkpoint, tmp_path / "ckpt")
+    files_before = sorted(p.name for p in checkpoint.iterdir())
+    snapshot = _hub_cache_repo(tmp_path / "hub", "acme/clip")
+    blobs = snapshot.parent.parent / "blobs"
+    blobs.mkdir()
+    for child in checkpoint.iterdir():  # the cache's layout: snapshot files are links to blobs
+        shutil.copy(child, blobs / child.name)
+        (snapshot / child.name).symlink_to(Path("..", "..", "blobs", child.name))
+    cases = [
+        (checkpoint, checkpoint),  # the output is the checkpoint
+        (checkpoint, tmp_path),  # ... or contains it
+        (checkpoint, checkpoint / ".." / "ckpt"),
+        (snapshot, blobs),  # a snapshot's files live in blobs/
+        (snapshot, snapshot.parent.parent),
+    ]
+    for source, out in cases:
+        error = _convert_error(str(source), out, "--force")
+        assert "holds the checkpoint being converted" in error and "--force would delete it" in error, (source, out)
+    assert sorted(p.name for p in checkpoint.iterdir()) == files_before
+    assert all((snapshot / name).is_file() for name in files_before)
+
+    someones_files = tmp_path / "photos"
+    someones_files.mkdir()
+    (someones_files / "cat.jpg").write_bytes(b"not a model")
+    error = _convert_error(str(checkpoint), someones_files, "--force")
+    assert "not a clipindex model folder (no manifest.json)" in error
+    assert (someones_files / "cat.jpg").is_file()
+
+
+def test_crop_size_other_than_the_vision_image_size_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    checkpoint = _copy_checkpoint(tiny_checkpoint, tmp_path / "ckpt")
+    preprocessor = json.loads((checkpoint / "preprocessor_config.json").read_text())
+    (checkpoint / "preprocessor_config.json").write_text(json.dumps({**preprocessor, "crop_size": 160, "size": 160}))
+    error = _convert_error(str(checkpoint), tmp_path / "out")
+    assert str(checkpoint / "preprocessor_config.json") in error
+    assert "crop_size is 160x160" in error and "vision_config.image_size is 224" in error
+
+
+def test_source_as_a_positional_argument() -> None:
+    runner = CliRunner()
+    for args in (["/nonexistent/ckpt"], ["/nonexistent/ckpt", "--model", "/nonexistent/ckpt"]):
+        result = runner.invoke(cli, ["convert", *args])
+        assert result.exit_code == 1, result.output
+        assert "Error: /nonexistent/ckpt: no such checkpoint directory" in result.output
+    result = runner.invoke(cli, ["convert", "/nonexistent/a", "--model", "/nonexistent/b"])
+    assert result.exit_code == 2 and "differ" in result.output
+    result = runner.invoke(cli, ["convert", "/nonexistent/a"], env={"CLIPINDEX_SOURCE_MODEL": "/nonexistent/b"})
+    assert result.exit_code == 1 and "/nonexistent/a: no such checkpoint directory" in result.output
+    assert "[SOURCE]" in runner.invoke(cli, ["convert", "--help"]).output
+
+
+def test_preprocessor_flags_match_transformers(
+    tiny_checkpoint: Path, tiny_model_dir: Path, tmp_path: Path, sample_photos: dict[str, object]
+) -> None:
+    """do_normalize / do_rescale false become mean 0, std 1 / rescale factor 1 in the manifest, and the runtime's
+    preprocessing then equals CLIPImageProcessorPil's exactly; do_resize / do_center_crop false are refused."""
+    from transformers import CLIPImageProcessorPil
+
+    from convert.api import preprocessing_rules
+    from indexer.errors import ConvertError
+    from indexer.preprocess import Preprocessor
+
+    images = list(sample_photos.values())
+    base = json.loads((tiny_checkpoint / "preprocessor_config.json").read_text())
+    for flags in ({"do_normalize": False}, {"do_rescale": False}, {"do_normalize": False, "do_rescale": False}):
+        folder = tmp_path / "-".join(flags)
+        folder.mkdir()
+        (folder / "preprocessor_config.json").write_text(json.dumps({**base, **flags}))
+        processor = CLIPImageProcessorPil.from_pretrained(str(folder))
+        rules = preprocessing_rules(processor)
+        assert rules["image_mean"] == ([0.0] * 3 if "do_normalize" in flags else pytest.approx(base["image_mean"]))
+        assert rules["rescale_factor"] == (1.0 if "do_rescale" in flags else pytest.approx(1 / 255))
+        # a model folder with these rules in its manifest, read back by the runtime
+        model_dir = tmp_path / f"model-{folder.name}"
+        model_dir.mkdir()
+        for name in ("vision.onnx", "text.onnx", "tokenizer.json"):
+            (model_dir / name).symlink_to(tiny_model_dir / name)
+        manifest = json.loads((tiny_model_dir / "manifest.json").read_text())
+        (model_dir / "manifest.json").write_text(json.dumps({**manifest, **rules}))
+        runtime = Preprocessor.from_manifest(ModelManifest.load(model_dir), draft=False)
+        expected = processor(images=images, return_tensors="np")["pixel_values"]
+        np.testing.assert_array_equal(runtime.preprocess_batch(images), expected)
+    for flag in ("do_resize", "do_center_crop"):
+        (folder / "preprocessor_config.json").write_text(json.dumps({**base, flag: False}))
+        with pytest.raises(ConvertError, match=f"{flag} is false"):
+            preprocessing_rules(CLIPImageProcessorPil.from_pretrained(str(folder)), "preprocessor_config.json")
+
+
+def test_paths_are_never_taken_for_hub_ids(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from indexer.errors import ConvertError
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    for source in ("/nonexistent", "./nope", "~/nope", "../nope", "two words"):
+        error = _convert_error(source, tmp_path / "out")
+        assert f"Error: {source}: no such checkpoint directory" in error, error
+        assert "hub" not in error.split(";")[0]
+    # `..` and `.` are the folders they resolve to
+    nested = _copy_checkpoint(tiny_checkpoint, tmp_path / "ckpt") / "sub"
+    nested.mkdir()
+    monkeypatch.chdir(nested)
+    error = _convert_error(".", tmp_path / "out")
+    assert f"{nested}: missing config.json" in error
+    # an output folder that cannot be created is one line, not an OSError traceback
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConvertError, match="cannot create the output folder"):
+        convert_model("..", tmp_path / "a-file" / "out")
