@@ -8,6 +8,7 @@ then a dot product.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -190,13 +191,8 @@ class OnnxTower:
             raise ModelNotFoundError(
                 f"{path}: missing; run `clipindex convert` (add `--quantize int8` for the int8 files)"
             )
-        verified: list[bool] = []
-
-        def verify() -> None:
-            if sha256 and not verified:
-                verify_sha256(path, sha256)
-                verified.append(True)
-
+        # hashed at most once (a cache miss, then a direct load after a cache failure, both ask)
+        verify = functools.cache(functools.partial(verify_sha256, path, sha256)) if sha256 else lambda: None
         options = _session_options(intra_op_threads)
         self.session: Any = _cached_session(path, options, verify) if list(providers) == [CPU] else None
         if self.session is None:

@@ -230,21 +230,16 @@ class _Ingest:
             decoded = decode_file(
                 pending.path, self.embedder.preprocessor, decode_pixels=lambda sha: bytes.fromhex(sha) not in known
             )
+            prepared.decoded = decoded
+            if decoded.image is None:
+                prepared.reuse_from = self.hash_to_id.get(bytes.fromhex(decoded.sha256))
+            else:
+                image, decoded.image = decoded.image, None  # the bitmap is freed once preprocessed
+                prepared.pixels = self.embedder.preprocessor.preprocess(image)
         except ImageError as exc:
             prepared.error = exc.reason
-            return prepared
         except MemoryError:
             prepared.error = "not enough memory to decode this image (lower --max-pixels to skip such images)"
-            return prepared
-        prepared.decoded = decoded
-        if decoded.image is None:
-            prepared.reuse_from = self.hash_to_id.get(bytes.fromhex(decoded.sha256))
-        else:
-            try:
-                prepared.pixels = self.embedder.preprocessor.preprocess(decoded.image)
-            except MemoryError:
-                prepared.error = "not enough memory to preprocess this image (lower --max-pixels to skip such images)"
-            decoded.image = None  # free the decoded bitmap early
         return prepared
 
     def embed(self, todo: Sequence[_Pending]) -> None:

@@ -57,8 +57,9 @@ of ``W x H`` with ``S = shortest_edge``, crop ``ch x cw``:
    negative); ``PIL.Image.crop((left, top, left + cw, top + ch))``. When the image is smaller than the
    crop, PIL fills outside pixels with 0, which is exactly transformers' zero padding
    (``ceil`` padding then the same offsets). When the resized image would exceed
-   :data:`RESIZE_PIXEL_BUDGET` pixels (an aspect ratio beyond about 1:334), steps 1 and 2 resize only the
-   crop's preimage (``resize(box=...)``), so a 1 x 60000 image costs a 224 x 224 resize, not 12 GB.
+   :data:`RESIZE_PIXEL_BUDGET` pixels (an aspect ratio beyond about 1:334), steps 1 and 2 run Pillow's two
+   resampling passes, in its arithmetic, on only the rows and columns the crop keeps: the same pixels, so a
+   1 x 60000 image costs a 224 x 224 resize, not 12 GB.
 3. Rescale and normalize, per channel ``c`` and 8-bit value ``v``:
    ``x = float32(float64(v) * rescale_factor)``, then ``(x - float32(mean[c])) / float32(std[c])``
    in float32 — identical to transformers' ``rescale`` (float64 multiply, float32 cast) followed by
@@ -109,8 +110,7 @@ DRAFT_OVERSAMPLE: float = 1.5
 
 #: A shortest-edge resize to more pixels than this (only very elongated images: an aspect ratio beyond about
 #: 1:334 at 224 px, such as 1 x 60000, which would otherwise resize to 224 x 13,440,000 pixels, 12 GB) resizes
-#: just the region the center crop keeps: the same pixels (up to floating-point rounding in Pillow's filter
-#: positions), in bounded memory.
+#: just the region the center crop keeps: the same pixels, bit for bit, in bounded memory.
 RESIZE_PIXEL_BUDGET: int = 1 << 24
 
 OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
@@ -642,54 +642,43 @@ def _resize_crop_region(
     image: Image.Image, new_size: tuple[int, int], box: tuple[int, int, int, int], resample: Image.Resampling
 ) -> Image.Image:
     """``image.resize(new_size, resample).crop(box)``, bit for bit, computing only the crop: Pillow's two passes
-    (in the order Pillow picks for the full resize) restricted to the rows and columns the crop needs."""
-    if resample not in _PIL_FILTERS:  # NEAREST: Pillow's box= resize (float32 box: may differ by a pixel shift)
-        return _resize_crop_region_approx(image, new_size, box, resample)
+    (in the order Pillow picks for the full resize) restricted to the rows and columns the crop needs. NEAREST,
+    which has no such passes, uses Pillow's ``resize(box=...)`` (its box is float32: a pixel may shift)."""
     width, height = image.size
     new_width, new_height = new_size
     left, top, right, bottom = box
     cols = (max(left, 0), min(right, new_width))
     rows = (max(top, 0), min(bottom, new_height))
-    pixels = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)  # [height, width, 3]
-    # libImaging/Resample.c ImagingResampleInner: vertical first only when the height shrinks more than twice
-    # as much as the width does
-    horizontal_first = not (height - new_height > 0 and height - new_height > (width - new_width) * 2)
+    if resample in _PIL_FILTERS:
+        pixels = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)  # [height, width, 3]
+        # libImaging/Resample.c ImagingResampleInner: vertical first only when the height shrinks more than twice
+        # as much as the width does
+        horizontal_first = not (height - new_height > 0 and height - new_height > (width - new_width) * 2)
 
-    def vertical(arr: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-        if new_height == height:
-            return arr[rows[0] : rows[1]]
-        return _resample_axis(arr, height, new_height, rows[0], rows[1] - rows[0], resample)
+        def vertical(arr: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+            if new_height == height:
+                return arr[rows[0] : rows[1]]
+            return _resample_axis(arr, height, new_height, rows[0], rows[1] - rows[0], resample)
 
-    def horizontal(arr: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-        if new_width == width:
-            return arr[:, cols[0] : cols[1]]
-        moved = np.moveaxis(arr, 1, 0)
-        return np.moveaxis(_resample_axis(moved, width, new_width, cols[0], cols[1] - cols[0], resample), 0, 1)
+        def horizontal(arr: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+            if new_width == width:
+                return arr[:, cols[0] : cols[1]]
+            moved = np.moveaxis(arr, 1, 0)
+            return np.moveaxis(_resample_axis(moved, width, new_width, cols[0], cols[1] - cols[0], resample), 0, 1)
 
-    region = horizontal(vertical(pixels)) if not horizontal_first else vertical(horizontal(pixels))
-    result = Image.fromarray(np.ascontiguousarray(region), "RGB")
+        region_pixels = vertical(horizontal(pixels)) if horizontal_first else horizontal(vertical(pixels))
+        region = Image.fromarray(np.ascontiguousarray(region_pixels), "RGB")
+    else:
+        scale_x, scale_y = width / new_width, height / new_height
+        region = image.resize(
+            (cols[1] - cols[0], rows[1] - rows[0]),
+            resample,
+            box=(cols[0] * scale_x, rows[0] * scale_y, cols[1] * scale_x, rows[1] * scale_y),
+        )
     if (cols[0], rows[0], cols[1], rows[1]) == box:
-        return result
-    canvas = Image.new("RGB", (right - left, bottom - top))  # zero fill, like crop past the edge
-    canvas.paste(result, (cols[0] - left, rows[0] - top))
-    return canvas
-
-
-def _resize_crop_region_approx(
-    image: Image.Image, new_size: tuple[int, int], box: tuple[int, int, int, int], resample: Image.Resampling
-) -> Image.Image:
-    width, height = image.size
-    new_width, new_height = new_size
-    left, top, right, bottom = box
-    inside = (max(left, 0), max(top, 0), min(right, new_width), min(bottom, new_height))
-    scale_x, scale_y = width / new_width, height / new_height
-    region = image.resize(
-        (inside[2] - inside[0], inside[3] - inside[1]),
-        resample,
-        box=(inside[0] * scale_x, inside[1] * scale_y, inside[2] * scale_x, inside[3] * scale_y),
-    )
-    canvas = Image.new(image.mode, (right - left, bottom - top))
-    canvas.paste(region, (inside[0] - left, inside[1] - top))
+        return region
+    canvas = Image.new(region.mode, (right - left, bottom - top))  # zero fill, like crop past the edge
+    canvas.paste(region, (cols[0] - left, rows[0] - top))
     return canvas
 
 
