@@ -1,0 +1,290 @@
+"""The 1M-point scenario of issue 16: search on the embedded store at 1M points, before and after the upgrade.
+
+Steps (each cached under ``benchmarks/_work/million-<points>/``)::
+
+    python benchmarks/million.py build       # the store as clipindex wrote it before issue 16 (run on that code)
+    python benchmarks/million.py search      # fresh `clipindex search` processes, warm and cold, recall@10, RSS
+    python benchmarks/million.py upgrade     # a copy of the store, upgraded by `clipindex optimize`
+
+**Vectors.** ``points`` synthetic unit vectors shaped like CLIP image embeddings rather than uniform noise:
+a mixture of :data:`CLUSTERS` topics (``normalize(centre + SPREAD * noise)``), over a shared offset that gives
+different photos a mean cosine near CLIP's. They are written with ingest's payloads
+(:func:`indexer.points.make_payload`), upserts of :data:`BATCH`, and a flush plus ``optimize()`` every
+:data:`SEAL_EVERY` points (what ingest's 30 s periodic flush does). The vectors are regenerated from the seed
+whenever they are needed (exact ground truth), never stored twice.
+
+**Queries.** 100 query vectors near the data (a stored vector's cluster centre plus noise, like a text query
+that matches a topic); recall@10 compares the store's top 10 with exact float32 top 10 (numpy over all
+vectors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "benchmarks" / "_work"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DIM = 512
+CLUSTERS = 2000
+SPREAD = 0.9
+SHARED = 1.2
+BATCH = 250
+SEAL_EVERY = 32_000
+SEED = 16
+CHUNK = 50_000
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _normalize(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    out: npt.NDArray[np.float32] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def centres(dim: int = DIM) -> npt.NDArray[np.float32]:
+    rng = np.random.default_rng(SEED)
+    shared = rng.standard_normal(dim, dtype=np.float32)
+    shared /= np.linalg.norm(shared)
+    raw = _normalize(rng.standard_normal((CLUSTERS, dim), dtype=np.float32))
+    return _normalize(raw + SHARED * shared)
+
+
+def vector_chunks(points: int, dim: int = DIM) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
+    """(start, unit vectors) in chunks of :data:`CHUNK`: the same vectors on every call."""
+    c = centres(dim)
+    for start in range(0, points, CHUNK):
+        rng = np.random.default_rng([SEED, start])
+        count = min(CHUNK, points - start)
+        topic = rng.integers(0, CLUSTERS, count)
+        noise = rng.standard_normal((count, dim), dtype=np.float32) / np.float32(np.sqrt(dim))
+        yield start, _normalize(c[topic] + SPREAD * noise)
+
+
+def queries(count: int = 100, dim: int = DIM) -> npt.NDArray[np.float32]:
+    c = centres(dim)
+    rng = np.random.default_rng([SEED, 999])
+    topic = rng.integers(0, CLUSTERS, count)
+    noise = rng.standard_normal((count, dim), dtype=np.float32) / np.float32(np.sqrt(dim))
+    return _normalize(c[topic] + 1.2 * noise)
+
+
+def path_of(k: int) -> str:
+    return f"/photos/{k // 1000:04d}/IMG_{k:07d}.jpg"
+
+
+def exact_top(points: int, q: npt.NDArray[np.float32], k: int = 10) -> list[set[str]]:
+    """The exact float32 top-``k`` point ids of every query."""
+    from indexer.points import point_id
+
+    best_s = np.full((q.shape[0], 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((q.shape[0], 0), dtype=np.int64)
+    for start, vectors in vector_chunks(points, q.shape[1]):
+        scores = q @ vectors.T
+        idx = np.argpartition(-scores, k, axis=1)[:, :k]
+        best_s = np.concatenate([best_s, np.take_along_axis(scores, idx, 1)], axis=1)
+        best_i = np.concatenate([best_i, idx + start], axis=1)
+        keep = np.argsort(-best_s, axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_i, keep, 1)
+    return [{point_id(path_of(int(i))) for i in row} for row in best_i]
+
+
+def store_dir(points: int, tag: str) -> Path:
+    return WORK / f"million-{points}" / tag
+
+
+def build(points: int, model_name: str, data_dir: Path) -> None:
+    """Write ``points`` vectors into an embedded store the way ingest writes them (module doc)."""
+    from indexer.points import make_payload, point_id
+    from indexer.store import EdgeStore, Point
+
+    started = time.perf_counter()
+    written = 0
+    with EdgeStore(data_dir, "images") as store:
+        store.ensure_collection(DIM, model_name)
+        for start, vectors in vector_chunks(points):
+            for b in range(0, len(vectors), BATCH):
+                chunk = []
+                for offset, vector in enumerate(vectors[b : b + BATCH]):
+                    k = start + b + offset
+                    path = path_of(k)
+                    payload = make_payload(
+                        path=path,
+                        size=2_000_000 + k,
+                        mtime_ns=1_700_000_000_000_000_000 + k,
+                        sha256=f"{k:064x}",
+                        width=4032,
+                        height=3024,
+                        image_format="JPEG",
+                        model=model_name,
+                    )
+                    chunk.append(Point(point_id(path), vector, payload))
+                store.upsert(chunk)
+                written += len(chunk)
+                if written % SEAL_EVERY < BATCH:
+                    store.optimize()
+                    store.flush()
+            log(f"  {written:,} points, {time.perf_counter() - started:.0f} s")
+        store.optimize()
+        count = store.count(exact=True)
+    log(f"made a store of {count:,} points in {data_dir} in {time.perf_counter() - started:.0f} s")
+
+
+def evict(*folders: Path) -> int:
+    """Drop the page-cache pages of every file under ``folders`` (``posix_fadvise(DONTNEED)``): a cold start for
+    those files without dropping the whole machine's cache (others share it). Returns the bytes evicted."""
+    total = 0
+    for folder in folders:
+        for root, _dirs, files in os.walk(folder):
+            for name in files:
+                path = os.path.join(root, name)
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError:
+                    continue
+                try:
+                    total += os.fstat(fd).st_size
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+    return total
+
+
+def _site_packages() -> list[Path]:
+    import numpy
+    import onnxruntime
+    import qdrant_edge
+    import tokenizers
+
+    return [Path(m.__file__).parent for m in (numpy, onnxruntime, qdrant_edge, tokenizers)]
+
+
+def timed_search(
+    model_dir: Path, data_dir: Path, query: str = "a red car", *, cold: bool = False, code: Path = ROOT
+) -> dict[str, Any]:
+    """One fresh ``clipindex search`` process: wall, CPU, peak RSS (``wait4``), hits."""
+    if cold:
+        evict(data_dir, model_dir, code / "indexer", *_site_packages())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPINDEX_")}
+    env["PYTHONPATH"] = str(code)
+    cmd = [sys.executable, "-m", "indexer", "search", query, "--model-dir", str(model_dir)]
+    cmd += ["--data-dir", str(data_dir), "--json"]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=code)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"search exited {status}: {err.read()[-2000:]}")
+        hits = json.loads(out.read())
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_bytes": usage.ru_maxrss * 1024, "hits": hits}
+
+
+def run_search(model_dir: Path, data_dir: Path, *, repeats: int = 5, code: Path = ROOT) -> dict[str, Any]:
+    """Warm and cold fresh-process search timings, with peak RSS."""
+    warm: list[dict[str, Any]] = []
+    cold: list[dict[str, Any]] = []
+    timed_search(model_dir, data_dir, code=code)  # page cache
+    for _ in range(repeats):
+        warm.append(timed_search(model_dir, data_dir, code=code))
+    for _ in range(max(1, repeats // 2)):
+        cold.append(timed_search(model_dir, data_dir, cold=True, code=code))
+    return {
+        "warm_median_s": float(np.median([r["wall_s"] for r in warm])),
+        "warm_s": [r["wall_s"] for r in warm],
+        "cold_median_s": float(np.median([r["wall_s"] for r in cold])),
+        "cold_s": [r["wall_s"] for r in cold],
+        "peak_rss_bytes": max(r["rss_bytes"] for r in warm + cold),
+        "cpu_warm_median_s": float(np.median([r["cpu_s"] for r in warm])),
+        "top_hit": warm[-1]["hits"][0]["path"] if warm[-1]["hits"] else None,
+    }
+
+
+def recall(data_dir: Path, points: int, *, count: int = 100, exact: bool = False) -> dict[str, Any]:
+    """recall@10 of the store's search against exact float32 (numpy) on ``count`` queries; query latency."""
+    from indexer.store import EdgeStore
+
+    q = queries(count)
+    truth = exact_top(points, q)
+    got: list[set[str]] = []
+    took: list[float] = []
+    with EdgeStore(data_dir, "images") as store:
+        store.collection_info()
+        store.exact_search = exact
+        for vector in q:
+            started = time.perf_counter()
+            hits = store.search(vector, limit=10)
+            took.append(time.perf_counter() - started)
+            got.append({h.id for h in hits})
+    hit = sum(len(a & b) for a, b in zip(got, truth, strict=True))
+    return {
+        "recall_at_10": hit / (10 * count),
+        "worst_query_recall": min(len(a & b) / 10 for a, b in zip(got, truth, strict=True)),
+        "first_query_s": took[0],
+        "query_median_s": float(np.median(took[1:])),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("step", choices=["build", "search", "recall", "upgrade"])
+    parser.add_argument("--exact", action="store_true")
+    parser.add_argument("--code", type=Path, default=ROOT, help="the clipindex source tree `search` runs")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--points", type=int, default=1_000_000)
+    parser.add_argument("--model-dir", type=Path, default=WORK / "models" / "clip-vit-base-patch32")
+    parser.add_argument("--tag", default="before")
+    args = parser.parse_args(argv)
+    from indexer.manifest import ModelManifest
+
+    manifest = ModelManifest.load(args.model_dir)
+    if args.step == "build":
+        data_dir = store_dir(args.points, args.tag)
+        if data_dir.exists():
+            shutil.rmtree(data_dir)
+        build(args.points, manifest.model_name, data_dir)
+    elif args.step == "search":
+        print(
+            json.dumps(
+                run_search(args.model_dir, store_dir(args.points, args.tag), repeats=args.repeats, code=args.code)
+            )
+        )
+    elif args.step == "recall":
+        print(json.dumps(recall(store_dir(args.points, args.tag), args.points, exact=args.exact)))
+    elif args.step == "upgrade":
+        source, target = store_dir(args.points, "before"), store_dir(args.points, args.tag)
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(source, target)
+        started = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, "-m", "indexer", "optimize", "--data-dir", str(target), "-v"],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+        )
+        print(json.dumps({"upgrade_s": time.perf_counter() - started, "rc": out.returncode, "log": out.stderr[-3000:]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
