@@ -229,16 +229,22 @@ def _embed_query(
 ) -> np.ndarray:
     """Open the collection and embed a query, overlapping the two slow parts of a cold start.
 
-    The tower's ONNX Runtime session is created on a worker thread (it releases the GIL) while this thread
-    opens the collection (Qdrant Edge holds the GIL while it loads) and runs ``prepare`` (tokenizer load,
-    image decoding); then ``encode(prepared)`` runs the tower. The collection is checked against the
-    embedder's model; the worker has finished whenever this returns or raises (a store error wins).
+    The tower's ONNX Runtime session is created on a worker thread (it releases the GIL) and ``prepare``
+    (tokenizer load, image decoding) runs on another, while this thread opens the collection (Qdrant Edge holds
+    the GIL while it loads); then ``encode(prepared)`` runs the tower. The collection is checked against the
+    embedder's model; the workers have finished whenever this returns or raises (a store error wins).
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipindex-load") as pool:
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="clipindex-load") as pool:
         loading = pool.submit(embedder.tower, tower)
-        open_collection(store, embedder.model_name, embedder.dimension, model_dir=embedder.model_dir)
-        prepared = prepare()
-        loading.result()
+        preparing = pool.submit(prepare)
+        try:
+            open_collection(store, embedder.model_name, embedder.dimension, model_dir=embedder.model_dir)
+        finally:
+            done = [future.exception() for future in (preparing, loading)]  # both finished, whatever happens
+        for error in done:
+            if error is not None:
+                raise error
+        prepared = preparing.result()
     return encode(prepared)
 
 

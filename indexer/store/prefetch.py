@@ -8,8 +8,9 @@ engine's faults find the pages cached (benchmarks/results.md). :func:`prefetch_s
 
 What is read: every file of the shard except those a search touches only a few pages of (the float32 vectors,
 read back for the few rescored candidates; the payload pages, read for the hits; the payload index maps, used by
-filters). Reading into one small buffer adds nothing to the process's memory; with a warm page cache the read is a
-copy at memory speed (~0.03 s for the 0.7 GB of a 1M-point store).
+filters). Reading into one small buffer adds nothing to the process's memory. A file whose sampled pages are all in the
+page cache already is skipped (``preadv2`` with ``RWF_NOWAIT``), so a warm start does not pay the copy (0.2 s
+for the 0.7 GB of a 1M-point store).
 
 It runs on the calling thread: the engine holds the GIL while it loads, so a prefetch thread would stall until the
 load it is meant to speed up has finished.
@@ -26,10 +27,34 @@ __all__ = ["COLD_FILES", "prefetch_shard"]
 COLD_FILES = frozenset({"matrix.dat", "point_to_values.bin", "values_to_points.bin"})
 _COLD_PREFIXES = ("page_",)  # payload_storage/page_N.dat (and the payload index maps' pages)
 _BUFFER = 1 << 20
+_PAGE = 4096
+#: pages probed per file to tell a warm file from a cold one
+_SAMPLES = 16
 
 
 def _wanted(name: str) -> bool:
     return name not in COLD_FILES and not name.startswith(_COLD_PREFIXES)
+
+
+def _looks_cached(fd: int) -> bool:
+    """True when sampled pages of the file are all in the page cache (``preadv2(RWF_NOWAIT)`` fails with EAGAIN,
+    or reads short, for a page that is not): a warm start then skips the copy."""
+    nowait = getattr(os, "RWF_NOWAIT", None)
+    if nowait is None:
+        return False
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return True
+    page = bytearray(_PAGE)
+    last = max(0, size - 1)
+    for k in range(_SAMPLES):
+        offset = (last * k // (_SAMPLES - 1)) // _PAGE * _PAGE
+        try:
+            if os.preadv(fd, [page], offset, nowait) <= 0:
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def prefetch_shard(shard_dir: Path, *, limit_bytes: int | None = None) -> int:
@@ -50,6 +75,8 @@ def prefetch_shard(shard_dir: Path, *, limit_bytes: int | None = None) -> int:
             except OSError:
                 continue
             try:
+                if _looks_cached(fd):
+                    continue
                 while True:
                     count = os.readv(fd, [view])
                     if count <= 0:
