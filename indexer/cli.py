@@ -245,6 +245,7 @@ def make_store(
     *,
     shards: int | None = None,
     replicas: int | None = None,
+    settings: Any = None,
 ) -> Any:
     from indexer.store import open_store
 
@@ -256,8 +257,55 @@ def make_store(
         timeout_s=store_timeout(),
         shards=shards,
         replicas=replicas,
+        settings=settings,
         on_warning=lambda message: info(f"Warning: {message}"),
     )
+
+
+def collection_settings_options(func: F) -> F:
+    """--quantization, --hnsw-m, --hnsw-ef-construct: a new server collection's vector storage, passed on as
+    ``settings`` (:class:`indexer.store.sizing.CollectionSettings`; docs/operations.md has the sizing table)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, quantization: str, hnsw_m: int, hnsw_ef_construct: int, **kwargs: Any) -> Any:
+        from indexer.store.sizing import CollectionSettings
+
+        kwargs["settings"] = CollectionSettings(quantization, hnsw_m, hnsw_ef_construct)  # type: ignore[arg-type]
+        return func(*args, **kwargs)
+
+    options = [
+        click.option(
+            "--quantization",
+            type=click.Choice(["int8", "none"]),
+            envvar="CLIPINDEX_QUANTIZATION",
+            show_envvar=True,
+            default="int8",
+            show_default=True,
+            help="Server only, a new collection: int8 keeps a scalar-quantized copy of the vectors in RAM and the "
+            "float32 originals on disk (4x less RAM; results rescored in float32); none keeps float32 in RAM.",
+        ),
+        click.option(
+            "--hnsw-m",
+            type=click.IntRange(0, 128),
+            envvar="CLIPINDEX_HNSW_M",
+            show_envvar=True,
+            default=16,
+            show_default=True,
+            help="Server only, a new collection: HNSW edges per node (0: no graph, exact search).",
+        ),
+        click.option(
+            "--hnsw-ef-construct",
+            type=click.IntRange(4, 4096),
+            envvar="CLIPINDEX_HNSW_EF_CONSTRUCT",
+            show_envvar=True,
+            default=100,
+            show_default=True,
+            help="Server only, a new collection: HNSW candidates while building the graph.",
+        ),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper  # type: ignore[return-value]
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:
@@ -401,6 +449,7 @@ max_pixels_option = click.option(
     "--quiet", "-q", is_flag=True, help="No progress bar and no start line; failed files and the summary still print."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the run's figures on stdout.")
+@collection_settings_options
 @handle_errors
 def ingest(
     directory: Path,
@@ -423,6 +472,7 @@ def ingest(
     strict: bool,
     quiet: bool,
     as_json: bool,
+    settings: Any,
 ) -> None:
     """Index every image under DIRECTORY into Qdrant.
 
@@ -446,7 +496,9 @@ def ingest(
     embedder = Embedder(model_dir, device=device, precision=precision, draft=draft, max_pixels=max_pixels)
     embedder.tower_path("vision")  # fail fast on a missing model file; the session loads at the first batch
     provider = embedder.planned_provider
-    store = make_store(data_dir, qdrant_url, api_key_file, collection, shards=shards, replicas=replicas)
+    store = make_store(
+        data_dir, qdrant_url, api_key_file, collection, shards=shards, replicas=replicas, settings=settings
+    )
     if not quiet:
         info(f"clipindex: {embedder.model_name} ({precision}) on {provider}; store {store.describe()}")
 
@@ -784,6 +836,7 @@ def status(
 @timeout_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; only errors and the summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the figures on stdout.")
+@collection_settings_options
 @handle_errors
 def migrate(
     to_url: str,
@@ -796,6 +849,7 @@ def migrate(
     replicas: int | None,
     quiet: bool,
     as_json: bool,
+    settings: Any,
 ) -> None:
     """Copy the embedded collection to a Qdrant server: same ids, vectors and payloads, no re-embedding.
 
@@ -812,7 +866,9 @@ def migrate(
     from indexer.store import EdgeStore, default_data_dir
 
     source = EdgeStore(data_dir if data_dir is not None else default_data_dir(), collection)
-    target = make_store(None, to_url, api_key_file, to_collection or collection, shards=shards, replicas=replicas)
+    target = make_store(
+        None, to_url, api_key_file, to_collection or collection, shards=shards, replicas=replicas, settings=settings
+    )
     progress = TqdmProgress(enabled=not quiet and not as_json and sys.stderr.isatty())
     with source, target:
         report = run_migrate(

@@ -162,7 +162,8 @@ class QdrantRestServer:
     """A REST facade over a qdrant-client local-mode instance, on ``127.0.0.1``.
 
     ``server = QdrantRestServer(api_key="k").start()`` then ``QdrantClient(url=server.url, api_key="k")``.
-    ``created`` records the ``create_collection`` bodies (``shard_number``, ``replication_factor``...);
+    ``created`` records the ``create_collection`` bodies (``shard_number``, ``replication_factor``...) and
+    ``queries`` the ``points/query`` bodies (``params``...);
     ``calls`` counts the requests served by route; ``before_request(route)`` runs first (a test hook).
     """
 
@@ -173,6 +174,7 @@ class QdrantRestServer:
         self.api_key = api_key
         self.calls: Counter[str] = Counter()
         self.created: dict[str, dict[str, Any]] = {}
+        self.queries: list[dict[str, Any]] = []
         self.before_request: Callable[[str], None] | None = None
         self._engine_lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -375,6 +377,7 @@ class QdrantRestServer:
         from qdrant_client import models
 
         request = self._parse(models.QueryRequest, body)
+        self.queries.append(body)
         q = request.query
         if isinstance(q, models.NearestQuery):
             q = q.nearest

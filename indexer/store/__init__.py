@@ -13,9 +13,11 @@ from pathlib import Path
 from indexer.store.base import CollectionInfo, Hit, Point, VectorStore, ancestor_dirs
 from indexer.store.edge import EdgeStore, cleanup_orphan_temp_segments
 from indexer.store.server import InsecureApiKeyWarning, ServerStore
+from indexer.store.sizing import CollectionSettings
 
 __all__ = [
     "CollectionInfo",
+    "CollectionSettings",
     "EdgeStore",
     "Hit",
     "InsecureApiKeyWarning",
@@ -50,12 +52,14 @@ def open_store(
     timeout_s: float = 30.0,
     shards: int | None = None,
     replicas: int | None = None,
+    settings: CollectionSettings | None = None,
     on_warning: Callable[[str], None] | None = None,
 ) -> VectorStore:
     """The store to use: a Qdrant server when ``qdrant_url`` is given, else the embedded store in
     ``data_dir`` (or :func:`default_data_dir`). Nothing is opened yet: call
     :meth:`VectorStore.ensure_collection` (ingest, search) or :meth:`VectorStore.collection_info`
-    (status). ``api_key``, ``timeout_s``, ``shards`` and ``replicas`` only apply to a server.
+    (status). ``api_key``, ``timeout_s``, ``shards``, ``replicas`` and ``settings`` (vector storage of a new collection)
+    only apply to a server.
     """
     if qdrant_url:
         return ServerStore(
@@ -65,6 +69,7 @@ def open_store(
             timeout_s=timeout_s,
             shards=shards,
             replicas=replicas,
+            settings=settings,
             on_warning=on_warning,
         )
     return EdgeStore(data_dir if data_dir is not None else default_data_dir(), collection)
