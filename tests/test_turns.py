@@ -435,11 +435,12 @@ def test_sigkill_of_ingests_and_searches_at_random_moments_then_the_rerun_is_exa
     loop = threading.Thread(target=search_loop)
     loop.start()
     kills = searches_killed = 0
+    killed_in: list[str] = []
     try:
         for attempt in range(16):
             for path in rng.sample(valid, 60):  # changed mtimes: every run has batches to write (vectors reused)
                 os.utime(path, ns=(time.time_ns(), time.time_ns() + attempt))
-            plan = rng.choice(["hand_over begin", "hand_over end", "_open_shard end", "time"])
+            plan = ["hand_over begin", "time", "hand_over end", "_open_shard end"][attempt % 4]
             if plan == "time":
                 run = start_ingest(args, env, slow_upsert_s=0.1, kill_after_s=rng.uniform(1.0, 4.0))
             else:
@@ -449,6 +450,8 @@ def test_sigkill_of_ingests_and_searches_at_random_moments_then_the_rerun_is_exa
             code = run.wait()
             assert run.killed or code == 0, run.stderr
             kills += run.killed
+            if run.killed:
+                killed_in.append(plan if plan == "time" or run.markers[-1] == plan else "elsewhere")
             if kills >= 10:
                 break
         status = clipindex("status", "--data-dir", indexed, "--model-dir", tiny_model_dir, "--json", env=env)
@@ -457,7 +460,9 @@ def test_sigkill_of_ingests_and_searches_at_random_moments_then_the_rerun_is_exa
     finally:
         stop.set()
         loop.join(timeout=300)
+    print(f"\n{kills} ingests killed: {sorted(killed_in)}; {searches_killed} searches killed holding the store")
     assert kills >= 10 and searches_killed >= 1
+    assert any(where.startswith("hand_over") for where in killed_in), killed_in  # while handing over too
     final = clipindex(*["ingest", *args[:-1], "--json"], env=env)
     assert final.returncode == 0, final.stderr
     assert json.loads(final.stdout)["points"] == 8 + len(valid)
