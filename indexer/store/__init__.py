@@ -14,8 +14,10 @@ from indexer.store.base import CollectionInfo, Hit, Point, VectorStore, ancestor
 from indexer.store.edge import EdgeStore, cleanup_orphan_temp_segments
 from indexer.store.server import InsecureApiKeyWarning, ServerStore
 from indexer.store.sizing import CollectionSettings
+from indexer.store.turns import DEFAULT_WAIT_S
 
 __all__ = [
+    "DEFAULT_WAIT_S",
     "CollectionInfo",
     "CollectionSettings",
     "EdgeStore",
@@ -54,12 +56,16 @@ def open_store(
     replicas: int | None = None,
     settings: CollectionSettings | None = None,
     on_warning: Callable[[str], None] | None = None,
+    wait_s: float = DEFAULT_WAIT_S,
+    role: str = "a clipindex process",
 ) -> VectorStore:
     """The store to use: a Qdrant server when ``qdrant_url`` is given, else the embedded store in
     ``data_dir`` (or :func:`default_data_dir`). Nothing is opened yet: call
     :meth:`VectorStore.ensure_collection` (ingest, search) or :meth:`VectorStore.collection_info`
-    (status). ``api_key``, ``timeout_s``, ``shards``, ``replicas`` and ``settings`` (vector storage of a new collection)
-    only apply to a server.
+    (status). ``api_key``, ``timeout_s``, ``shards``, ``replicas`` and ``settings`` (vector storage of a new
+    collection) only apply to a server; ``wait_s`` (how long to wait for the store while another process has it
+    open) and ``role`` (how this process is named to those kept waiting) only to the embedded store
+    (:mod:`indexer.store.turns`).
     """
     if qdrant_url:
         return ServerStore(
@@ -72,4 +78,4 @@ def open_store(
             settings=settings,
             on_warning=on_warning,
         )
-    return EdgeStore(data_dir if data_dir is not None else default_data_dir(), collection)
+    return EdgeStore(data_dir if data_dir is not None else default_data_dir(), collection, wait_s=wait_s, role=role)
