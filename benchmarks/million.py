@@ -244,9 +244,124 @@ def recall(data_dir: Path, points: int, *, count: int = 100, exact: bool = False
     }
 
 
+def _anon_peak(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run ``cmd``, sampling its anonymous RSS every 0.1 s: wall, peak RSS (``wait4``), peak anonymous RSS."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT, text=True)
+    peak_anon = 0
+    while proc.poll() is None:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            kb = int(status.split("RssAnon:")[1].split()[0])
+            peak_anon = max(peak_anon, kb * 1024)
+        except (OSError, IndexError, ValueError):
+            pass
+        time.sleep(0.1)
+    out, err = proc.communicate()
+    return {
+        "wall_s": time.perf_counter() - started,
+        "rc": proc.returncode,
+        "peak_anon_bytes": peak_anon,
+        "stdout": out,
+        "stderr": err[-2000:],
+    }
+
+
+def upgrade(points: int, tag: str = "after") -> dict[str, Any]:
+    """Copy the ``before`` store, then ``clipindex optimize`` it (this tree's code): time and memory."""
+    source, target = store_dir(points, "before"), store_dir(points, tag)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPINDEX_")}
+    env["PYTHONPATH"] = str(ROOT)
+    result = _anon_peak([sys.executable, "-m", "indexer", "optimize", "--data-dir", str(target), "--json"], env)
+    if result["rc"] != 0:
+        raise RuntimeError(f"optimize failed: {result['stderr']}")
+    result["report"] = json.loads(result.pop("stdout"))
+    return result
+
+
+def compare(
+    model_dir: Path, points: int, baseline_code: Path, *, rounds: int = 5, cold_rounds: int = 3
+) -> dict[str, Any]:
+    """Fresh ``clipindex search`` processes, alternating: today's code on the ``before`` store against this tree
+    on the ``after`` store; warm (page cache) rounds, then cold ones (:func:`evict` first)."""
+    contenders = {
+        "before": (store_dir(points, "before"), baseline_code),
+        "after": (store_dir(points, "after"), ROOT),
+    }
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {name: {"warm": [], "cold": []} for name in contenders}
+    for data_dir, code in contenders.values():
+        timed_search(model_dir, data_dir, code=code)  # page cache, bytecode
+    for r in range(rounds):
+        order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
+        for name in order:
+            data_dir, code = contenders[name]
+            runs[name]["warm"].append(timed_search(model_dir, data_dir, code=code))
+    for r in range(cold_rounds):
+        order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
+        for name in order:
+            data_dir, code = contenders[name]
+            runs[name]["cold"].append(timed_search(model_dir, data_dir, cold=True, code=code))
+    summary: dict[str, Any] = {}
+    for name, kinds in runs.items():
+        for kind, results in kinds.items():
+            summary[f"{name}_{kind}"] = {
+                "median_s": float(np.median([x["wall_s"] for x in results])),
+                "min_s": min(x["wall_s"] for x in results),
+                "max_s": max(x["wall_s"] for x in results),
+                "cpu_median_s": float(np.median([x["cpu_s"] for x in results])),
+                "peak_rss_bytes": max(x["rss_bytes"] for x in results),
+            }
+        hits = [h["path"] for h in kinds["warm"][-1]["hits"]]
+        summary[f"{name}_top10"] = hits
+    return summary
+
+
+def run_all(model_dir: Path, points: int, baseline_code: Path, out: Path) -> dict[str, Any]:
+    started = time.time()
+    load_before = os.getloadavg()[0]
+    log("upgrade: copy of the store written the old way, `clipindex optimize`")
+    up = upgrade(points)
+    log(f"  {up['wall_s']:.1f} s, peak anonymous {up['peak_anon_bytes'] / 1e6:.0f} MB: {up['report']}")
+    log("search: fresh processes, warm then cold, alternating")
+    searches = compare(model_dir, points, baseline_code)
+    log(json.dumps({k: v for k, v in searches.items() if not k.endswith("top10")}, indent=1))
+    log("recall@10 on 100 queries (this tree, int8 + rescoring; then the float32-only path)")
+    quantized = recall(store_dir(points, "after"), points)
+    exact = recall(store_dir(points, "after"), points, exact=True)
+    log(f"  int8: {quantized}; float32 only: {exact}")
+    result = {
+        "points": points,
+        "upgrade": up,
+        "search": searches,
+        "recall_int8": quantized,
+        "recall_float32": exact,
+        "load_avg_before": load_before,
+        "load_avg_after": os.getloadavg()[0],
+        "minutes": (time.time() - started) / 60,
+        "cpu_flags": cpu_flags(),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def cpu_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "?"
+    flags = set(text.split("flags", 1)[1].split("\n", 1)[0].split()) if "flags" in text else set()
+    model = text.split("model name", 1)[1].split("\n", 1)[0].strip(" :\t") if "model name" in text else "?"
+    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni"]
+    return f"{model} ({', '.join(f for f in wanted if f in flags)}), {len(os.sched_getaffinity(0))} cores"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=["build", "search", "recall", "upgrade"])
+    parser.add_argument("step", choices=["build", "search", "recall", "upgrade", "all"])
     parser.add_argument("--exact", action="store_true")
     parser.add_argument("--code", type=Path, default=ROOT, help="the clipindex source tree `search` runs")
     parser.add_argument("--repeats", type=int, default=5)
@@ -271,18 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.step == "recall":
         print(json.dumps(recall(store_dir(args.points, args.tag), args.points, exact=args.exact)))
     elif args.step == "upgrade":
-        source, target = store_dir(args.points, "before"), store_dir(args.points, args.tag)
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(source, target)
-        started = time.perf_counter()
-        out = subprocess.run(
-            [sys.executable, "-m", "indexer", "optimize", "--data-dir", str(target), "-v"],
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            capture_output=True,
-            text=True,
-        )
-        print(json.dumps({"upgrade_s": time.perf_counter() - started, "rc": out.returncode, "log": out.stderr[-3000:]}))
+        print(json.dumps(upgrade(args.points, args.tag)))
+    elif args.step == "all":
+        out = WORK / "raw" / f"million-{args.points}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        run_all(args.model_dir, args.points, args.code, out)
+        log(f"wrote {out}")
     return 0
 
 

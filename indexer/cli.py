@@ -349,14 +349,18 @@ class TqdmProgress:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.bar: Any = None
+        self.done = 0  # advanced before start(): ingest embeds while its walk still counts the files
 
     def start(self, total: int) -> None:
         if self.enabled and total:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, desc="embedding")
+            self.bar = tqdm(
+                total=total, initial=self.done, unit="img", file=sys.stderr, dynamic_ncols=True, desc="embedding"
+            )
 
     def advance(self, count: int) -> None:
+        self.done += count
         if self.bar is not None:
             self.bar.update(count)
 

@@ -8,13 +8,16 @@ Phases of one run (the CLI's ``clipindex ingest`` is a thin wrapper around :func
 3. **Index**: read ``size, mtime_ns, sha256`` of every stored point (payloads only, no vectors; ~0.4 KB a point
    in memory).
 4. **Walk** the folder (:mod:`indexer.walk`). A file whose point exists with the same size and mtime is
-   *unchanged* and costs nothing but its ``stat``. ``--shard K/N`` keeps the paths hashing to shard K.
+   *unchanged* and costs nothing but its ``stat``. ``--shard K/N`` keeps the paths hashing to shard K. The walk
+   streams: the files it finds to embed feed the next phase as it goes, so the first batch is embedded long
+   before a large tree is fully walked (``Progress.start`` gets the total when the walk ends).
 5. **Embed** the rest in batches of ``batch_size``: decoding and preprocessing run on a small thread pool one
    batch ahead of inference. A file whose content hash (sha256) is already stored, or appears earlier in the
    same batch, reuses that vector instead of running the model (renames, duplicates).
 6. **Upsert and verify** each batch: the collection's point count must equal the count expected from the ids
    written and deleted so far. A mismatch retries the batch once, then raises ``CountMismatchError``.
-7. **Prune** (``prune=True``): delete the points under the folder whose files are gone, except under folders
+7. **Prune** (``prune=True``), once the walk has ended: delete the points under the folder whose files are
+   gone, except under folders
    the walk could not list. Points of files that now fail to decode are deleted too: the index holds exactly
    the valid files.
 8. **Finish**: exact count, flush, and the run's summary saved with the collection (``clipindex status``).
@@ -25,10 +28,11 @@ point leaves a store from which the next run converges to the exact index.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,7 +67,10 @@ YIELD_CHECK_S = 0.2
 class Progress(Protocol):
     """What :func:`ingest` reports progress to (the CLI adapts tqdm to it)."""
 
-    def start(self, total: int) -> None: ...
+    def start(self, total: int) -> None:
+        """The number of files to embed, once the walk has counted them: after the first ``advance`` calls when
+        the walk outlasts the first batches."""
+
     def advance(self, count: int) -> None: ...
     def close(self) -> None: ...
 
@@ -220,9 +227,10 @@ class _Ingest:
         # The fast count may carry a constant offset (e.g. after a crash); batches check its *change*.
         self.count_baseline = self.store.count(exact=False) - exact
 
-    def walk(self) -> tuple[list[_Pending], set[str]]:
-        todo: list[_Pending] = []
-        seen: set[str] = set()
+    def walk(self) -> Iterator[_Pending]:
+        """The files to embed, yielded as the walk finds them (it feeds the decode pool as it goes); ``self.seen``
+        holds every path the walk has reached, and is complete once the generator is exhausted."""
+        seen = self.seen
         shard = self.options.shard
 
         def on_walk_error(path: str, reason: str) -> None:
@@ -246,8 +254,23 @@ class _Ingest:
             if previous is not None and previous.size == found.size and previous.mtime_ns == found.mtime_ns:
                 self.report.unchanged += 1
                 continue
-            todo.append(_Pending(path, found.size, found.mtime_ns, pid))
-        return todo, seen
+            yield _Pending(path, found.size, found.mtime_ns, pid)
+
+    def stream(self, todo: Iterator[_Pending]) -> Iterator[_Pending]:
+        """``todo`` passed through, with the bookkeeping of its first item (the store gives back the pages its
+        index read mapped, before the model loads) and of its end (the total is known: progress starts)."""
+        count = 0
+        for pending in todo:
+            if count == 0:
+                if len(self.present) >= RELEASE_MEMORY_POINTS:
+                    self.store.release_memory()
+                self.set_phase("embedding")
+            count += 1
+            yield pending
+        self.todo_total = count
+        if self.progress is not None:
+            self.progress.start(count)
+        self.set_phase("embedding", todo=count)
 
     def prepare(self, pending: _Pending, *, reuse: bool = True) -> _Prepared:
         """Runs on a decode thread: hash, then decode + preprocess unless the content is already stored."""
@@ -269,9 +292,11 @@ class _Ingest:
             prepared.error = "not enough memory to decode this image (lower --max-pixels to skip such images)"
         return prepared
 
-    def embed(self, todo: Sequence[_Pending]) -> None:
+    def embed(self, todo: Iterable[_Pending]) -> None:
+        """Decode ahead on the pool and write batch after batch, while ``todo`` (the walk) is still running."""
         batch_size = self.options.batch_size
-        batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+        items = iter(todo)
+        batches = iter(lambda: list(itertools.islice(items, batch_size)), [])
         workers = self.options.decode_workers or available_cores()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clipindex-decode") as pool:
             queue: deque[list[Future[_Prepared]]] = deque()
@@ -498,17 +523,10 @@ def ingest(
             run.set_phase("reading the index")
             run.load_index()
             run.set_phase("walking")
-            todo, seen = run.walk()
-            run.todo_total, run.seen = len(todo), seen
-            if todo and len(run.present) >= RELEASE_MEMORY_POINTS:
-                store.release_memory()  # before the model loads: the index read left the store's pages mapped
-            if progress is not None:
-                progress.start(len(todo))
-            run.set_phase("embedding", todo=len(todo))
-            run.embed(todo)
-            if run.options.prune:
+            run.embed(run.stream(run.walk()))  # the first batch is embedded while the walk goes on
+            if run.options.prune:  # only now has the walk seen every file
                 run.set_phase("pruning")
-                run.prune(seen)
+                run.prune(run.seen)
             run.set_phase("finishing")
             store.optimize()  # the final flush is the finally's below
             run.finish()
