@@ -175,6 +175,9 @@ class QdrantRestServer:
         self.calls: Counter[str] = Counter()
         self.created: dict[str, dict[str, Any]] = {}
         self.queries: list[dict[str, Any]] = []
+        #: per route: seconds spent answering (parse, local mode, reply) and request bytes received
+        self.server_s: Counter[str] = Counter()
+        self.bytes_in: Counter[str] = Counter()
         self.before_request: Callable[[str], None] | None = None
         self._engine_lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -258,6 +261,7 @@ class QdrantRestServer:
             with self._engine_lock:
                 result = getattr(self, f"_{route}")(match.group("name"), body, query)
             self.calls[route] += 1
+            self.bytes_in[route] += len(raw)
         except _HttpError as e:
             status, result = e.status, str(e)
         except ValueError as e:  # local mode: "Collection x not found", bad input
@@ -279,6 +283,7 @@ class QdrantRestServer:
             handler.wfile.write(data)
         except OSError:  # the proxy was cut while we worked: the client never hears the reply
             handler.close_connection = True
+        self.server_s[route] += time.monotonic() - started
 
     # --- routes: JSON in, local mode, JSON out --------------------------------------------------------
 
