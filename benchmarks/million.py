@@ -348,6 +348,50 @@ def run_all(model_dir: Path, points: int, baseline_code: Path, out: Path) -> dic
     return result
 
 
+def hnsw_cost(points: int) -> dict[str, float]:
+    """Seconds to seal ``points`` vectors (one appendable segment) into sealed segments with the int8 copy, without
+    an HNSW graph (clipindex's setting) and with one (``m`` 16, ``ef_construct`` 100)."""
+    import uuid
+
+    import qdrant_edge as qe
+
+    def config(m: int, threshold_kb: int) -> qe.EdgeConfig:
+        return qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine, on_disk=True),
+            hnsw_config=qe.HnswIndexConfig(m=m, ef_construct=100, full_scan_threshold=10_000),
+            quantization_config=qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=0.99),
+            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=threshold_kb, max_segment_size=262_144),
+            payload_memory=qe.Memory.Cold,
+            id_tracker_memory=qe.Memory.Cold,
+        )
+
+    base = WORK / f"hnsw-{points}"
+    shutil.rmtree(base, ignore_errors=True)
+    shard = qe.EdgeShard.create(str(base), config(0, 10**9))  # nothing sealed while writing
+    for start, vectors in vector_chunks(points):
+        for b in range(0, len(vectors), 1000):
+            batch = [
+                qe.Point(str(uuid.UUID(int=start + b + i + 1)), v.tolist(), {})
+                for i, v in enumerate(vectors[b : b + 1000])
+            ]
+            shard.update(qe.UpdateOperation.upsert_points(batch))
+    shard.close()
+    out: dict[str, float] = {}
+    for m in (0, 16):
+        copy = WORK / f"hnsw-{points}-m{m}"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(base, copy)
+        shard = qe.EdgeShard.load(str(copy), config(m, 1))
+        started = time.perf_counter()
+        shard.optimize()
+        shard.flush()
+        out[f"m{m}_s"] = time.perf_counter() - started
+        shard.close()
+        shutil.rmtree(copy, ignore_errors=True)
+    shutil.rmtree(base, ignore_errors=True)
+    return out
+
+
 START, END = "<!-- million:start -->", "<!-- million:end -->"
 
 
@@ -438,7 +482,7 @@ def cpu_flags() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=["build", "search", "recall", "upgrade", "all", "report"])
+    parser.add_argument("step", choices=["build", "search", "recall", "upgrade", "all", "report", "hnsw"])
     parser.add_argument("--raw", type=Path, default=None, help="report: the raw JSON of an `all` run")
     parser.add_argument("--exact", action="store_true")
     parser.add_argument("--code", type=Path, default=ROOT, help="the clipindex source tree `search` runs")
@@ -469,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         out = WORK / "raw" / f"million-{args.points}-{time.strftime('%Y%m%d-%H%M%S')}.json"
         splice(ROOT / "benchmarks" / "results.md", markdown(run_all(args.model_dir, args.points, args.code, out)))
         log(f"wrote {out} and benchmarks/results.md")
+    elif args.step == "hnsw":
+        print(json.dumps({"points": args.points, **hnsw_cost(args.points)}))
     elif args.step == "report":
         raw = args.raw or max((WORK / "raw").glob(f"million-{args.points}-*.json"))
         splice(ROOT / "benchmarks" / "results.md", markdown(json.loads(raw.read_text())))
