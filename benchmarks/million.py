@@ -348,6 +348,84 @@ def run_all(model_dir: Path, points: int, baseline_code: Path, out: Path) -> dic
     return result
 
 
+def _timed_child(cmd: list[str], code: Path) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPINDEX_")}
+    env["PYTHONPATH"] = str(code)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=code)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"{cmd} exited {status}: {err.read()[-2000:]}")
+        report = json.loads(out.read().strip().splitlines()[-1])
+    return {"wall_s": wall, "rss_bytes": usage.ru_maxrss * 1024, "cpu_s": usage.ru_utime + usage.ru_stime, **report}
+
+
+def noop(model_dir: Path, files: int, baseline_code: Path, *, rounds: int = 2, new_photos: int = 48) -> dict[str, Any]:
+    """No-op re-runs of ``clipindex ingest`` over ``files`` unchanged tiny JPEGs (bench.py's no-op tree and store),
+    alternating the baseline code on a copy of the store as it wrote it and this tree on a copy upgraded by
+    ``clipindex optimize`` (untimed); then a cron-like run that finds ``new_photos`` new files (fp32 model load),
+    on each side's copy. Wall, peak RSS (``wait4``)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench
+
+    tree, data_dir = bench.make_noop_store(WORK, model_dir, files)
+    copies = {"before": data_dir.parent / "data-before", "after": data_dir.parent / "data-after"}
+    for copy in copies.values():
+        if copy.exists():
+            shutil.rmtree(copy)
+        shutil.copytree(data_dir, copy)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(
+        [sys.executable, "-m", "indexer", "optimize", "--data-dir", str(copies["after"])], env=env, check=True
+    )
+    codes = {"before": baseline_code, "after": ROOT}
+    runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+
+    def ingest_cmd(name: str) -> list[str]:
+        cmd = [sys.executable, "-m", "indexer", "ingest", str(tree), "--model-dir", str(model_dir)]
+        return [*cmd, "--data-dir", str(copies[name]), "--quiet", "--json"]
+
+    for r in range(rounds):
+        for name in ("before", "after") if r % 2 == 0 else ("after", "before"):
+            result = _timed_child(ingest_cmd(name), codes[name])
+            if result["indexed"] != 0 or result["unchanged"] != files:
+                raise RuntimeError(f"{name}: not a no-op: {result}")
+            runs[name].append(result)
+            log(f"  no-op {name}: {result['wall_s']:.1f} s, {result['rss_bytes'] / 1e9:.2f} GB")
+    fresh = tree / "zz-new"
+    cron: dict[str, dict[str, Any]] = {}
+    for name in ("before", "after"):
+        if fresh.exists():
+            shutil.rmtree(fresh)
+        fresh.mkdir()
+        for i, blob in enumerate(bench._tiny_jpegs(new_photos)):
+            (fresh / f"NEW_{i:03d}.jpg").write_bytes(blob + f"new-{name}-{i}".encode())
+        cron[name] = _timed_child(ingest_cmd(name), codes[name])
+        log(f"  cron {name}: {cron[name]['wall_s']:.1f} s, {cron[name]['rss_bytes'] / 1e9:.2f} GB")
+    shutil.rmtree(fresh)
+    return {
+        "files": files,
+        "noop": {
+            name: {
+                "median_s": float(np.median([x["wall_s"] for x in results])),
+                "walls_s": [x["wall_s"] for x in results],
+                "peak_rss_bytes": max(x["rss_bytes"] for x in results),
+                "cpu_median_s": float(np.median([x["cpu_s"] for x in results])),
+            }
+            for name, results in runs.items()
+        },
+        "cron": {
+            name: {"wall_s": c["wall_s"], "rss_bytes": c["rss_bytes"], "indexed": c["indexed"]}
+            for name, c in cron.items()
+        },
+        "load_avg": os.getloadavg()[0],
+    }
+
+
 def hnsw_cost(points: int) -> dict[str, float]:
     """Seconds to seal ``points`` vectors (one appendable segment) into sealed segments with the int8 copy, without
     an HNSW graph (clipindex's setting) and with one (``m`` 16, ``ef_construct`` 100)."""
@@ -482,7 +560,7 @@ def cpu_flags() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=["build", "search", "recall", "upgrade", "all", "report", "hnsw"])
+    parser.add_argument("step", choices=["build", "search", "recall", "upgrade", "all", "report", "hnsw", "noop"])
     parser.add_argument("--raw", type=Path, default=None, help="report: the raw JSON of an `all` run")
     parser.add_argument("--exact", action="store_true")
     parser.add_argument("--code", type=Path, default=ROOT, help="the clipindex source tree `search` runs")
@@ -513,6 +591,12 @@ def main(argv: list[str] | None = None) -> int:
         out = WORK / "raw" / f"million-{args.points}-{time.strftime('%Y%m%d-%H%M%S')}.json"
         splice(ROOT / "benchmarks" / "results.md", markdown(run_all(args.model_dir, args.points, args.code, out)))
         log(f"wrote {out} and benchmarks/results.md")
+    elif args.step == "noop":
+        out = WORK / "raw" / f"noop-{args.points}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        result = noop(args.model_dir, args.points, args.code)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        print(json.dumps(result))
     elif args.step == "hnsw":
         print(json.dumps({"points": args.points, **hnsw_cost(args.points)}))
     elif args.step == "report":
