@@ -28,6 +28,8 @@ COLD_FILES = frozenset({"matrix.dat", "point_to_values.bin", "values_to_points.b
 _COLD_PREFIXES = ("page_",)  # payload_storage/page_N.dat (and the payload index maps' pages)
 _BUFFER = 1 << 20
 _PAGE = 4096
+#: files up to this size are read without probing first
+_PROBE_MIN = 64 * 1024
 #: pages probed per file to tell a warm file from a cold one
 _SAMPLES = 16
 
@@ -75,7 +77,7 @@ def prefetch_shard(shard_dir: Path, *, limit_bytes: int | None = None) -> int:
             except OSError:
                 continue
             try:
-                if _looks_cached(fd):
+                if os.fstat(fd).st_size > _PROBE_MIN and _looks_cached(fd):  # a small file costs a read or two anyway
                     continue
                 while True:
                     count = os.readv(fd, [view])
