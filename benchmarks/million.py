@@ -426,6 +426,40 @@ def noop(model_dir: Path, files: int, baseline_code: Path, *, rounds: int = 2, n
     }
 
 
+def first_batch(model_dir: Path, tree: Path, code: Path, *, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Seconds from the start of a first ``clipindex ingest`` of ``tree`` (empty store) to its first verified batch:
+    the live progress file (``ingest.progress.json``, what ``clipindex status`` reads) reports ``done`` > 0. Then the
+    run is stopped. ``todo`` tells whether the walk had finished by then (None: still walking)."""
+    import signal
+
+    data_dir = WORK / f"first-batch-{code.name}"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    progress = data_dir / "images" / "ingest.progress.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPINDEX_")}
+    env["PYTHONPATH"] = str(code)
+    cmd = [sys.executable, "-m", "indexer", "ingest", str(tree), "--model-dir", str(model_dir)]
+    cmd += ["--data-dir", str(data_dir), "--quiet"]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=code)
+    seen: dict[str, Any] = {}
+    try:
+        while time.perf_counter() - started < timeout_s and proc.poll() is None:
+            try:
+                seen = json.loads(progress.read_text())
+            except (OSError, ValueError):
+                seen = {}
+            if seen.get("done", 0) > 0:
+                break
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - started
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return {"first_batch_s": elapsed, "done": seen.get("done"), "todo": seen.get("todo"), "phase": seen.get("phase")}
+
+
 def hnsw_cost(points: int) -> dict[str, float]:
     """Seconds to seal ``points`` vectors (one appendable segment) into sealed segments with the int8 copy, without
     an HNSW graph (clipindex's setting) and with one (``m`` 16, ``ef_construct`` 100)."""
@@ -560,7 +594,7 @@ def cpu_flags() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=["build", "search", "recall", "upgrade", "all", "report", "hnsw", "noop"])
+    parser.add_argument("step", choices=["build", "search", "recall", "upgrade", "all", "report", "hnsw", "noop", "first-batch"])
     parser.add_argument("--raw", type=Path, default=None, help="report: the raw JSON of an `all` run")
     parser.add_argument("--exact", action="store_true")
     parser.add_argument("--code", type=Path, default=ROOT, help="the clipindex source tree `search` runs")
@@ -595,6 +629,12 @@ def main(argv: list[str] | None = None) -> int:
         out = WORK / "raw" / f"noop-{args.points}-{time.strftime('%Y%m%d-%H%M%S')}.json"
         result = noop(args.model_dir, args.points, args.code)
         out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        print(json.dumps(result))
+    elif args.step == "first-batch":
+        tree = WORK / "noop" / f"{args.points}" / "tree"
+        result = {name: first_batch(args.model_dir, tree, code) for name, code in (("before", args.code), ("after", ROOT))}
+        out = WORK / "raw" / f"first-batch-{args.points}-{time.strftime('%Y%m%d-%H%M%S')}.json"
         out.write_text(json.dumps(result, indent=1))
         print(json.dumps(result))
     elif args.step == "hnsw":
