@@ -594,7 +594,8 @@ def cpu_flags() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=["build", "search", "recall", "upgrade", "all", "report", "hnsw", "noop", "first-batch"])
+    steps = ["build", "search", "recall", "upgrade", "all", "report", "hnsw", "noop", "first-batch"]
+    parser.add_argument("step", choices=steps)
     parser.add_argument("--raw", type=Path, default=None, help="report: the raw JSON of an `all` run")
     parser.add_argument("--exact", action="store_true")
     parser.add_argument("--code", type=Path, default=ROOT, help="the clipindex source tree `search` runs")
@@ -633,7 +634,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
     elif args.step == "first-batch":
         tree = WORK / "noop" / f"{args.points}" / "tree"
-        result = {name: first_batch(args.model_dir, tree, code) for name, code in (("before", args.code), ("after", ROOT))}
+        sides = (("before", args.code), ("after", ROOT))
+        result = {name: first_batch(args.model_dir, tree, code) for name, code in sides}
         out = WORK / "raw" / f"first-batch-{args.points}-{time.strftime('%Y%m%d-%H%M%S')}.json"
         out.write_text(json.dumps(result, indent=1))
         print(json.dumps(result))
