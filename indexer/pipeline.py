@@ -44,10 +44,10 @@ from indexer.encode import Embedder, available_cores
 from indexer.errors import CountMismatchError, ImageError, StoreUnavailableError
 from indexer.live import LiveProgress, progress_path
 from indexer.lock import IngestLock
-from indexer.points import INDEX_FIELDS, absolute, display_path, in_shard, make_payload, point_id
+from indexer.points import INDEX_FIELDS, absolute, absolute_point_id, display_path, in_shard, make_payload
 from indexer.preprocess import DecodedFile, decode_file
 from indexer.store.base import PATH_KEY, Point, VectorStore
-from indexer.walk import iter_image_files
+from indexer.walk import iter_image_entries
 
 DEFAULT_BATCH_SIZE = 25
 #: how often (seconds) the embedded store is flushed during a run; it is flushed at the end too
@@ -239,10 +239,10 @@ class _Ingest:
             self.walk_blocked.append(display_path(absolute(path)).rstrip("/") + "/")
             self.fail(path, reason)
 
-        for found in iter_image_files(self.root, on_error=on_walk_error):
+        # the root is absolute and normalised, so are the paths the walk joins to it
+        for path, size, mtime_ns in iter_image_entries(self.root, on_error=on_walk_error):
             self.maybe_yield()
-            path = absolute(found.path)
-            pid = point_id(path)
+            pid = absolute_point_id(path)
             if shard is not None:
                 self.walked.add(pid)
                 if not in_shard(path, *shard):
@@ -251,10 +251,10 @@ class _Ingest:
             if previous is not None:
                 pid = previous.point_id  # the stored key object: ``seen`` keeps no second copy of the id
             seen.add(pid)
-            if previous is not None and previous.size == found.size and previous.mtime_ns == found.mtime_ns:
+            if previous is not None and previous.size == size and previous.mtime_ns == mtime_ns:
                 self.report.unchanged += 1
                 continue
-            yield _Pending(path, found.size, found.mtime_ns, pid)
+            yield _Pending(path, size, mtime_ns, pid)
 
     def stream(self, todo: Iterator[_Pending]) -> Iterator[_Pending]:
         """``todo`` passed through, with the bookkeeping of its first item (the store gives back the pages its

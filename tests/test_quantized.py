@@ -235,3 +235,25 @@ def _looks_cached_anywhere(shard: Path) -> bool:
 
     with next(shard.rglob("quantized.data")).open("rb") as handle:
         return _looks_cached(handle.fileno())
+
+
+def test_a_full_payload_read_gives_back_its_pages_as_it_goes(
+    tmp_path: Path, small_segments: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ingest's index read (iter_payloads over every point) closes and reopens the shard every
+    RELEASE_EVERY_POINTS points, so its mapped payload pages never pile up; every point still comes once."""
+    vectors = clustered(2300, seed=9)
+    releases: list[int] = []
+
+    class Counting(EdgeStore):
+        def release_memory(self) -> None:
+            releases.append(1)
+            super().release_memory()
+
+    monkeypatch.setattr(edge, "RELEASE_EVERY_POINTS", 500)
+    with Counting(tmp_path / "data", COLLECTION) as store:
+        ids = write_points(store, vectors)
+        got = [pid for pid, _ in store.iter_payloads(["size"], page_size=200)]
+        assert sorted(got) == sorted(ids)
+        assert len(releases) == 3  # after 600, 1200 and 1800 points (pages of 200); none after the last page
+        assert store.count(exact=True) == 2300  # the reopened shard is the same store
