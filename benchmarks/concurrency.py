@@ -235,8 +235,7 @@ def handoff_cost(work: Path, points: int, repeats: int) -> dict[str, Any]:
     times = []
     for _ in range(repeats):
         reader = subprocess.Popen([sys.executable, "-c", READER, str(store.root)], env=bench.child_env())
-        waiting = store.root / "waiting"
-        while not (waiting.is_dir() and any(waiting.iterdir())):
+        while not store.turns.waiting_readers():  # the reader has registered (and locked its waiting file)
             time.sleep(0.005)
         t = time.perf_counter()
         let_in = store.yield_to_readers()

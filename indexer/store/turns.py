@@ -125,7 +125,7 @@ class _Waiting:
 
     def __enter__(self) -> None:
         # A writer probing the folder holds a new file's lock for an instant: try again for a moment.
-        self.lock.acquire(timeout_s=1.0, poll_s=0.005)
+        self.lock.acquire(timeout_s=10.0, poll_s=0.005)
 
     def __exit__(self, *exc: object) -> None:
         held = self.lock.held
