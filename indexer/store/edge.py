@@ -434,13 +434,17 @@ class EdgeStore(VectorStore):
             return
         stop = threading.Event()
         lent: list[list[Path]] = []
+        failed: list[BaseException] = []
 
         def watch() -> None:
-            while not stop.wait(LEND_POLL_S):
-                waiting = self._lend()
-                if waiting:
-                    lent.append(waiting)
-                    return
+            try:
+                while not stop.wait(LEND_POLL_S):
+                    waiting = self._lend()
+                    if waiting:
+                        lent.append(waiting)
+                        return
+            except BaseException as exc:  # raised in the caller's thread below
+                failed.append(exc)
 
         watcher = threading.Thread(target=watch, name="clipindex-lend", daemon=True)
         watcher.start()
@@ -449,6 +453,8 @@ class EdgeStore(VectorStore):
         finally:
             stop.set()
             watcher.join()
+            if failed:
+                raise failed[0]
             if lent:
                 lending.processes = len(lent[0])
                 self._take_back(lent[0])
