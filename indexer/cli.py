@@ -309,6 +309,7 @@ def make_store(
         shards=shards,
         replicas=replicas,
         on_warning=lambda message: info(f"Warning: {message}"),
+        on_wait=info,
     )
 
 

@@ -51,11 +51,13 @@ def open_store(
     shards: int | None = None,
     replicas: int | None = None,
     on_warning: Callable[[str], None] | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> VectorStore:
     """The store to use: a Qdrant server when ``qdrant_url`` is given, else the embedded store in
-    ``data_dir`` (or :func:`default_data_dir`). Nothing is opened yet: call
-    :meth:`VectorStore.ensure_collection` (ingest, search) or :meth:`VectorStore.collection_info`
-    (status). ``api_key``, ``timeout_s``, ``shards`` and ``replicas`` only apply to a server.
+        ``data_dir`` (or :func:`default_data_dir`). Nothing is opened yet: call
+        :meth:`VectorStore.ensure_collection` (ingest, search) or :meth:`VectorStore.collection_info`
+        (status). ``api_key``, ``timeout_s``, ``shards``, ``replicas`` and ``on_wait`` (told once when the server does
+    not answer and calls are retried) only apply to a server.
     """
     if qdrant_url:
         return ServerStore(
@@ -66,5 +68,6 @@ def open_store(
             shards=shards,
             replicas=replicas,
             on_warning=on_warning,
+            on_wait=on_wait,
         )
     return EdgeStore(data_dir if data_dir is not None else default_data_dir(), collection)
