@@ -288,4 +288,4 @@ def explain(reason: str, redo: Callable[[], object]) -> str:
     if capture is None:
         return reason
     said = capture.explain(redo)
-    return f"{reason} ({said})" if said else reason
+    return f"{reason}; the decoder said: {said}" if said else reason
