@@ -32,6 +32,8 @@ KEYS = [
     "model_mismatch",
     "busy",
     "last_ingest",
+    "failed_files",
+    "model_cache",
 ]
 IMAGES = Path(__file__).resolve().parent.parent / "images"
 
