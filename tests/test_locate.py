@@ -199,3 +199,56 @@ def test_missing_int8_files_hint_is_a_command_that_works(
     assert again.returncode == 0, again.stderr
     assert "indexed 2" in again.stdout
     shutil.rmtree(model)
+
+
+def test_ctrl_c_during_convert_says_nothing_was_written(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """SIGINT in the middle of a conversion: convert's own message (not ingest's "finished batches are kept"),
+    exit 130, and no model folder."""
+    import signal
+    import time
+
+    out = tmp_path / "model"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "indexer", "convert", str(tiny_checkpoint), "--output", str(out)],
+        env=fresh_env(tmp_path / "home"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stderr is not None
+    seen = ""
+    deadline = time.monotonic() + 120
+    while "[2/5]" not in seen and time.monotonic() < deadline:  # interrupted while exporting
+        line = child.stderr.readline()
+        if not line:
+            break
+        seen += line
+    child.send_signal(signal.SIGINT)
+    _, rest = child.communicate(timeout=120)
+    assert child.returncode == 130, seen + rest
+    assert "nothing was written" in rest and "finished batches" not in rest
+    assert not out.exists()
+
+
+def test_optimised_model_cache_has_one_entry_per_model_content_and_status_shows_it(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three copies of one model folder share one cache entry per tower (each copy is checked once against the
+    manifest's sha256, then trusted); `status` reports the cache's size."""
+    from indexer.encode import Embedder
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CLIPINDEX_CACHE_DIR", str(cache))
+    vectors = []
+    for i in range(3):
+        copy = tmp_path / f"copy{i}"
+        shutil.copytree(tiny_model_dir, copy)
+        vectors.append(Embedder(copy).encode_text("a red car"))
+    assert all((v == vectors[0]).all() for v in vectors)
+    entries = sorted((cache / "ort").iterdir())
+    assert len(entries) == 1, entries  # the text tower of three copies
+    assert len((entries[0] / "sources").read_text().splitlines()) == 3
+    size = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+    result = CliRunner().invoke(cli, ["status", "--data-dir", str(tmp_path / "d"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model_cache"] == {"dir": str(cache), "bytes": size}
