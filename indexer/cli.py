@@ -486,8 +486,9 @@ max_pixels_option = click.option(
     show_envvar=True,
     default=DEFAULT_MODEL_ID,
     show_default=True,
-    help="When --model-dir holds no model, convert this checkpoint (hub id or local folder) into it first "
-    "(needs the [convert] extra). Offline, point it at a local checkpoint folder.",
+    help="When no model is named (--model-dir, CLIPINDEX_MODEL_DIR) and the default model folder holds none, "
+    "convert this checkpoint (hub id or local folder) into it first (needs the [convert] extra). Offline, point it "
+    "at a local checkpoint folder. A folder you name is never converted into.",
 )
 @click.option("--shards", type=click.IntRange(1), default=None, help="Server only: shards of a new collection.")
 @click.option(

@@ -140,7 +140,12 @@ class _Capture:
                 break
             if not chunk:
                 break
-            pending = self._route(pending + chunk)
+            try:
+                pending = self._route(pending + chunk)
+            except Exception:  # never stop draining the pipe (a writer would block): pass the bytes on as they are
+                with contextlib.suppress(OSError):
+                    os.write(self.saved_fd, pending + chunk)
+                pending = b""
         if pending:
             self._text(pending)
 

@@ -252,3 +252,23 @@ def test_optimised_model_cache_has_one_entry_per_model_content_and_status_shows_
     result = CliRunner().invoke(cli, ["status", "--data-dir", str(tmp_path / "d"), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["model_cache"] == {"dir": str(cache), "bytes": size}
+
+
+def test_readme_first_lines_run_offline_in_a_fresh_home(tmp_path: Path) -> None:
+    """The README's offline trial line, run as written by bash from the checkout (./images), in a fresh HOME,
+    then a search from another folder with no flags."""
+    if shutil.which("clipindex") is None:
+        pytest.skip("the clipindex script is not installed")
+    head = (REPO / "README.md").read_text(encoding="utf-8").split("```", 2)[1]
+    (trial,) = [line for line in head.splitlines() if line.startswith("python -m convert.checkpoint")]
+    assert "meaningless" in head.split(trial)[0].splitlines()[-1]  # said right above the command
+    trial = trial.replace("/tmp/clip-trial", str(tmp_path / "clip-trial"))
+    env = fresh_env(tmp_path / "home")
+    ran = subprocess.run(["bash", "-c", trial], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    assert "indexed 8" in ran.stdout
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    found = clipindex("search", "a red car", "--json", cwd=elsewhere, env=env)
+    assert found.returncode == 0, found.stderr
+    assert len(json.loads(found.stdout)) == 8
