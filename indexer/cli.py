@@ -266,7 +266,8 @@ timeout_option = click.option(
     expose_value=False,
     callback=_remember_timeout,
     help="Server only: seconds to keep retrying (with backoff) an unreachable Qdrant server before giving up "
-    "with exit code 69.",
+    "with exit code 69; the wait is said on stderr at once. A host name that does not resolve or a TLS "
+    "certificate that does not verify fails at once.",
 )
 
 
@@ -540,7 +541,8 @@ def ingest(
 
     \b
     Exit codes: 0 done (failed files are listed, see --strict); 1 the run failed or --strict saw failures;
-    2 usage error; 69 Qdrant server unreachable; 75 another ingest holds the lock (try again later).
+    2 usage error (also: DIRECTORY missing, or a file); 69 Qdrant server unreachable; 75 another ingest holds
+    the lock (try again later).
     """
     from indexer.encode import Embedder
     from indexer.errors import FailedFilesError
