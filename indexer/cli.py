@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from indexer import __version__
-from indexer.errors import ClipIndexError
+from indexer.errors import ClipIndexError, StoreBusyError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -271,6 +271,24 @@ timeout_option = click.option(
 )
 
 
+#: --wait (CLIPINDEX_WAIT): how long a command waits for the embedded store while another process has it open
+DEFAULT_WAIT_S = 60.0
+
+
+def wait_option(func: F) -> F:
+    return click.option(
+        "--wait",
+        "wait_s",
+        type=click.FloatRange(min=0),
+        envvar="CLIPINDEX_WAIT",
+        show_envvar=True,
+        default=DEFAULT_WAIT_S,
+        show_default=True,
+        help="Embedded store only: seconds to wait for the store while another process has it open (a search, "
+        "or an ingest, which lets waiting commands in after its current batch); past that, exit 75.",
+    )(func)
+
+
 def store_timeout() -> float:
     """The --timeout of the running command (30 s outside a command)."""
     ctx = click.get_current_context(silent=True)
@@ -298,6 +316,8 @@ def make_store(
     *,
     shards: int | None = None,
     replicas: int | None = None,
+    wait_s: float = DEFAULT_WAIT_S,
+    role: str = "clipindex",
 ) -> Any:
     from indexer.store import open_store
 
@@ -311,6 +331,8 @@ def make_store(
         replicas=replicas,
         on_warning=lambda message: info(f"Warning: {message}"),
         on_wait=info,
+        wait_s=wait_s,
+        role=role,
     )
 
 
@@ -495,6 +517,7 @@ max_pixels_option = click.option(
 @click.option(
     "--replicas", type=click.IntRange(1), default=None, help="Server only: replication factor of a new collection."
 )
+@wait_option
 @click.option("--strict", is_flag=True, help="Exit 1 when any file failed (default: report them and exit 0).")
 @click.option(
     "--retry-failed",
@@ -525,6 +548,7 @@ def ingest(
     source_model: str,
     shards: int | None,
     replicas: int | None,
+    wait_s: float,
     strict: bool,
     retry_failed: bool,
     quiet: bool,
@@ -542,7 +566,8 @@ def ingest(
     \b
     Exit codes: 0 done (failed files are listed, see --strict); 1 the run failed or --strict saw failures;
     2 usage error (also: DIRECTORY missing, or a file); 69 Qdrant server unreachable; 75 another ingest holds
-    the lock (try again later).
+    the lock (at once), or the embedded store stayed in use by other processes for --wait seconds (try again
+    later).
     """
     from indexer.encode import Embedder
     from indexer.errors import FailedFilesError
@@ -552,7 +577,9 @@ def ingest(
 
     shard_spec = parse_shard(shard)
     check_ingest_directory(directory)
-    store = make_store(data_dir, qdrant_url, api_key_file, collection, shards=shards, replicas=replicas)
+    store = make_store(
+        data_dir, qdrant_url, api_key_file, collection, shards=shards, replicas=replicas, wait_s=wait_s, role="ingest"
+    )
     location = locate_model(model_dir, store)
     ensure_model(location, source_model, quiet or as_json)
     embedder = Embedder(location.path, device=device, precision=precision, draft=draft, max_pixels=max_pixels)
@@ -651,6 +678,7 @@ def json_option(what: str) -> Callable[[F], F]:
 )
 @max_pixels_option
 @query_device_options("cpu")
+@wait_option
 @handle_errors
 def search(
     query: str | None,
@@ -668,6 +696,7 @@ def search(
     max_pixels: int | None,
     device: str,
     precision: str,
+    wait_s: float,
 ) -> None:
     """Find the indexed images that best match a text QUERY, or an image (--image).
 
@@ -678,8 +707,8 @@ def search(
 
     \b
     Exit codes: 0 done (also when nothing matched); 1 nothing indexed yet, another model built the
-    collection, or another error; 2 usage error; 69 Qdrant server unreachable; 75 the embedded store is
-    in use by an ingest (try again when it has finished).
+    collection, or another error; 2 usage error; 69 Qdrant server unreachable; 75 the embedded store
+    stayed in use by other processes for --wait seconds (a running ingest lets searches in between batches).
     """
     from indexer.encode import Embedder
     from indexer.search import format_results, search_image, search_text
@@ -692,7 +721,7 @@ def search(
         raise click.BadParameter("must not be empty", param_hint="--path-prefix")
     if threshold is not None and threshold != threshold:  # NaN passes FloatRange
         raise click.BadParameter("must be a number between -1 and 1", param_hint="--threshold")
-    store = make_store(data_dir, qdrant_url, api_key_file, collection)
+    store = make_store(data_dir, qdrant_url, api_key_file, collection, wait_s=wait_s, role="search")
     location = locate_model(model_dir, store)
     embedder = Embedder(location.path, device=device, precision=precision, max_pixels=max_pixels)
 
@@ -817,7 +846,8 @@ def classify(
 @cli.command()
 @model_dir_option
 @store_options
-@json_option("the status as one object (model, store, collection, points, last_ingest...)")
+@json_option("the status as one object (model, store, collection, points, last_ingest, running_ingest...)")
+@wait_option
 @click.option(
     "--failed",
     "list_failed",
@@ -833,6 +863,7 @@ def status(
     collection: str,
     as_json: bool,
     list_failed: bool,
+    wait_s: float,
 ) -> None:
     """Show the model, the store, the collection's point count and the last ingest.
 
@@ -843,14 +874,15 @@ def status(
     optimised-model cache. Works before any ingest, and without a model.
 
     \b
-    Exit codes: 0 done; 1 the store failed; 69 Qdrant server unreachable.
+    Exit codes: 0 done; 1 the store failed; 69 Qdrant server unreachable; 75 the embedded store stayed in use
+    by other processes for --wait seconds.
     """
     from indexer.encode import ort_cache_dir
     from indexer.failures import FailureMemory
     from indexer.search import printable
     from indexer.status import collect_status
 
-    store = make_store(data_dir, qdrant_url, api_key_file, collection)
+    store = make_store(data_dir, qdrant_url, api_key_file, collection, wait_s=wait_s, role="status")
     location = locate_model(model_dir, store)
     with store:
         report = collect_status(location.path, store)
@@ -892,6 +924,8 @@ def status(
         ]
         rows += [f"{key:<{width}}  {printable(value)}" for key, value in more]
         click.echo("\n".join(rows))
+    if report.busy:  # everything else was shown; the exit code says the store could not be read
+        sys.exit(StoreBusyError.exit_code)
 
 
 def tree_bytes(folder: Path) -> int:
