@@ -13,7 +13,6 @@ The file is small JSON (one entry per failed file); runs of several shards updat
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import tempfile
@@ -29,6 +28,8 @@ __all__ = ["FailureMemory", "Remembered", "memory_path"]
 
 FILE_NAME = "failed.json"
 FORMAT = 1
+#: how long a run waits for another run (another shard) updating the file
+LOCK_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -105,13 +106,16 @@ class FailureMemory:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path.with_name(f".{self.path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        """The portable lock of :mod:`indexer.lock` (runs of several shards update the file one at a time)."""
+        from indexer.lock import FileLock
+
+        lock = FileLock(self.path.with_name(f".{self.path.name}.lock"))
+        if not lock.acquire(timeout_s=LOCK_WAIT_S):
+            raise OSError(f"{self.path}: another run held its lock for {LOCK_WAIT_S:g} s")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
-            os.close(fd)
+            lock.release()
 
 
 def new_entry(path: str, size: int, mtime_ns: int, reason: str) -> Remembered:
