@@ -82,6 +82,10 @@ class FailureMemory:
         """Forget every entry for which ``in_scope(path)`` holds, then remember ``failures``: under a lock,
         re-reading the file first (another shard may have written it meanwhile), then an atomic replace.
         Raises OSError when the file cannot be written."""
+        failures = list(failures)
+        if not failures and not self.path.exists():  # nothing remembered, nothing to remember: touch nothing
+            self.entries = {}
+            return
         with self._locked():
             entries = {p: e for p, e in _read(self.path).items() if not in_scope(p)}
             for entry in failures:
