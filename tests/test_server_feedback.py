@@ -142,3 +142,41 @@ def test_a_tls_certificate_that_does_not_verify_fails_at_once(untrusted_tls_serv
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("Error: ")]
     assert untrusted_tls_server in line and "TLS certificate" in line
     assert SECRET not in result.stdout + result.stderr
+
+
+def test_ctrl_c_during_migrate_has_its_own_message(
+    photos: Path, tiny_model_dir: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    """SIGINT while migrate copies (its upserts slowed down by the server): migrate's message, which says that
+    re-running finishes the copy (not ingest's "finished batches are kept"), and exit 130."""
+    import signal
+
+    from indexer.encode import Embedder
+    from indexer.pipeline import ingest
+    from indexer.store import EdgeStore
+
+    data = tmp_path / "data"
+    with EdgeStore(data, "images") as store:
+        ingest(photos, Embedder(tiny_model_dir), store)
+    upserting = threading.Event()
+
+    def slow_upserts(route: str) -> None:
+        if route == "upsert":
+            upserting.set()
+            time.sleep(1.0)
+
+    with QdrantRestServer() as server:
+        server.before_request = slow_upserts
+        args = ["migrate", "--to", server.url, "--data-dir", str(data), "--batch-size", "1", "--quiet"]
+        child = subprocess.Popen(
+            [sys.executable, "-m", "indexer", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert upserting.wait(60), "migrate never upserted"
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    assert "re-run the same clipindex migrate" in err and "finished batches" not in err
