@@ -13,12 +13,18 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from indexer import __version__
 from indexer.errors import ClipIndexError, StoreBusyError
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from indexer.locate import ModelLocation
+    from indexer.store.base import VectorStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -183,7 +189,7 @@ def model_dir_option(func: F) -> F:
     )(func)
 
 
-def locate_model(model_dir: Path | None, store: Any | None = None) -> Any:
+def locate_model(model_dir: Path | None, store: VectorStore | None = None) -> ModelLocation:
     """The model folder to use (:func:`indexer.locate.resolve_model_dir`): --model-dir, CLIPINDEX_MODEL_DIR,
     the folder recorded by the collection's last ingest (when ``store`` is given), the per-user default."""
     from click.core import ParameterSource
@@ -372,7 +378,7 @@ class TqdmProgress:
             self.bar = None
 
 
-def ensure_model(location: Any, source_model: str, quiet: bool) -> None:
+def ensure_model(location: ModelLocation, source_model: str, quiet: bool) -> None:
     """Convert the model first when the default folder has none (the README's one-command start). A folder the
     user named (--model-dir, CLIPINDEX_MODEL_DIR) is never converted into: a typo must not become a model."""
     import shlex
@@ -429,7 +435,7 @@ def timestamp() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def quiet_c_stderr() -> Any:
+def quiet_c_stderr() -> AbstractContextManager[None]:
     """Keep what C libraries print while files are decoded out of the terminal (:mod:`indexer.cstderr`)."""
     from indexer.cstderr import capture_c_stderr
 
