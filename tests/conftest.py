@@ -20,6 +20,11 @@ if "CLIPINDEX_CACHE_DIR" not in os.environ:
     _cache_dir = tempfile.mkdtemp(prefix="clipindex-test-cache-")
     os.environ["CLIPINDEX_CACHE_DIR"] = _cache_dir
     atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+# The per-user defaults (the model folder, the embedded store) of any test that does not name its own go to a
+# scratch folder too: the suite never writes into the user's ~/.local/share.
+_data_home = tempfile.mkdtemp(prefix="clipindex-test-data-")
+os.environ["XDG_DATA_HOME"] = _data_home
+atexit.register(shutil.rmtree, _data_home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -216,7 +216,7 @@ def _invalid_sources(tmp_path: Path) -> dict[str, str]:
         str(empty): "missing config.json",
         str(other): "not 'clip'",
         str(garbage): "unreadable",
-        "openai/clip-vit-base-patch32": "pass the local folder",
+        "openai/clip-vit-base-patch32": "Two ways forward",
     }
 
 
@@ -432,9 +432,10 @@ def test_fp16_checkpoint_in_a_hub_cache_snapshot_converts_in_fp32(
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CLIPINDEX_MODEL_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     result = CliRunner().invoke(cli, ["convert", "--model", str(snapshot)])
     assert result.exit_code == 0, result.output
-    out = tmp_path / "models" / "clip-tiny-fp16"
+    out = tmp_path / "xdg" / "clipindex" / "models" / "default"  # the default output, named after the snapshot
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model_name"] == "clip-tiny-fp16"
     assert manifest["source_model"] == str(snapshot.resolve())
