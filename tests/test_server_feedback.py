@@ -180,3 +180,31 @@ def test_ctrl_c_during_migrate_has_its_own_message(
         _, err = child.communicate(timeout=60)
     assert child.returncode == 130, err
     assert "re-run the same clipindex migrate" in err and "finished batches" not in err
+
+
+def test_a_server_that_accepts_but_never_answers_is_announced_within_seconds(env: dict[str, str]) -> None:
+    """Connections are accepted (by the kernel's backlog) but no reply ever comes: without the notice, nothing
+    would be said for a whole request timeout (10 s)."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        child = subprocess.Popen(
+            [sys.executable, "-m", "indexer", "status", "--qdrant-url", url, "--timeout", "20"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.stderr is not None
+            started = time.monotonic()
+            first = child.stderr.readline()
+            elapsed = time.monotonic() - started
+            assert first.strip() == f"waiting for Qdrant at {url} (up to 20 s)", first
+            assert elapsed < 8 and child.poll() is None, elapsed
+        finally:
+            child.kill()
+            child.communicate()

@@ -29,6 +29,7 @@ import ipaddress
 import json
 import logging
 import math
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -82,6 +83,10 @@ META_DIM = "clipindex_vector_dim"
 META_FORMAT_KEY = "clipindex_format"
 META_CREATED = "clipindex_created_at"
 META_SUMMARY = "clipindex_last_ingest"
+
+#: until the server has answered once, a call still running after this many seconds is announced as a wait (a
+#: server that accepts connections but does not answer would otherwise be silent for a whole request timeout)
+WAIT_NOTICE_S = 1.0
 
 _TRANSIENT_HTTP = frozenset({408, 429, 502, 503, 504})
 _AUTH_HTTP = frozenset({401, 403})
@@ -189,6 +194,8 @@ class ServerStore(VectorStore):
         #: told once, at the first failed attempt, that calls are being retried (cron logs see the wait at once)
         self._on_wait = on_wait
         self._wait_told = False
+        self._wait_lock = threading.Lock()
+        self._answered = False
         if client is not None:
             self._client = client
             self._owns_client = False
@@ -649,8 +656,30 @@ class ServerStore(VectorStore):
             return "transient", f"{type(e).__name__}: {e}"
         return "fatal", f"{type(e).__name__}: {e}"
 
+    def _tell_wait(self) -> None:
+        with self._wait_lock:  # the notice timer's thread and a failed attempt may both try
+            if self._wait_told or self._on_wait is None:
+                return
+            self._wait_told = True
+        self._on_wait(f"waiting for Qdrant at {self._url} (up to {self.timeout_s:g} s)")
+
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run a client call, retrying transient failures with backoff for at most ``timeout_s``."""
+        """Run a client call, retrying transient failures with backoff for at most ``timeout_s``. Until the
+        server has answered once, a wait is announced (``on_wait``) after :data:`WAIT_NOTICE_S` or at the first
+        failed attempt, whichever comes first."""
+        if self._answered or self._wait_told or self._on_wait is None:
+            return self._call_retrying(what, fn)
+        timer = threading.Timer(WAIT_NOTICE_S, self._tell_wait)
+        timer.daemon = True
+        timer.start()
+        try:
+            result = self._call_retrying(what, fn)
+        finally:
+            timer.cancel()
+        self._answered = True
+        return result
+
+    def _call_retrying(self, what: str, fn: Callable[[], T]) -> T:
         start = time.monotonic()
         deadline = start + self.timeout_s
         delay = 0.2
@@ -665,9 +694,8 @@ class ServerStore(VectorStore):
                 permanent = _permanent_failure(e) if kind == "transient" else None
                 if permanent is not None:  # retrying cannot help: fail now, naming the URL
                     raise StoreUnavailableError(f"Qdrant server {self._url} unreachable: {permanent}") from None
-                if kind == "transient" and not self._wait_told and self._on_wait is not None:
-                    self._wait_told = True
-                    self._on_wait(f"waiting for Qdrant at {self._url} (up to {self.timeout_s:g} s)")
+                if kind == "transient":
+                    self._tell_wait()
                 if kind == "transient":
                     remaining = deadline - time.monotonic()
                     if remaining > 0:
