@@ -1023,7 +1023,7 @@ def migrate(
     from indexer.migrate import migrate as run_migrate
     from indexer.store import EdgeStore, default_data_dir
 
-    source = EdgeStore(data_dir if data_dir is not None else default_data_dir(), collection)
+    source = EdgeStore(data_dir if data_dir is not None else default_data_dir(), collection, role="migrate")
     target = make_store(None, to_url, api_key_file, to_collection or collection, shards=shards, replicas=replicas)
     progress = TqdmProgress(enabled=not quiet and not as_json and sys.stderr.isatty())
     with source, target:

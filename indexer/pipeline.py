@@ -209,9 +209,12 @@ class _Ingest:
                 return
             self.next_yield_check = t + YIELD_CHECK_S
         if self.store.yield_to_readers():
-            self.report.handoffs += 1
-            if self.live is not None:
-                self.live.handoffs = self.report.handoffs
+            self.count_handoff()
+
+    def count_handoff(self) -> None:
+        self.report.handoffs += 1
+        if self.live is not None:
+            self.live.handoffs = self.report.handoffs
 
     def set_phase(self, phase: str, **fields: Any) -> None:
         if self.live is not None:
@@ -349,7 +352,11 @@ class _Ingest:
                     vectors[item.decoded.sha256] = vector
                     self.report.reused += 1
         if to_encode:
-            encoded = self.embedder.encode_pixels(np.stack([i.pixels for i in to_encode if i.pixels is not None]))
+            pixels = np.stack([i.pixels for i in to_encode if i.pixels is not None])
+            with self.store.lend_to_readers() as lending:  # searches that come meanwhile get in at once
+                encoded = self.embedder.encode_pixels(pixels)
+            if lending.processes:
+                self.count_handoff()
             for item, vector in zip(to_encode, encoded, strict=True):
                 assert item.decoded is not None
                 vectors[item.decoded.sha256] = vector
