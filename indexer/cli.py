@@ -907,6 +907,7 @@ def status(
         return
     if as_json:
         data = report.as_json()
+        data["model_dir_from"] = location.origin.value
         data["failed_files"] = len(failed)
         data["model_cache"] = {"dir": str(cache) if cache is not None else None, "bytes": cache_bytes}
         click.echo(json.dumps(data, indent=2, sort_keys=False))
@@ -924,10 +925,15 @@ def status(
             ("model cache", f"{cache_bytes / 1e6:.1f} MB in {cache} (safe to delete)" if cache else "off"),
         ]
         width = max(width, *(len(k) for k, _ in more))
-        rows = [
-            f"{line.split('  ', 1)[0]:<{width}}  {line.split('  ', 1)[1].lstrip()}" if "  " in line else line
-            for line in text.splitlines()
-        ]
+        rows = []
+        for line in text.splitlines():
+            if "  " not in line:
+                rows.append(line)
+                continue
+            key, value = line.split("  ", 1)
+            if key == "model dir":  # which rule chose it (--model-dir, the environment, the collection, the default)
+                value = f"{value.lstrip()}  (from {location.origin.value})"
+            rows.append(f"{key:<{width}}  {value.lstrip()}")
         rows += [f"{key:<{width}}  {printable(value)}" for key, value in more]
         click.echo("\n".join(rows))
     if report.busy:  # everything else was shown; the exit code says the store could not be read

@@ -112,6 +112,9 @@ def test_search_finds_the_collections_model_from_anywhere(
     assert len(json.loads(found.stdout)) == len(sample_photos)
     status = runner.invoke(cli, ["status", "--data-dir", str(data), "--json"])
     assert json.loads(status.stdout)["model_dir"] == str(tiny_model_dir)
+    assert json.loads(status.stdout)["model_dir_from"] == "the collection"
+    text = runner.invoke(cli, ["status", "--data-dir", str(data)]).stdout
+    assert f"{tiny_model_dir}  (from the collection)" in text
     wrong = runner.invoke(cli, ["search", "a cat", "--data-dir", str(data)], env={"CLIPINDEX_MODEL_DIR": "nowhere"})
     assert wrong.exit_code == 1 and "nowhere" in wrong.stderr
 
