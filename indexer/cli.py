@@ -378,6 +378,21 @@ class TqdmProgress:
             self.bar = None
 
 
+def require_model(location: ModelLocation) -> ModelLocation:
+    """``location``, unless it is the default folder and holds no model yet: then say what makes one (the
+    other folders get :class:`~indexer.manifest.ModelManifest`'s own message)."""
+    from indexer.errors import ModelNotFoundError
+    from indexer.locate import ModelOrigin
+    from indexer.manifest import MANIFEST_NAME
+
+    if location.origin == ModelOrigin.DEFAULT and not (location.path / MANIFEST_NAME).exists():
+        raise ModelNotFoundError(
+            f"no model yet (none in {location.path}, the default model folder): `clipindex ingest DIR` converts "
+            "one first, or run `clipindex convert` (or pass --model-dir / set CLIPINDEX_MODEL_DIR)"
+        )
+    return location
+
+
 def ensure_model(location: ModelLocation, source_model: str, quiet: bool) -> None:
     """Convert the model first when the default folder has none (the README's one-command start). A folder the
     user named (--model-dir, CLIPINDEX_MODEL_DIR) is never converted into: a typo must not become a model."""
@@ -728,7 +743,7 @@ def search(
     if threshold is not None and threshold != threshold:  # NaN passes FloatRange
         raise click.BadParameter("must be a number between -1 and 1", param_hint="--threshold")
     store = make_store(data_dir, qdrant_url, api_key_file, collection, wait_s=wait_s, role="search")
-    location = locate_model(model_dir, store)
+    location = require_model(locate_model(model_dir, store))
     embedder = Embedder(location.path, device=device, precision=precision, max_pixels=max_pixels)
 
     def on_truncate(text: str) -> None:
@@ -833,7 +848,8 @@ def classify(
         label_texts(names, template)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--template" if "template" in str(exc) else "--labels") from None
-    embedder = Embedder(locate_model(model_dir).path, device=device, precision=precision, max_pixels=max_pixels)
+    location = require_model(locate_model(model_dir))
+    embedder = Embedder(location.path, device=device, precision=precision, max_pixels=max_pixels)
     failed: list[ImageError] = []
 
     def on_error(exc: ImageError) -> None:

@@ -275,3 +275,14 @@ def test_readme_first_lines_run_offline_in_a_fresh_home(tmp_path: Path) -> None:
     found = clipindex("search", "a red car", "--json", cwd=elsewhere, env=env)
     assert found.returncode == 0, found.stderr
     assert len(json.loads(found.stdout)) == 8
+
+
+def test_search_before_any_model_says_what_makes_one(tmp_path: Path) -> None:
+    """A fresh user's first `clipindex search`: one line naming the commands that make a model; nothing created."""
+    result = CliRunner(env={"XDG_DATA_HOME": str(tmp_path / "xdg")}).invoke(
+        cli, ["search", "a cat", "--data-dir", str(tmp_path / "data")]
+    )
+    assert result.exit_code == 1, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert "clipindex ingest DIR" in line and "clipindex convert" in line
+    assert not any(tmp_path.iterdir())
