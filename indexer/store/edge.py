@@ -405,9 +405,8 @@ class EdgeStore(VectorStore):
         shard, info = self._shard, self._info
         if shard is None or info is None:
             return
-        self._engine("flush", shard.flush)
         self._shard = None
-        self._close_shard(shard, keep_turn=True)  # closed and reopened within our turn: nobody gets in between
+        self._engine("close", shard.close)  # flushes; closed and reopened within our turn: nobody gets in between
         self._shard = self._open_shard(info.vector_dim)
 
     def yield_to_readers(self) -> int:
@@ -462,9 +461,9 @@ class EdgeStore(VectorStore):
         waiting = self.turns.waiting_readers()
         if not waiting:
             return []
-        self._engine("flush", shard.flush)  # what they see: everything upserted so far
         self._shard = None
-        self._close_shard(shard, keep_turn=True)
+        # close() flushes (what they see: everything upserted so far); a flush() before it would cost as much again
+        self._engine("close", shard.close)
         self.turns.let_in()
         return waiting
 
