@@ -229,23 +229,23 @@ def _embed_query(
 ) -> np.ndarray:
     """Open the collection and embed a query, overlapping the two slow parts of a cold start.
 
-    The tower's ONNX Runtime session is created on a worker thread (it releases the GIL) and ``prepare``
-    (tokenizer load, image decoding) runs on another, while this thread opens the collection (Qdrant Edge holds
-    the GIL while it loads); then ``encode(prepared)`` runs the tower. The collection is checked against the
-    embedder's model; the workers have finished whenever this returns or raises (a store error wins).
+    A worker thread creates the tower's ONNX Runtime session (it releases the GIL), then runs ``encode`` on
+    what another worker's ``prepare`` made (tokenizer load, image decoding), while this thread waits for its turn
+    on the store and opens the collection (Qdrant Edge holds the GIL while it loads). So a search that waits for
+    its turn has its query vector ready when it gets in, and holds the store only to open and query it. The
+    collection is checked against the embedder's model; a store error wins over an embedding error, and the
+    workers have finished whenever this returns or raises.
     """
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="clipindex-load") as pool:
-        loading = pool.submit(embedder.tower, tower)
         preparing = pool.submit(prepare)
-        try:
-            open_collection(store, embedder.model_name, embedder.dimension, model_dir=embedder.model_dir)
-        finally:
-            done = [future.exception() for future in (preparing, loading)]  # both finished, whatever happens
-        for error in done:
-            if error is not None:
-                raise error
-        prepared = preparing.result()
-    return encode(prepared)
+
+        def embed() -> np.ndarray:
+            embedder.tower(tower)
+            return encode(preparing.result())
+
+        embedding = pool.submit(embed)
+        open_collection(store, embedder.model_name, embedder.dimension, model_dir=embedder.model_dir)
+        return embedding.result()
 
 
 def search_text(

@@ -314,6 +314,10 @@ def test_entrypoint_runs_the_real_ingest_as_the_container_would(tmp_path: Path, 
         [str(ENTRYPOINT), "schedule", str(images)], env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    summaries = [line for line in result.stdout.splitlines() if line.startswith("indexed")]
+    # not a terminal: each summary line starts with its ISO 8601 time
+    summaries = [line.split(" ", 1)[1] for line in result.stdout.splitlines() if " indexed " in line]
+    assert all(
+        re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", line) for line in result.stdout.splitlines() if " indexed " in line
+    )
     assert summaries[0].startswith("indexed 3 ") and summaries[1].startswith("indexed 0 ")  # the 2nd run: no-op
     assert "unchanged 3" in summaries[1] and "\r" not in result.stderr  # no progress bar in the logs
