@@ -97,3 +97,14 @@ def test_estimate_follows_the_documented_formula() -> None:
 
 def test_the_sizing_table_in_the_docs_is_the_one_the_code_computes() -> None:
     assert sizing_table() in OPERATIONS.read_text(encoding="utf-8")
+
+
+def test_optimize_on_a_server_only_reports(photo_dir: Path, tiny_model_dir: Path) -> None:
+    with QdrantRestServer() as server:
+        result = run_cli("ingest", photo_dir, "--model-dir", tiny_model_dir, "--qdrant-url", server.url, "-q")
+        assert result.exit_code == 0, result.output
+        result = run_cli("optimize", "--qdrant-url", server.url, "--json")
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["changed"] is False and report["points"] == len(list(photo_dir.glob("*.jpg")))
+        assert report["segments"] is None  # a server's segments are its own business
