@@ -192,8 +192,9 @@ class _Ingest:
         self.count_baseline = 0
         self.last_flush = time.monotonic()
         self.walk_blocked: list[str] = []
-        #: files the walk found to index (None until the walk is done): reported when the server goes away
+        #: files the walk found to index (None until the walk is done), and so far: reported when the server goes away
         self.todo_total: int | None = None
+        self.todo_found = 0
         #: ``--shard``: the other shards may write to the same collection at the same time, so batches are
         #: verified by reading their ids back instead of by the collection's count
         self.shared = options.shard is not None
@@ -294,6 +295,7 @@ class _Ingest:
                     self.store.release_memory()
                 self.set_phase("embedding")
             count += 1
+            self.todo_found = count
             yield pending
         self.todo_total = count
         if self.progress is not None:
@@ -586,12 +588,13 @@ def ingest(
             run.finish()
             run.remember_failures()
         except StoreUnavailableError as exc:
-            if run.todo_total is None:
+            if run.todo_total is not None:
+                done = f"{run.report.indexed} of {run.todo_total} images indexed"
+            elif run.todo_found:  # the walk was still going: its total is not known
+                done = f"{run.report.indexed} images indexed (of {run.todo_found} found so far by the walk)"
+            else:
                 raise
-            raise StoreUnavailableError(
-                f"{exc}; {run.report.indexed} of {run.todo_total} images indexed before the server went away; "
-                "re-run to resume"
-            ) from None
+            raise StoreUnavailableError(f"{exc}; {done} before the server went away; re-run to resume") from None
         finally:
             if progress is not None:
                 progress.close()
