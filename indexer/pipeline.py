@@ -64,6 +64,9 @@ PRUNE_CHUNK = 1000
 RELEASE_MEMORY_POINTS = 100_000
 #: payloads per page when reading the index of stored points (fewer, larger pages: ~13 % faster at 1M points)
 INDEX_PAGE_SIZE = 5000
+#: the walk runs ahead of the batches while it has used less than this share of the main thread's time since the
+#: first batch was asked for (it ends early in the run, and its total is known; the first batch does not wait for it)
+WALK_SHARE = 0.5
 #: outside the batch loop (index read, walk, prune), the store checks for waiting readers this often (seconds)
 YIELD_CHECK_S = 0.2
 
@@ -195,6 +198,7 @@ class _Ingest:
         #: files the walk found to index (None until the walk is done), and so far: reported when the server goes away
         self.todo_total: int | None = None
         self.todo_found = 0
+        self.batches_done = 0
         #: ``--shard``: the other shards may write to the same collection at the same time, so batches are
         #: verified by reading their ids back instead of by the collection's count
         self.shared = options.shard is not None
@@ -286,21 +290,40 @@ class _Ingest:
             yield _Pending(path, size, mtime_ns, pid)
 
     def stream(self, todo: Iterator[_Pending]) -> Iterator[_Pending]:
-        """``todo`` passed through, with the bookkeeping of its first item (the store gives back the pages its
-        index read mapped, before the model loads) and of its end (the total is known: progress starts)."""
-        count = 0
-        for pending in todo:
-            if count == 0:
-                if len(self.present) >= RELEASE_MEMORY_POINTS:
-                    self.store.release_memory()
-                self.set_phase("embedding")
-            count += 1
-            self.todo_found = count
-            yield pending
-        self.todo_total = count
-        if self.progress is not None:
-            self.progress.start(count)
-        self.set_phase("embedding", todo=count)
+        """``todo`` (the walk) passed on as the batches ask for it, with the walk running ahead of them.
+
+        Each request walks until one file to embed is found; once a batch has been written, it walks on while the
+        walk has used less than :data:`WALK_SHARE` of the time since the first request. So the first batch goes out
+        as soon as the walk has found it, and the walk still ends early in the run (then the total is known:
+        progress starts, status shows an ETA) instead of with the last batch. Its first item has the store give
+        back the pages its index read mapped, before the model loads."""
+        buffer: deque[_Pending] = deque()
+        walking = True
+        walk_s = 0.0
+        started = time.monotonic()
+        while True:
+            t0 = time.monotonic()
+            while walking and (
+                not buffer or (self.batches_done and walk_s + time.monotonic() - t0 < WALK_SHARE * (t0 - started))
+            ):
+                pending = next(todo, None)
+                if pending is None:
+                    walking = False
+                    self.todo_total = self.todo_found
+                    if self.progress is not None:
+                        self.progress.start(self.todo_found)
+                    self.set_phase("embedding", todo=self.todo_found)
+                    break
+                if self.todo_found == 0:
+                    if len(self.present) >= RELEASE_MEMORY_POINTS:
+                        self.store.release_memory()
+                    self.set_phase("embedding")
+                self.todo_found += 1
+                buffer.append(pending)
+            walk_s += time.monotonic() - t0
+            if not buffer:
+                return
+            yield buffer.popleft()
 
     def prepare(self, pending: _Pending, *, reuse: bool = True) -> _Prepared:
         """Runs on a decode thread: hash, then decode + preprocess unless the content is already stored."""
@@ -414,6 +437,7 @@ class _Ingest:
             self.maintain()
         if self.live is not None:
             self.live.update(done=self.live.done + len(prepared))
+        self.batches_done += 1
         self.maybe_yield(now=True)  # this batch is upserted and verified: waiting searches will see it
 
     def maintain(self) -> None:

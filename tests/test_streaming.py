@@ -109,7 +109,7 @@ def test_prune_never_deletes_a_file_the_walk_has_not_reached(
         remaining = {payload["path"] for _, payload in store.iter_payloads(["path"])}
     assert (report.indexed, report.removed, report.points) == (15, 4, 35)
     kinds = [kind for kind, _ in events.log]
-    assert kinds.index("advance") < kinds.index("start")  # streaming: batches went in while walking
+    assert kinds.index("advance") < kinds.index("start")  # streaming: a batch went in while walking
     assert store.deletes, "the gone files were pruned"
     assert all(walk_done for walk_done, _ in store.deletes)  # ...only once the walk had reached every file
     deleted = {pid for _, ids in store.deletes for pid in ids}
