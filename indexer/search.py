@@ -58,7 +58,7 @@ from indexer.errors import (
     ImageError,
     NothingIndexedError,
 )
-from indexer.inputs import ImageInput, as_items, describe
+from indexer.inputs import ImageInput, as_items, describe, load_input
 from indexer.points import absolute, display_path
 from indexer.similarity import similarity, zero_shot_probabilities
 from indexer.store.base import CollectionInfo, Hit, VectorStore
@@ -270,21 +270,22 @@ def search_text(
 def search_image(
     store: VectorStore,
     embedder: Embedder,
-    image: str | os.PathLike[str] | Image.Image,
+    image: ImageInput,
     *,
     limit: int = DEFAULT_LIMIT,
     threshold: float | None = None,
     path_prefix: str | os.PathLike[str] | None = None,
 ) -> list[SearchResult]:
-    """Images most like ``image`` (a file, decoded and preprocessed exactly as ingest does, or a PIL image).
+    """Images most like ``image``: a file, decoded and preprocessed exactly as ingest does, or any other input
+    :meth:`Embedder.encode_images` takes (bytes, a URL, a PIL image...).
 
     An indexed file finds itself first with a score of ~1. Raises :class:`~indexer.errors.ImageError`
-    when the file cannot be decoded.
+    when the image cannot be read or decoded.
     """
     preprocessor = embedder.preprocessor
 
     def prepare() -> np.ndarray:
-        decoded = image if isinstance(image, Image.Image) else preprocessor.load(os.fspath(image))
+        decoded = load_input(image, preprocessor, name=describe(image, 0), urls=embedder.urls)
         pixels: np.ndarray = preprocessor.preprocess(decoded)
         return pixels
 

@@ -475,3 +475,18 @@ def test_progress_bar_only_on_a_terminal(
         shown = os.read(controller, 65536).decode(errors="replace")
     os.close(controller)
     assert "4/4" in shown and "img" in shown
+
+
+def test_cli_device_option_takes_cuda_n(tiny_model_dir: Path, photo_dir: Path) -> None:
+    import onnxruntime as ort
+    from click.testing import CliRunner
+
+    from indexer.cli import cli
+
+    args = ["classify", str(photo_dir / "chelsea.jpg"), "--labels", "a cat,a dog", "--model-dir", str(tiny_model_dir)]
+    bad = CliRunner().invoke(cli, [*args, "--device", "gpu"])
+    assert bad.exit_code == 2 and "cuda:N" in bad.output
+    assert CliRunner().invoke(cli, [*args, "--device", "cpu"]).exit_code == 0
+    if CUDA not in ort.get_available_providers():
+        result = CliRunner().invoke(cli, [*args, "--device", "cuda:1"])
+        assert result.exit_code == 1 and "--device cuda:1: no onnxruntime-gpu" in result.output
