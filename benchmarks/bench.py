@@ -1105,6 +1105,9 @@ def write_markdown(path: Path, data: dict[str, Any]) -> str:
         )
     add("")
     text = "\n".join(lines) + "\n"
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if "<!-- library.py -->" in old:  # benchmarks/library.py's section: kept until that script replaces it
+        text += "\n<!-- library.py -->" + old.split("<!-- library.py -->", 1)[1]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return text
