@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, overload
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from indexer.inputs import (
 from indexer.manifest import TEXT_FILE, TOKENIZER_FILE, VISION_FILE, ModelManifest, quantized_name
 from indexer.prefetch import decode_ahead
 from indexer.similarity import TopK, l2_normalise, similarity, top_k
+
+if TYPE_CHECKING:
+    from indexer.search import Classification
 
 Device = str  # "auto", "cpu", "cuda" or "cuda:N"
 Precision = Literal["fp32", "int8"]
@@ -681,7 +684,7 @@ class Embedder:
         template: str | None = None,
         on_error: Callable[[ImageError], None] | None = None,
         batch_size: int = 25,
-    ) -> list[Any]:
+    ) -> list[Classification]:
         """Zero-shot labels per image, no store needed: :func:`indexer.search.classify` (what ``clipindex
         classify`` runs), returning :class:`~indexer.search.Classification` rows."""
         from indexer.search import classify
