@@ -129,6 +129,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "wall_s": result.wall_s,
                 "img_per_s": files / result.wall_s,
                 "maxrss_mb": result.maxrss_mb,
+                "cpu_ms_per_image": 1000 * result.cpu_s / files,
                 "background": result.background,
             }
             samples.append(sample)
@@ -168,6 +169,8 @@ def summarise(data: dict[str, Any]) -> list[dict[str, Any]]:
                 "precision": precision,
                 "ingest": statistics.median(s["img_per_s"] for s in by["ingest"]),
                 "library": statistics.median(s["img_per_s"] for s in by["library"]),
+                "ingest_cpu": statistics.median(s["cpu_ms_per_image"] for s in by["ingest"]),
+                "library_cpu": statistics.median(s["cpu_ms_per_image"] for s in by["library"]),
                 "ingest_rss": statistics.median(s["maxrss_mb"] for s in by["ingest"]),
                 "library_rss": statistics.median(s["maxrss_mb"] for s in by["library"]),
                 "ratio": statistics.median(ratios),
@@ -192,21 +195,25 @@ def markdown(data: dict[str, Any]) -> str:
         f"{data['finished_at']}: `Embedder.encode_images(paths)` against `clipindex ingest` over the same {label} set "
         f"({data['files']} JPEGs), each a fresh process timed from spawn to exit (interpreter, imports and model load "
         f"counted; ingest also writes the store), {data['rounds']} rounds alternated with the order rotated. Ratio = "
-        "library img/s / ingest img/s within each round; median, with the range over rounds in brackets.",
+        "library img/s / ingest img/s within each round; median, with the range over rounds in brackets. CPU ms per "
+        "image = the process's user + system CPU time / images (less sensitive than wall time to others' load). "
+        "Others' load = the CPU the rest of this shared machine used meanwhile, as a share of all cores: with a "
+        "high share, the ranges are wide and the ratios noisy.",
         "",
         f"**Machine:** {m['cpu']}, {m['cores']} cores (shared), CPU flags: {', '.join(data['flags']) or 'no AVX2'}; "
         f"load average {data['load_before']:.1f} before, {data['load_after']:.1f} after; clipindex at "
         f"`{m['git'].get('head', '?')}`.",
         "",
         "| Set | Precision | `clipindex ingest` img/s | `Embedder.encode_images` img/s | library / ingest "
-        "| peak RSS MB ingest · library | others' load |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| CPU ms per image ingest · library | peak RSS MB ingest · library | others' load |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in summarise(data):
         verdict = "✅" if row["ratio"] >= GOAL else "❌"
         lines.append(
             f"| {label} | {row['precision']} | {row['ingest']:.2f} | {row['library']:.2f} | **{row['ratio']:.2f}** "
-            f"({row['ratio_min']:.2f}–{row['ratio_max']:.2f}) {verdict} goal ≥ {GOAL} | {row['ingest_rss']:.0f} · "
+            f"({row['ratio_min']:.2f}–{row['ratio_max']:.2f}) {verdict} goal ≥ {GOAL} | {row['ingest_cpu']:.0f} · "
+            f"{row['library_cpu']:.0f} | {row['ingest_rss']:.0f} · "
             f"{row['library_rss']:.0f} | {row['background']:.0%} |"
         )
     lines += [END, ""]
