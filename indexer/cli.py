@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from indexer import __version__
-from indexer.errors import ClipIndexError
+from indexer.errors import ClipIndexError, StoreBusyError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -234,6 +234,24 @@ timeout_option = click.option(
 )
 
 
+#: --wait (CLIPINDEX_WAIT): how long a command waits for the embedded store while another process has it open
+DEFAULT_WAIT_S = 60.0
+
+
+def wait_option(func: F) -> F:
+    return click.option(
+        "--wait",
+        "wait_s",
+        type=click.FloatRange(min=0),
+        envvar="CLIPINDEX_WAIT",
+        show_envvar=True,
+        default=DEFAULT_WAIT_S,
+        show_default=True,
+        help="Embedded store only: seconds to wait for the store while another process has it open (a search, "
+        "or an ingest, which lets waiting commands in after its current batch); past that, exit 75.",
+    )(func)
+
+
 def store_timeout() -> float:
     """The --timeout of the running command (30 s outside a command)."""
     ctx = click.get_current_context(silent=True)
@@ -261,6 +279,8 @@ def make_store(
     *,
     shards: int | None = None,
     replicas: int | None = None,
+    wait_s: float = DEFAULT_WAIT_S,
+    role: str = "clipindex",
 ) -> Any:
     from indexer.store import open_store
 
@@ -273,6 +293,8 @@ def make_store(
         shards=shards,
         replicas=replicas,
         on_warning=lambda message: info(f"Warning: {message}"),
+        wait_s=wait_s,
+        role=role,
     )
 
 
@@ -412,6 +434,7 @@ max_pixels_option = click.option(
 @click.option(
     "--replicas", type=click.IntRange(1), default=None, help="Server only: replication factor of a new collection."
 )
+@wait_option
 @click.option("--strict", is_flag=True, help="Exit 1 when any file failed (default: report them and exit 0).")
 @click.option(
     "--quiet", "-q", is_flag=True, help="No progress bar and no start line; failed files and the summary still print."
@@ -436,6 +459,7 @@ def ingest(
     source_model: str,
     shards: int | None,
     replicas: int | None,
+    wait_s: float,
     strict: bool,
     quiet: bool,
     as_json: bool,
@@ -449,7 +473,8 @@ def ingest(
 
     \b
     Exit codes: 0 done (failed files are listed, see --strict); 1 the run failed or --strict saw failures;
-    2 usage error; 69 Qdrant server unreachable; 75 another ingest holds the lock (try again later).
+    2 usage error; 69 Qdrant server unreachable; 75 another ingest holds the lock (at once), or the
+    embedded store stayed in use by other processes for --wait seconds (try again later).
     """
     from indexer.encode import Embedder
     from indexer.errors import FailedFilesError
@@ -462,7 +487,9 @@ def ingest(
     embedder = Embedder(model_dir, device=device, precision=precision, draft=draft, max_pixels=max_pixels)
     embedder.tower_path("vision")  # fail fast on a missing model file; the session loads at the first batch
     provider = embedder.planned_provider
-    store = make_store(data_dir, qdrant_url, api_key_file, collection, shards=shards, replicas=replicas)
+    store = make_store(
+        data_dir, qdrant_url, api_key_file, collection, shards=shards, replicas=replicas, wait_s=wait_s, role="ingest"
+    )
     if not quiet:
         info(f"clipindex: {embedder.model_name} ({precision}) on {provider}; store {store.describe()}")
 
@@ -552,6 +579,7 @@ def json_option(what: str) -> Callable[[F], F]:
 )
 @max_pixels_option
 @query_device_options("cpu")
+@wait_option
 @handle_errors
 def search(
     query: str | None,
@@ -569,6 +597,7 @@ def search(
     max_pixels: int | None,
     device: str,
     precision: str,
+    wait_s: float,
 ) -> None:
     """Find the indexed images that best match a text QUERY, or an image (--image).
 
@@ -579,8 +608,8 @@ def search(
 
     \b
     Exit codes: 0 done (also when nothing matched); 1 nothing indexed yet, another model built the
-    collection, or another error; 2 usage error; 69 Qdrant server unreachable; 75 the embedded store is
-    in use by an ingest (try again when it has finished).
+    collection, or another error; 2 usage error; 69 Qdrant server unreachable; 75 the embedded store
+    stayed in use by other processes for --wait seconds (a running ingest lets searches in between batches).
     """
     from indexer.encode import Embedder
     from indexer.search import format_results, search_image, search_text
@@ -594,7 +623,7 @@ def search(
     if threshold is not None and threshold != threshold:  # NaN passes FloatRange
         raise click.BadParameter("must be a number between -1 and 1", param_hint="--threshold")
     embedder = Embedder(model_dir, device=device, precision=precision, max_pixels=max_pixels)
-    store = make_store(data_dir, qdrant_url, api_key_file, collection)
+    store = make_store(data_dir, qdrant_url, api_key_file, collection, wait_s=wait_s, role="search")
 
     def on_truncate(text: str) -> None:
         info(
@@ -717,7 +746,8 @@ def classify(
 @cli.command()
 @model_dir_option
 @store_options
-@json_option("the status as one object (model, store, collection, points, last_ingest...)")
+@json_option("the status as one object (model, store, collection, points, last_ingest, running_ingest...)")
+@wait_option
 @handle_errors
 def status(
     model_dir: Path,
@@ -726,6 +756,7 @@ def status(
     api_key_file: Path | None,
     collection: str,
     as_json: bool,
+    wait_s: float,
 ) -> None:
     """Show the model, the store, the collection's point count and the last ingest.
 
@@ -735,17 +766,20 @@ def status(
     and without a model.
 
     \b
-    Exit codes: 0 done; 1 the store failed; 69 Qdrant server unreachable.
+    Exit codes: 0 done; 1 the store failed; 69 Qdrant server unreachable; 75 the embedded store stayed in use
+    by other processes for --wait seconds.
     """
     from indexer.status import collect_status
 
-    store = make_store(data_dir, qdrant_url, api_key_file, collection)
+    store = make_store(data_dir, qdrant_url, api_key_file, collection, wait_s=wait_s, role="status")
     with store:
         report = collect_status(model_dir, store)
     if as_json:
         click.echo(json.dumps(report.as_json(), indent=2, sort_keys=False))
     else:
         click.echo(report.format())
+    if report.busy:  # everything else was shown; the exit code says the store could not be read
+        sys.exit(StoreBusyError.exit_code)
 
 
 # --- migrate ----------------------------------------------------------------------------------------------
@@ -827,7 +861,7 @@ def migrate(
     from indexer.migrate import migrate as run_migrate
     from indexer.store import EdgeStore, default_data_dir
 
-    source = EdgeStore(data_dir if data_dir is not None else default_data_dir(), collection)
+    source = EdgeStore(data_dir if data_dir is not None else default_data_dir(), collection, role="migrate")
     target = make_store(None, to_url, api_key_file, to_collection or collection, shards=shards, replicas=replicas)
     progress = TqdmProgress(enabled=not quiet and not as_json and sys.stderr.isatty())
     with source, target:

@@ -136,6 +136,7 @@ def migrate(
             if progress is not None:
                 progress.advance(len(page))
             page.clear()
+            source.yield_to_readers()  # an embedded source: searches waiting for it get in between two pages
 
         try:
             for pid, payload in source.iter_payloads(None, page_size=batch_size):

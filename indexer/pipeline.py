@@ -36,6 +36,7 @@ import numpy as np
 
 from indexer.encode import Embedder, available_cores
 from indexer.errors import CountMismatchError, ImageError, StoreUnavailableError
+from indexer.live import LiveProgress, progress_path
 from indexer.lock import IngestLock
 from indexer.points import INDEX_FIELDS, absolute, display_path, in_shard, make_payload, point_id
 from indexer.prefetch import decode_ahead
@@ -52,6 +53,8 @@ PRUNE_CHUNK = 1000
 RELEASE_MEMORY_POINTS = 100_000
 #: payloads per page when reading the index of stored points (fewer, larger pages: ~13 % faster at 1M points)
 INDEX_PAGE_SIZE = 5000
+#: outside the batch loop (index read, walk, prune), the store checks for waiting readers this often (seconds)
+YIELD_CHECK_S = 0.2
 
 
 class Progress(Protocol):
@@ -79,6 +82,8 @@ class IngestReport:
     removed: int = 0
     points: int = 0
     seconds: float = 0.0
+    #: times the run let processes waiting for the embedded store (searches) in between two batches
+    handoffs: int = 0
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -169,11 +174,32 @@ class _Ingest:
         #: ``--shard``: ids of every file the walk found, in any shard (never pruned by this shard)
         self.walked: set[str] = set()
         self.seen: set[str] = set()
+        #: the progress file ``clipindex status`` reads (None when the run takes no lock)
+        self.live: LiveProgress | None = None
+        self.next_yield_check = 0.0
+
+    def maybe_yield(self, *, now: bool = False) -> None:
+        """Let processes waiting for the store in (see :meth:`VectorStore.yield_to_readers`). Between batches
+        (``now``) always; elsewhere at most every :data:`YIELD_CHECK_S`."""
+        if not now:
+            t = time.monotonic()
+            if t < self.next_yield_check:
+                return
+            self.next_yield_check = t + YIELD_CHECK_S
+        if self.store.yield_to_readers():
+            self.report.handoffs += 1
+            if self.live is not None:
+                self.live.handoffs = self.report.handoffs
+
+    def set_phase(self, phase: str, **fields: Any) -> None:
+        if self.live is not None:
+            self.live.update(phase=phase, **fields)
 
     # --- phases -----------------------------------------------------------------------------------------
 
     def load_index(self) -> None:
         for pid, payload in self.store.iter_payloads(INDEX_FIELDS, page_size=INDEX_PAGE_SIZE):
+            self.maybe_yield()
             self.present.add(pid)
             try:
                 entry = _Stored(
@@ -203,6 +229,7 @@ class _Ingest:
             self.fail(path, reason)
 
         for found in iter_image_files(self.root, on_error=on_walk_error):
+            self.maybe_yield()
             path = absolute(found.path)
             pid = point_id(path)
             if shard is not None:
@@ -313,6 +340,9 @@ class _Ingest:
             self.progress.advance(len(prepared))
         if time.monotonic() - self.last_flush >= self.options.flush_interval_s:
             self.maintain()
+        if self.live is not None:
+            self.live.update(done=self.live.done + len(prepared))
+        self.maybe_yield(now=True)  # this batch is upserted and verified: waiting searches will see it
 
     def maintain(self) -> None:
         """Every flush interval: the store's due maintenance (the embedded store seals its appendable segment into
@@ -373,6 +403,7 @@ class _Ingest:
         unseen = [pid for pid in self.stored if pid not in seen and pid not in self.walked]
         gone: list[str] = []
         for start in range(0, len(unseen), PRUNE_CHUNK):
+            self.maybe_yield()
             chunk = unseen[start : start + PRUNE_CHUNK]
             payloads = self.store.get_payloads(chunk, [PATH_KEY])
             for pid in chunk:
@@ -447,19 +478,27 @@ def ingest(
     """
     started = time.monotonic()
     run = _Ingest(Path(root), embedder, store, options or IngestOptions(), on_failed, progress)
-    with _maybe_lock(store, lock, run.options.shard):
+    with _maybe_lock(store, lock, run.options.shard) as held:
+        if held is not None:
+            run.live = LiveProgress(progress_path(held.path), run.root_display)
+            run.set_phase("waiting for the store")
         store.ensure_collection(embedder.dimension, embedder.model_name)
         try:
+            run.set_phase("reading the index")
             run.load_index()
+            run.set_phase("walking")
             todo, seen = run.walk()
             run.todo_total, run.seen = len(todo), seen
             if todo and len(run.present) >= RELEASE_MEMORY_POINTS:
                 store.release_memory()  # before the model loads: the index read left the store's pages mapped
             if progress is not None:
                 progress.start(len(todo))
+            run.set_phase("embedding", todo=len(todo))
             run.embed(todo)
             if run.options.prune:
+                run.set_phase("pruning")
                 run.prune(seen)
+            run.set_phase("finishing")
             store.optimize()  # the final flush is the finally's below
             run.finish()
         except StoreUnavailableError as exc:
@@ -472,6 +511,8 @@ def ingest(
         finally:
             if progress is not None:
                 progress.close()
+            if run.live is not None:
+                run.live.remove()
             run.report.seconds = time.monotonic() - started
             store.flush()
         summary = run.report.as_json()

@@ -231,17 +231,22 @@ def _embed_query(
 ) -> np.ndarray:
     """Open the collection and embed a query, overlapping the two slow parts of a cold start.
 
-    The tower's ONNX Runtime session is created on a worker thread (it releases the GIL) while this thread
-    opens the collection (Qdrant Edge holds the GIL while it loads) and runs ``prepare`` (tokenizer load,
-    image decoding); then ``encode(prepared)`` runs the tower. The collection is checked against the
-    embedder's model; the worker has finished whenever this returns or raises (a store error wins).
+    A worker thread creates the tower's ONNX Runtime session (it releases the GIL), runs ``prepare`` (tokenizer
+    load, image decoding) and ``encode(prepared)``, while this thread waits for its turn on the store and opens
+    the collection (Qdrant Edge holds the GIL while it loads). So a search that waits for its turn has its query
+    vector ready when it gets in, and holds the store only to open and query it. The collection is checked
+    against the embedder's model; a store error wins over an embedding error, and the worker has finished
+    whenever this returns or raises.
     """
+
+    def embed() -> np.ndarray:
+        embedder.tower(tower)
+        return encode(prepare())
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipindex-load") as pool:
-        loading = pool.submit(embedder.tower, tower)
+        embedding = pool.submit(embed)
         open_collection(store, embedder.model_name, embedder.dimension, model_dir=embedder.model_dir)
-        prepared = prepare()
-        loading.result()
-    return encode(prepared)
+        return embedding.result()
 
 
 def search_text(

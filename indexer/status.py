@@ -2,8 +2,9 @@
 last ingest went. Library API: :func:`collect_status` -> :class:`Status` (``as_json()``, ``format()``).
 
 Nothing is created or written. It works before any ingest (the collection is reported as absent) and
-without a model folder (the model is reported as missing). An embedded store that another process has
-open (an ingest running) is reported as busy, with the last finished ingest's summary still shown.
+without a model folder (the model is reported as missing). A running ingest is shown with its live progress
+(:mod:`indexer.live`). The embedded store is read in turn with other processes (:mod:`indexer.store.turns`);
+one that stays in use past the store's wait is reported as busy, with everything else still shown.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from indexer.errors import CollectionNotFoundError, ModelNotFoundError, StoreBusyError, StoreError
+from indexer.live import read_live_progress
 from indexer.search import printable
 from indexer.store.base import UNKNOWN_MODEL, VectorStore
 
@@ -44,11 +46,17 @@ class Status:
     points: int | None
     #: True when the model folder's model differs from the collection's (search would refuse)
     model_mismatch: bool
-    #: the embedded store is open in another process (an ingest is running)
+    #: the embedded store stayed in use by other processes past the wait (``busy_reason`` says by whom)
     busy: bool
     #: the last finished ingest: its summary (indexed, unchanged, reused, failed, removed, points, seconds,
     #: skipped_dirs, root, model, finished_at [epoch s]) plus finished_at_iso; None before the first one
     last_ingest: dict[str, Any] | None
+    #: the ingest running now (root, pid, host, started_at [epoch s], phase, done, todo, images_per_s, eta_s,
+    #: handoffs, started_at_iso), else None
+    running_ingest: dict[str, Any] | None = None
+    #: the progress an ingest left when it was killed (same keys), until the next run replaces it
+    interrupted_ingest: dict[str, Any] | None = None
+    busy_reason: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,8 +70,12 @@ class Status:
         else:
             rows.append(("model", f"none: {self.model_error}"))
         rows.append(("store", self.store))
+        if self.running_ingest is not None:
+            rows.append(("ingest", "running: " + _progress_line(self.running_ingest)))
+        elif self.interrupted_ingest is not None:
+            rows.append(("ingest", "interrupted (killed): " + _progress_line(self.interrupted_ingest)))
         if self.busy:
-            rows.append(("collection", f"{self.collection}: in use by another process (an ingest running?)"))
+            rows.append(("collection", f"{self.collection}: {self.busy_reason or 'in use by another process'}"))
         elif not self.collection_exists:
             rows.append(("collection", f"{self.collection}: nothing ingested yet; run `clipindex ingest DIR`"))
         else:
@@ -107,6 +119,50 @@ def _ingest_line(summary: Mapping[str, Any] | None) -> str:
     return "; ".join(parts) or "unknown"
 
 
+def _progress_line(progress: Mapping[str, Any]) -> str:
+    parts = [f"pid {progress.get('pid', '?')} since {progress.get('started_at_iso') or 'an unknown time'}"]
+    if progress.get("root"):
+        parts.append(str(progress["root"]))
+    done, todo = progress.get("done"), progress.get("todo")
+    if isinstance(todo, int) and isinstance(done, int):
+        share = f" ({100 * done / todo:.0f} %)" if todo else ""
+        parts.append(f"{done:,} of {todo:,} files{share}")
+    else:
+        parts.append(str(progress.get("phase") or "starting"))
+    rate, eta = progress.get("images_per_s"), progress.get("eta_s")
+    if isinstance(rate, (int, float)):
+        parts.append(f"{rate:.1f} img/s")
+    if isinstance(eta, (int, float)):
+        parts.append(f"ETA {_duration(eta)}")
+    return "; ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def ingest_progress(lock_path: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(running, interrupted): the live progress of the ingest(s) that lock ``lock_path`` (or its ``--shard``
+    variants) and of one that was killed, each None when there is none."""
+    running = interrupted = None
+    try:
+        candidates = sorted(lock_path.parent.glob(f"{lock_path.stem}*.progress.json"))
+    except OSError:
+        candidates = []
+    for path in candidates:
+        progress = read_live_progress(path.with_name(path.name.removesuffix(".progress.json") + ".lock"))
+        if progress is None:
+            continue
+        progress["started_at_iso"] = _iso(progress.get("started_at"))
+        if progress.pop("running"):
+            running = running or progress
+        else:
+            interrupted = interrupted or progress
+    return running, interrupted
+
+
 def _iso(epoch: Any) -> str | None:
     if not isinstance(epoch, (int, float)) or isinstance(epoch, bool):
         return None
@@ -128,7 +184,9 @@ def collect_status(model_dir: str | Path, store: VectorStore) -> Status:
     except ModelNotFoundError as exc:
         error = " ".join(str(exc).split())
 
+    running, interrupted = ingest_progress(store.lock_path)
     exists = busy = False
+    busy_reason: str | None = None
     collection_model: str | None = None
     collection_dim: int | None = None
     points: int | None = None
@@ -139,8 +197,9 @@ def collect_status(model_dir: str | Path, store: VectorStore) -> Status:
         points = store.count(exact=True)
     except CollectionNotFoundError:
         pass
-    except StoreBusyError:
+    except StoreBusyError as exc:
         busy = exists = True
+        busy_reason = str(exc)
 
     summary: dict[str, Any] | None = None
     if exists:
@@ -174,4 +233,7 @@ def collect_status(model_dir: str | Path, store: VectorStore) -> Status:
         model_mismatch=mismatch,
         busy=busy,
         last_ingest=summary,
+        running_ingest=running,
+        interrupted_ingest=interrupted,
+        busy_reason=busy_reason,
     )

@@ -555,7 +555,7 @@ def test_two_ingests_at_once_exactly_one_runs_and_a_killed_holder_leaves_no_lock
         path.unlink()
     killed = run_ingest([*cmd[4:], "--prune"], env, kill_on="delete begin")
     assert killed.killed
-    assert json.loads((data / COLLECTION / "ingest.lock").read_text())["pid"]  # its note is left, not its lock
+    assert json.loads((data / COLLECTION / "ingest.lock.json").read_text())["pid"]  # its note is left, not its lock
     started = time.monotonic()
     again = cli(*cmd[3:], "--prune", env=env)
     assert again.returncode == 0, again.stderr

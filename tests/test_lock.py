@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from indexer.errors import LockHeldError, StoreError
-from indexer.lock import IngestLock, default_state_dir, server_lock_path
+from indexer.lock import FileLock, IngestLock, default_state_dir, holder_note_path, server_lock_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,29 +66,25 @@ def test_second_process_is_refused_at_once(holder: tuple[subprocess.Popen[str], 
     assert msg.startswith("another ingest is running on the-test-store")
     assert f"pid {proc.pid} " in msg and "since" in msg and str(path) in msg
     assert exc.value.exit_code == 75
-    info = json.loads(path.read_text())
+    info = json.loads(holder_note_path(path).read_text())
     assert info["pid"] == proc.pid  # the holder's record was not clobbered by the refused attempt
 
 
 def test_refusal_names_a_holder_that_has_not_written_its_note_yet(tmp_path: Path) -> None:
-    """The holder writes its note just after taking the flock: a refusal in that window waits for the note."""
-    import fcntl
+    """The holder writes its note just after taking the lock: a refusal in that window waits for the note."""
     import socket
     import threading
 
     path = tmp_path / "ingest.lock"
+    note = holder_note_path(path)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = {"pid": int(dead.stdout), "since": "2026-01-01T00:00:00+0000", "host": socket.gethostname()}
-    path.write_text(json.dumps(stale) + "\n")  # the note a killed holder left behind
-    with path.open("r+", encoding="utf-8") as held:
-        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # the new holder took the lock...
+    note.write_text(json.dumps(stale) + "\n")  # the note a killed holder left behind
+    with FileLock(path):  # the new holder took the lock...
 
         def write_note() -> None:  # ...and writes its own note a moment later
-            time.sleep(0.2)
-            held.seek(0)
-            held.truncate()
-            held.write(json.dumps({"pid": os.getpid(), "since": "now", "host": socket.gethostname()}) + "\n")
-            held.flush()
+            time.sleep(0.4)
+            note.write_text(json.dumps({"pid": os.getpid(), "since": "now", "host": socket.gethostname()}) + "\n")
 
         writer = threading.Thread(target=write_note)
         writer.start()
@@ -99,11 +95,8 @@ def test_refusal_names_a_holder_that_has_not_written_its_note_yet(tmp_path: Path
 
 
 def test_refusal_reports_the_note_it_read_when_no_live_holder_appears(tmp_path: Path) -> None:
-    import fcntl
-
     path = tmp_path / "ingest.lock"
-    with path.open("a+", encoding="utf-8") as held:
-        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, with no note at all
+    with FileLock(path):  # held, with no note at all
         t0 = time.monotonic()
         with pytest.raises(LockHeldError) as exc:
             IngestLock(path, store="s").acquire()
@@ -119,7 +112,7 @@ def test_lock_is_released_when_the_holder_is_sigkilled(holder: tuple[subprocess.
     assert proc.wait(timeout=10) == -signal.SIGKILL
     with IngestLock(path, store="s") as lock:  # no stale lock, no cleanup needed
         assert lock.held
-        assert json.loads(path.read_text())["pid"] == os.getpid()
+        assert json.loads(holder_note_path(path).read_text())["pid"] == os.getpid()
     assert not lock.held
 
 
@@ -129,7 +122,7 @@ def test_release_by_the_holder_frees_it(holder: tuple[subprocess.Popen[str], Pat
     proc.stdin.close()  # the child releases and exits
     assert proc.stdout.readline().strip() == "released"
     assert proc.wait(timeout=10) == 0
-    assert path.read_text() == ""  # holder record cleared, file kept
+    assert path.exists() and not holder_note_path(path).exists()  # holder record cleared, lock file kept
     IngestLock(path).acquire()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ KEYS = [
     "model_mismatch",
     "busy",
     "last_ingest",
+    "running_ingest",
+    "interrupted_ingest",
+    "busy_reason",
 ]
 IMAGES = Path(__file__).resolve().parent.parent / "images"
 
@@ -42,9 +46,9 @@ def status(model_dir: Path, data_dir: Path, *extra: str) -> Any:
     )
 
 
-def status_json(model_dir: Path, data_dir: Path, *extra: str) -> dict[str, Any]:
+def status_json(model_dir: Path, data_dir: Path, *extra: str, exit_code: int = 0) -> dict[str, Any]:
     result = status(model_dir, data_dir, "--json", *extra)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == exit_code, result.output
     data: dict[str, Any] = json.loads(result.stdout)
     return data
 
@@ -132,11 +136,12 @@ def test_status_of_a_busy_store_and_the_library_api(tiny_model_dir: Path, tmp_pa
     with EdgeStore(data_dir, "images") as store:
         store.ensure_collection(512, Embedder(tiny_model_dir).model_name)
         store.save_summary({"indexed": 1, "finished_at": 1_700_000_000.0, "root": "/x"})
-        # while this store is open (as during an ingest), status says so and still shows the last ingest
-        result = status(tiny_model_dir, data_dir)
-        assert result.exit_code == 0, result.output
-        assert "in use by another process" in rows(result.stdout)["collection"]
-        busy = status_json(tiny_model_dir, data_dir)
+        # while this store stays open past --wait, status says who holds it, still shows the last ingest, and
+        # exits 75
+        result = status(tiny_model_dir, data_dir, "--wait", "0.2")
+        assert result.exit_code == 75, result.output
+        assert f"in use by a clipindex process (pid {os.getpid()}," in rows(result.stdout)["collection"]
+        busy = status_json(tiny_model_dir, data_dir, "--wait", "0", exit_code=75)
         assert busy["busy"] is True and busy["points"] is None and busy["last_ingest"]["indexed"] == 1
     with EdgeStore(data_dir, "images") as store:
         report = collect_status(tiny_model_dir, store)

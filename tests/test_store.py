@@ -402,8 +402,8 @@ def test_edge_sigkill_after_upsert_loses_nothing(tmp_path: Path) -> None:
 def test_edge_second_opener_is_busy(tmp_path: Path) -> None:
     first = EdgeStore(tmp_path, "images")
     first.ensure_collection(DIM, "clip-a")
-    second = EdgeStore(tmp_path, "images")
-    with pytest.raises(StoreBusyError, match="in use by another process"):
+    second = EdgeStore(tmp_path, "images", wait_s=0.3)
+    with pytest.raises(StoreBusyError, match=rf"in use by a clipindex process \(pid {os.getpid()}, since .*waited 0 s"):
         second.ensure_collection(DIM, "clip-a")
     first.close()
     second.ensure_collection(DIM, "clip-a")  # free again
@@ -666,48 +666,36 @@ def test_edge_release_memory_unmaps_what_a_full_read_paged_in(tmp_path: Path) ->
     store.close()
 
 
-def test_edge_release_memory_waits_for_a_search_that_opened_the_store_meanwhile(
+def test_edge_release_memory_keeps_the_turn_so_no_other_process_gets_in_between(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Between closing and reopening, another process (a search) may open the shard: the reopen waits for it,
-    and gives up with StoreBusyError after REOPEN_WAIT_S, leaving the data intact."""
-    import threading
-
+    """Between closing and reopening the shard the store keeps its turn: another opener (a search) is kept
+    waiting, not let in, and the reopen never fails because of it."""
     import indexer.store.edge as edge
 
     store = EdgeStore(tmp_path, "images")
     store.ensure_collection(DIM, "clip-a")
     store.upsert(make_points([f"/p/{i}.jpg" for i in range(20)]))
     real_cleanup = edge.cleanup_orphan_temp_segments
-    hold_s: list[float] = []
+    refused: list[str] = []
 
-    def a_search_gets_in_first(shard_dir: Path) -> list[Path]:
-        # runs inside the reopen, after the close: a real second opener takes the shard for a while
-        removed = real_cleanup(shard_dir)
-        if hold_s:
-            seconds = hold_s.pop()
-            other = EdgeStore(tmp_path, "images")
+    def a_search_tries_to_get_in(shard_dir: Path) -> list[Path]:
+        # runs inside the reopen, after the close: the shard is closed, yet the turn is still ours
+        other = EdgeStore(tmp_path, "images", wait_s=0.1)
+        try:
             other.collection_info()
-            assert other.count() == 20
-            threading.Timer(seconds, other.close).start()
-        return removed
+        except StoreBusyError as exc:
+            refused.append(str(exc))
+        return real_cleanup(shard_dir)
 
-    monkeypatch.setattr(edge, "cleanup_orphan_temp_segments", a_search_gets_in_first)
-    hold_s.append(0.5)
-    started = time.monotonic()
+    monkeypatch.setattr(edge, "cleanup_orphan_temp_segments", a_search_tries_to_get_in)
     store.release_memory()
-    assert time.monotonic() - started >= 0.5  # it waited for the other opener
+    assert len(refused) == 1 and "in use by a clipindex process" in refused[0]
     assert store.count(exact=True) == 20
-
-    monkeypatch.setattr(edge, "REOPEN_WAIT_S", 0.2)
-    hold_s.append(1.0)
-    with pytest.raises(StoreBusyError, match="in use by another process"):
-        store.release_memory()
-    time.sleep(1.2)
     monkeypatch.setattr(edge, "cleanup_orphan_temp_segments", real_cleanup)
-    again = EdgeStore(tmp_path, "images")
-    again.ensure_collection(DIM, "clip-a")
-    assert again.count(exact=True) == 20
+    store.close()
+    again = EdgeStore(tmp_path, "images", wait_s=0.1)
+    assert again.collection_info().vector_dim == DIM and again.count() == 20
     again.close()
 
 

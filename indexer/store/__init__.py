@@ -13,8 +13,10 @@ from pathlib import Path
 from indexer.store.base import CollectionInfo, Hit, Point, VectorStore, ancestor_dirs
 from indexer.store.edge import EdgeStore, cleanup_orphan_temp_segments
 from indexer.store.server import InsecureApiKeyWarning, ServerStore
+from indexer.store.turns import DEFAULT_WAIT_S
 
 __all__ = [
+    "DEFAULT_WAIT_S",
     "CollectionInfo",
     "EdgeStore",
     "Hit",
@@ -51,11 +53,15 @@ def open_store(
     shards: int | None = None,
     replicas: int | None = None,
     on_warning: Callable[[str], None] | None = None,
+    wait_s: float = DEFAULT_WAIT_S,
+    role: str = "a clipindex process",
 ) -> VectorStore:
     """The store to use: a Qdrant server when ``qdrant_url`` is given, else the embedded store in
     ``data_dir`` (or :func:`default_data_dir`). Nothing is opened yet: call
     :meth:`VectorStore.ensure_collection` (ingest, search) or :meth:`VectorStore.collection_info`
-    (status). ``api_key``, ``timeout_s``, ``shards`` and ``replicas`` only apply to a server.
+    (status). ``api_key``, ``timeout_s``, ``shards`` and ``replicas`` only apply to a server; ``wait_s`` (how
+    long to wait for the store while another process has it open) and ``role`` (how this process is named to
+    those kept waiting) only to the embedded store (:mod:`indexer.store.turns`).
     """
     if qdrant_url:
         return ServerStore(
@@ -67,4 +73,4 @@ def open_store(
             replicas=replicas,
             on_warning=on_warning,
         )
-    return EdgeStore(data_dir if data_dir is not None else default_data_dir(), collection)
+    return EdgeStore(data_dir if data_dir is not None else default_data_dir(), collection, wait_s=wait_s, role=role)

@@ -248,6 +248,16 @@ class VectorStore(ABC):
         """
         return None
 
+    def yield_to_readers(self) -> int:
+        """Between two batches of a long write: let processes waiting to read the store in, then go on.
+
+        For the embedded store, which one process at a time may have open (:mod:`indexer.store.turns`): when
+        someone waits, flush, close, hand the store over and reopen it once it is ours again; one listing of an
+        empty folder when nobody waits. Returns how many processes were let in. A server serves everyone at
+        once: nothing to do.
+        """
+        return 0
+
     @abstractmethod
     def describe(self) -> str:
         """Where the store lives, for messages: a folder or a server URL, never an API key."""

@@ -67,7 +67,6 @@ shard), ``last_ingest.json`` (:meth:`EdgeStore.save_summary`), ``ingest.lock``
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -110,6 +109,7 @@ from indexer.store.base import (
     stored_payload,
     vectors_by_id,
 )
+from indexer.store.turns import DEFAULT_WAIT_S, StoreTurns
 
 if TYPE_CHECKING:
     from qdrant_edge import ConditionType
@@ -126,8 +126,8 @@ INDEXING_THRESHOLD_KB = 10_000
 MAX_SEGMENT_KB = 65_536
 #: free space (beyond CLIPINDEX_MIN_FREE_MB) an optimisation needs: the segment it writes, with payloads and indexes
 OPTIMIZE_HEADROOM_BYTES = 4 * MAX_SEGMENT_KB * 1024
-#: :meth:`EdgeStore.release_memory` reopens the shard it closed; a search that opened it meanwhile is waited for
-REOPEN_WAIT_S = 30.0
+#: the engine may hold its WAL lock for a moment after another process closed the shard: retry the open this long
+OPEN_RETRY_S = 5.0
 
 
 def edge_config(vector_dim: int) -> qe.EdgeConfig:
@@ -178,31 +178,45 @@ def cleanup_orphan_temp_segments(shard_dir: Path) -> list[Path]:
         return []
     if not entries or not wal.is_dir():
         return []
-    try:
-        fd = os.open(wal, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
+    if not _wal_unlocked(wal):
+        log.debug("%s is open elsewhere; leaving %s alone", shard_dir, temp)
         return []
     removed: list[Path] = []
-    try:
+    for entry in entries:
+        size = _tree_size(entry)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            log.debug("%s is open elsewhere; leaving %s alone", shard_dir, temp)
-            return []
-        for entry in entries:
-            size = _tree_size(entry)
-            try:
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
-            except OSError as e:
-                raise StoreError(f"cannot remove the leftover of an interrupted optimisation {entry}: {e}") from e
-            log.info("removed %s (%.0f MB) left by an interrupted optimisation", entry, size / 1e6)
-            removed.append(entry)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError as e:
+            raise StoreError(f"cannot remove the leftover of an interrupted optimisation {entry}: {e}") from e
+        log.info("removed %s (%.0f MB) left by an interrupted optimisation", entry, size / 1e6)
+        removed.append(entry)
+    return removed
+
+
+def _wal_unlocked(wal: Path) -> bool:
+    """Whether no process has the shard open: the engine's own ``flock`` on ``wal`` is free.
+
+    POSIX only (the engine locks the folder; folders cannot be locked on Windows): elsewhere the store's turn,
+    which every clipindex process takes before it opens the shard, is what says so.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fd = os.open(wal, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
     finally:
         os.close(fd)  # releases the flock
-    return removed
+    return True
 
 
 def _tree_size(path: Path) -> int:
@@ -231,6 +245,8 @@ def _atomic_write_json(path: Path, data: Mapping[str, Any]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if not hasattr(os, "O_DIRECTORY"):
+        return  # Windows: a folder cannot be opened to fsync; os.replace is durable enough there
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
@@ -257,12 +273,21 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 class EdgeStore(VectorStore):
     """The embedded default: ``data_dir/<collection>/shard`` is a Qdrant Edge shard.
 
-    Nothing touches the disk until :meth:`ensure_collection` or :meth:`collection_info`. One
-    process at a time may have a collection open (the engine's own lock); a second gets
-    :class:`~indexer.errors.StoreBusyError`.
+    Nothing touches the disk until :meth:`ensure_collection` or :meth:`collection_info`. One process at a
+    time may have the shard open: opening it takes the store's turn (:mod:`indexer.store.turns`), waiting up to
+    ``wait_s`` seconds for it (then :class:`~indexer.errors.StoreBusyError`); :meth:`close` gives it back. An
+    ingest calls :meth:`yield_to_readers` between batches. ``role`` names this process to those kept waiting.
     """
 
-    def __init__(self, data_dir: Path, collection: str = "images", *, min_free_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        collection: str = "images",
+        *,
+        min_free_bytes: int | None = None,
+        wait_s: float = DEFAULT_WAIT_S,
+        role: str = "a clipindex process",
+    ) -> None:
         if not _COLLECTION_RE.match(collection):
             raise StoreError(f"invalid collection name {collection!r}: use letters, digits, '_', '-' and '.'")
         self.data_dir = Path(data_dir).expanduser()
@@ -271,6 +296,10 @@ class EdgeStore(VectorStore):
         self.shard_dir = self.root / SHARD_DIR
         self._shard: qe.EdgeShard | None = None
         self._info: CollectionInfo | None = None
+        if wait_s < 0 or wait_s != wait_s:
+            raise ValueError(f"wait_s must be a number of seconds >= 0, not {wait_s}")
+        self.wait_s = float(wait_s)
+        self.turns = StoreTurns(self.root, role=role, store=self.describe())
         if min_free_bytes is None:
             env = os.environ.get("CLIPINDEX_MIN_FREE_MB")
             min_free_bytes = int(float(env) * 2**20) if env else MIN_FREE_BYTES
@@ -318,10 +347,18 @@ class EdgeStore(VectorStore):
         if not create:
             raise self._not_found()
         self._check_free_space()
-        info = CollectionInfo(model_name=model_name, vector_dim=vector_dim, created=True)
-        self._write_meta(info)
-        config = edge_config(vector_dim)
-        shard = self._engine("create the shard", lambda: qe.EdgeShard.create(str(self.shard_dir), config))
+        self.turns.take(self.wait_s)
+        if self._shard_exists():  # created by another process while this one waited for its turn
+            self.turns.give_back()
+            return self.ensure_collection(vector_dim, model_name, create=create)
+        try:
+            info = CollectionInfo(model_name=model_name, vector_dim=vector_dim, created=True)
+            self._write_meta(info)
+            config = edge_config(vector_dim)
+            shard = self._engine("create the shard", lambda: qe.EdgeShard.create(str(self.shard_dir), config))
+        except BaseException:
+            self.turns.give_back()
+            raise
         try:
             self._ensure_indexes(shard)
         except BaseException:
@@ -358,6 +395,7 @@ class EdgeStore(VectorStore):
                 self._engine("flush", shard.flush)
             finally:
                 self._close_shard(shard)
+        self.turns.give_back()
 
     def release_memory(self) -> None:
         shard, info = self._shard, self._info
@@ -365,17 +403,33 @@ class EdgeStore(VectorStore):
             return
         self._engine("flush", shard.flush)
         self._shard = None
-        self._close_shard(shard)
-        # While the shard is closed another process (a search) may open it: wait for it to finish.
-        deadline = time.monotonic() + REOPEN_WAIT_S
-        while True:
-            try:
-                self._shard = self._open_shard(info.vector_dim)
-                return
-            except StoreBusyError:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.05)
+        self._close_shard(shard, keep_turn=True)  # closed and reopened within our turn: nobody gets in between
+        self._shard = self._open_shard(info.vector_dim)
+
+    def yield_to_readers(self) -> int:
+        """Let processes waiting for the store in (see :mod:`indexer.store.turns`), then take it back.
+
+        Costs one listing of an empty folder when nobody waits. Otherwise flushes (everything upserted so far is
+        what they see), closes the shard, hands the turn over and reopens the shard once it is ours again.
+        Returns how many processes were waiting.
+        """
+        shard, info = self._shard, self._info
+        if shard is None or info is None:
+            return 0
+        waiting = self.turns.waiting_readers()
+        if not waiting:
+            return 0
+        self._engine("flush", shard.flush)
+        self._shard = None
+        self._close_shard(shard, keep_turn=True)
+        try:
+            self.turns.hand_over(waiting, self.wait_s)
+            self._shard = self._open_shard(info.vector_dim)
+        except BaseException:
+            self._info = None
+            self.turns.give_back()
+            raise
+        return len(waiting)
 
     def optimize(self) -> bool:
         shard = self._need()
@@ -427,7 +481,7 @@ class EdgeStore(VectorStore):
     def iter_payloads(
         self, fields: Sequence[str] | None = None, page_size: int = 1000
     ) -> Iterator[tuple[str, dict[str, Any]]]:
-        shard = self._need()
+        self._need()
         selector: bool | qe.PayloadSelector
         if fields is None:
             selector = qe.PayloadSelector.Exclude(list(INTERNAL_KEYS))
@@ -438,7 +492,8 @@ class EdgeStore(VectorStore):
         offset: Any = None
         while True:
             request = qe.ScrollRequest(offset=offset, limit=page_size, with_payload=selector, with_vector=False)
-            records, offset = self._engine("scroll", partial(shard.scroll, request))
+            # the shard is looked up per page: a caller may hand it over to readers between two pages
+            records, offset = self._engine("scroll", partial(self._need().scroll, request))
             for rec in records:
                 yield str(rec.id), dict(rec.payload or {})
             if offset is None:
@@ -448,13 +503,12 @@ class EdgeStore(VectorStore):
         self, ids: Iterable[str], *, with_payload: bool | qe.PayloadSelector, with_vector: bool
     ) -> Iterator[Any]:
         """The records of the points that exist among ``ids``, read a chunk at a time."""
-        shard = self._need()
+        self._need()
         wanted = [check_id(i) for i in ids]
         for start in range(0, len(wanted), _RETRIEVE_CHUNK):
             chunk: list[Any] = wanted[start : start + _RETRIEVE_CHUNK]
-            yield from self._engine(
-                "retrieve", partial(shard.retrieve, chunk, with_payload=with_payload, with_vector=with_vector)
-            )
+            retrieve = partial(self._need().retrieve, chunk, with_payload=with_payload, with_vector=with_vector)
+            yield from self._engine("retrieve", retrieve)
 
     def get_vectors(self, ids: Iterable[str]) -> dict[str, npt.NDArray[np.float32]]:
         return vectors_by_id(self._retrieve(ids, with_payload=False, with_vector=True))
@@ -603,11 +657,29 @@ class EdgeStore(VectorStore):
         return CollectionInfo(model_name=model, vector_dim=dim)
 
     def _open_shard(self, vector_dim: int | None = None) -> qe.EdgeShard:
-        cleanup_orphan_temp_segments(self.shard_dir)
-        # With the dimension known, (re)apply our configuration: a store created by an older clipindex then
-        # seals segments the same way (no HNSW graph, bounded segments) from now on.
-        config = edge_config(vector_dim) if vector_dim else None
-        return self._engine("open", lambda: qe.EdgeShard.load(str(self.shard_dir), config))
+        """Take the store's turn (waiting up to ``wait_s``), then open the shard; on failure the turn is given
+        back."""
+        took = not self.turns.held
+        self.turns.take(self.wait_s)
+        try:
+            cleanup_orphan_temp_segments(self.shard_dir)
+            # With the dimension known, (re)apply our configuration: a store created by an older clipindex then
+            # seals segments the same way (no HNSW graph, bounded segments) from now on.
+            config = edge_config(vector_dim) if vector_dim else None
+            deadline = time.monotonic() + OPEN_RETRY_S
+            while True:
+                try:
+                    return self._engine("open", lambda: qe.EdgeShard.load(str(self.shard_dir), config))
+                except StoreBusyError:
+                    # The turn is ours, yet the engine's lock is held: a process that just closed the shard (it
+                    # lets go a moment later), or one that does not take turns (an older clipindex).
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.05)
+        except BaseException:
+            if took:
+                self.turns.give_back()
+            raise
 
     def _ensure_indexes(self, shard: qe.EdgeShard) -> None:
         present = set(self._engine("info", shard.info).payload_schema)
@@ -617,11 +689,13 @@ class EdgeStore(VectorStore):
                 op = qe.UpdateOperation.create_field_index(key, qe.KeywordIndexParams(on_disk=True))
                 self._engine("create a payload index", partial(shard.update, op))
 
-    def _close_shard(self, shard: qe.EdgeShard) -> None:
+    def _close_shard(self, shard: qe.EdgeShard, *, keep_turn: bool = False) -> None:
         try:
             shard.close()
         except Exception as e:
             log.warning("closing %s failed: %s", self.shard_dir, e)
+        if not keep_turn:
+            self.turns.give_back()
 
     def _engine(self, what: str, fn: Callable[[], T]) -> T:
         """Run an engine call; its bare ``Exception`` becomes a StoreError naming the shard."""
@@ -631,7 +705,8 @@ class EdgeStore(VectorStore):
             msg = str(e)
             if "WouldBlock" in msg:
                 raise StoreBusyError(
-                    f"{self.root} is in use by another process (an ingest or a search); try again when it has finished"
+                    f"{self.root} is open in a process that does not take turns (an older clipindex?); "
+                    "try again when it has finished"
                 ) from None
             hint = ""
             damaged = ("deserialize", "parse", "corrupt", "invalid", "unexpected end", "checksum", "eof")

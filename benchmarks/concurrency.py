@@ -1,0 +1,353 @@
+"""Sharing the embedded store: search latency during an ingest, the ingest's throughput with searches alongside,
+and the cost of one handoff (issue 12).
+
+    python benchmarks/concurrency.py                      # the full run; writes its section of results.md
+    python benchmarks/concurrency.py --quick              # 24 images, 1 round, 20k-point handoff only
+    python benchmarks/concurrency.py --handoff-points 100000 1000000 --rounds 3
+
+1. **Search during ingest.** The 12 MP set of ``bench.py`` (96 camera-like JPEGs) and its full-size random-weight
+   ViT-B/32. Each round, on a store already holding the 8 photos of ``images/``: one ``clipindex ingest`` fp32
+   alone, then one with a ``clipindex search`` launched every ``--every`` seconds until the ingest ends. Every
+   search is timed from its process start to its exit. Reported: p50/p95 search latency, the ingest's img/s with
+   searches against alone (issue goal >= 0.9), and the goal for p95: one batch's time (ingest wall / batches)
+   plus a search's own cold start on the same store with no ingest running.
+2. **Handoff cost** at 100k and 1M points: synthetic 512-d points with ingest's payloads, written and sealed the
+   way ingest writes them. A writer holds the store; a real reader process waits for it; the writer's
+   ``yield_to_readers()`` (flush, close, hand over, take back, reopen) is timed, and so is the check that costs a
+   batch when nobody waits.
+
+Inputs, the model and the stores are cached in ``benchmarks/_work/`` (git-ignored). Figures are noisy on a shared
+machine: read the ratios, measured within one run, and the CPU flags printed beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+import bench  # noqa: E402  (the inputs, the model, the machine description and the child environment)
+
+IMAGES = ROOT / "images"
+BEGIN, END = "<!-- concurrency:begin -->", "<!-- concurrency:end -->"
+
+READER = r"""
+import sys
+from pathlib import Path
+from indexer.store.turns import StoreTurns
+turns = StoreTurns(Path(sys.argv[1]), role="search", store="bench")
+turns.take(600)
+turns.give_back()
+"""
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def clipindex(*args: str | Path) -> list[str]:
+    return [*bench.clipindex_cmd(), *map(str, args)]
+
+
+def seed_store(data_dir: Path, model_dir: Path) -> None:
+    """A store holding the 8 photos of images/ (so the searches always have results)."""
+    import shutil
+
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+    result = subprocess.run(
+        clipindex("ingest", IMAGES, "--model-dir", model_dir, "--data-dir", data_dir, "-q"),
+        env=bench.child_env(),
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr)
+
+
+def timed_search(model_dir: Path, data_dir: Path) -> tuple[float, int]:
+    started = time.perf_counter()
+    proc = subprocess.run(
+        clipindex("search", "a red car", "--model-dir", model_dir, "--data-dir", data_dir, "--json", "--wait", "600"),
+        env=bench.child_env(),
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr)
+    return time.perf_counter() - started, len(json.loads(proc.stdout))
+
+
+def ingest_run(model_dir: Path, data_dir: Path, folder: Path, every_s: float | None) -> dict[str, Any]:
+    """One fp32 ingest of ``folder`` into a freshly seeded store; with ``every_s``, searches alongside."""
+    seed_store(data_dir, model_dir)
+    cmd = clipindex("ingest", folder, "--model-dir", model_dir, "--data-dir", data_dir, "--json", "-q")
+    latencies: list[float] = []
+    threads: list[threading.Thread] = []
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=bench.child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def one() -> None:
+        latency, hits = timed_search(model_dir, data_dir)
+        assert hits >= 8
+        latencies.append(latency)
+
+    if every_s is not None:
+        next_at = started + min(1.0, every_s)  # the first search lands early: short runs get one too
+        while proc.poll() is None:
+            if time.perf_counter() >= next_at:
+                thread = threading.Thread(target=one)
+                thread.start()
+                threads.append(thread)
+                next_at += every_s
+            time.sleep(0.02)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - started
+    for thread in threads:
+        thread.join()
+    if proc.returncode != 0:
+        raise RuntimeError(err)
+    report = json.loads(out)
+    files = len(list(folder.glob("*.jpg")))
+    return {"wall_s": wall, "img_per_s": files / wall, "handoffs": report["handoffs"], "latencies": latencies}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def search_during_ingest(work: Path, images: int, rounds: int, every_s: float) -> dict[str, Any]:
+    _, model_dir = bench.make_model(work)
+    folder = bench.make_inputs(work, images)["12mp"]
+    data_dir = work / "concurrency" / "store"
+    # warm-up: page cache, ONNX Runtime's optimised-model cache, bytecode
+    ingest_run(model_dir, data_dir, folder, None)
+    cold = []
+    for _ in range(5):
+        cold.append(timed_search(model_dir, data_dir)[0])
+    alone, shared, latencies, handoffs = [], [], [], []
+    for r in range(rounds):
+        log(f"search during ingest: round {r + 1}/{rounds}")
+        a = ingest_run(model_dir, data_dir, folder, None)
+        s = ingest_run(model_dir, data_dir, folder, every_s)
+        alone.append(a["img_per_s"])
+        shared.append(s["img_per_s"])
+        latencies += s["latencies"]
+        handoffs.append(s["handoffs"])
+    batches = -(-images // 25)
+    batch_s = images / statistics.median(alone) / batches
+    return {
+        "images": images,
+        "rounds": rounds,
+        "every_s": every_s,
+        "searches": len(latencies),
+        "p50_s": percentile(latencies, 0.5),
+        "p95_s": percentile(latencies, 0.95),
+        "max_s": max(latencies) if latencies else float("nan"),
+        "cold_start_s": statistics.median(cold),
+        "batch_s": batch_s,
+        "alone_img_s": statistics.median(alone),
+        "shared_img_s": statistics.median(shared),
+        "ratio": statistics.median(s / a for s, a in zip(shared, alone, strict=True)),
+        "handoffs": handoffs,
+    }
+
+
+def build_store(data_dir: Path, points: int, dim: int = 512) -> None:
+    """``points`` synthetic points with ingest's payloads, upserted 25 at a time, sealed every 20k (as ingest's
+    periodic maintenance does)."""
+    import numpy as np
+
+    from indexer.points import make_payload, point_id
+    from indexer.store import EdgeStore, Point
+
+    marker = data_dir / f".points-{points}"
+    if marker.is_file():
+        return
+    if data_dir.exists():
+        import shutil
+
+        shutil.rmtree(data_dir)
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    with EdgeStore(data_dir, "images") as store:
+        store.ensure_collection(dim, "bench-model")
+        for start in range(0, points, 25):
+            count = min(25, points - start)
+            vectors = rng.standard_normal((count, dim), dtype=np.float32)
+            chunk = []
+            for offset, vector in enumerate(vectors):
+                k = start + offset
+                path = f"/photos/{k // 1000:04d}/IMG_{k:07d}.jpg"
+                payload = make_payload(
+                    path=path,
+                    size=2_000_000 + k,
+                    mtime_ns=1_700_000_000_000_000_000 + k,
+                    sha256=f"{k:064x}",
+                    width=4032,
+                    height=3024,
+                    image_format="JPEG",
+                    model="bench-model",
+                )
+                chunk.append(Point(point_id(path), vector, payload))
+            store.upsert(chunk)
+            if start % 20_000 == 20_000 - 25:
+                store.optimize()
+                store.flush()
+                log(f"  {start + 25:,} points ({time.perf_counter() - started:.0f} s)")
+        store.optimize()
+    marker.write_text(str(points))
+    log(f"made a store of {points:,} points in {time.perf_counter() - started:.0f} s")
+
+
+def handoff_cost(work: Path, points: int, repeats: int) -> dict[str, Any]:
+    from indexer.store import EdgeStore
+
+    data_dir = work / "concurrency" / f"store-{points}"
+    build_store(data_dir, points)
+    store = EdgeStore(data_dir, "images", role="ingest")
+    opened = time.perf_counter()
+    info = store.collection_info()
+    open_s = time.perf_counter() - opened
+    assert info.vector_dim == 512
+    checks = []
+    for _ in range(1000):
+        t = time.perf_counter()
+        store.yield_to_readers()  # nobody waits: what every batch pays
+        checks.append(time.perf_counter() - t)
+    times = []
+    for _ in range(repeats):
+        reader = subprocess.Popen([sys.executable, "-c", READER, str(store.root)], env=bench.child_env())
+        while not store.turns.waiting_readers():  # the reader has registered (and locked its waiting file)
+            time.sleep(0.005)
+        t = time.perf_counter()
+        let_in = store.yield_to_readers()
+        times.append(time.perf_counter() - t)
+        reader.wait()
+        assert let_in == 1
+    store.close()
+    return {
+        "points": points,
+        "open_s": open_s,
+        "handoff_s": statistics.median(times),
+        "handoff_max_s": max(times),
+        "idle_check_us": statistics.median(checks) * 1e6,
+    }
+
+
+def render(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    lines = [
+        BEGIN,
+        "## Sharing the embedded store (issue 12)",
+        "",
+        f"Written by `python benchmarks/concurrency.py {' '.join(data['argv'])}` on {data['date']} "
+        f"({data['minutes']:.0f} min). **Machine:** {m['cpu']} ({', '.join(m['simd'])}), {m['cores']} cores, "
+        "shared with other jobs. clipindex at " + f"`{m['git'].get('head', '?')}`.",
+        "",
+    ]
+    s = data.get("search")
+    if s:
+        goal = s["batch_s"] + s["cold_start_s"]
+        lines += [
+            f"**Search during a 12 MP fp32 ingest** of {s['images']} images (full-size ViT-B/32, random weights), "
+            f"{s['rounds']} round(s), a `clipindex search` launched every {s['every_s']:g} s, each timed from "
+            "process start to exit:",
+            "",
+            "| figure | value |",
+            "| --- | --- |",
+            f"| searches during the ingests | {s['searches']}, all with results (exit 0) |",
+            f"| search latency p50 / p95 / max | {s['p50_s']:.2f} s / **{s['p95_s']:.2f} s** / {s['max_s']:.2f} s |",
+            f"| goal for p95: one batch ({s['batch_s']:.2f} s) + a search's cold start alone "
+            f"({s['cold_start_s']:.2f} s) | {goal:.2f} s {'✅' if s['p95_s'] <= goal else '❌'} |",
+            f"| ingest img/s with searches / alone | {s['shared_img_s']:.2f} / {s['alone_img_s']:.2f}: "
+            f"**{s['ratio']:.2f}** {'✅' if s['ratio'] >= 0.9 else '❌'} goal ≥ 0.9 |",
+            f"| handoffs per ingest | {', '.join(map(str, s['handoffs']))} |",
+            "",
+        ]
+    if data.get("handoff"):
+        lines += [
+            "**Handoff cost**: a writer holding the store lets one waiting reader in and takes it back (flush, close, "
+            "hand over, reopen), median of the repeats; and what each batch pays when nobody waits.",
+            "",
+            "| points | open the store | one handoff (median / max) | check with nobody waiting |",
+            "| --- | --- | --- | --- |",
+        ]
+        for h in data["handoff"]:
+            lines.append(
+                f"| {h['points']:,} | {h['open_s']:.2f} s | {h['handoff_s']:.3f} s / {h['handoff_max_s']:.3f} s "
+                f"| {h['idle_check_us']:.0f} µs |"
+            )
+        lines.append("")
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def write_section(path: Path, section: str) -> None:
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="24 images, 1 round, a 20k-point handoff")
+    parser.add_argument("--images", type=int, default=None, help="12 MP images per ingest (default 96)")
+    parser.add_argument("--rounds", type=int, default=None, help="ingest pairs (alone, with searches); default 3")
+    parser.add_argument("--every", type=float, default=3.0, help="seconds between two searches (default 3)")
+    parser.add_argument("--handoff-points", type=int, nargs="*", default=None, help="default: 100000 1000000")
+    parser.add_argument("--repeats", type=int, default=7, help="handoffs timed per store size")
+    parser.add_argument("--skip-search", action="store_true")
+    parser.add_argument("--work", type=Path, default=bench.DEFAULT_WORK)
+    parser.add_argument("--out", type=Path, default=None, help="markdown file (default benchmarks/results.md)")
+    args = parser.parse_args(argv)
+    images = args.images or (24 if args.quick else 96)
+    rounds = args.rounds or (1 if args.quick else 3)
+    sizes = (
+        args.handoff_points if args.handoff_points is not None else ([20_000] if args.quick else [100_000, 1_000_000])
+    )
+    started = time.time()
+    data: dict[str, Any] = {"argv": sys.argv[1:] if argv is None else argv, "machine": bench.machine()}
+    if not args.skip_search:
+        data["search"] = search_during_ingest(args.work, images, rounds, args.every)
+        log(json.dumps(data["search"]))
+    data["handoff"] = []
+    for points in sizes:
+        data["handoff"].append(handoff_cost(args.work, points, args.repeats))
+        log(json.dumps(data["handoff"][-1]))
+    data["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    data["minutes"] = (time.time() - started) / 60
+    section = render(data)
+    print(section)
+    out = args.out or (args.work / "results-concurrency-quick.md" if args.quick else HERE / "results.md")
+    write_section(out, section)
+    (args.work / "raw").mkdir(parents=True, exist_ok=True)
+    (args.work / "raw" / "concurrency.json").write_text(json.dumps(data, indent=1))
+    log(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    raise SystemExit(main())
