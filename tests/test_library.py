@@ -196,6 +196,28 @@ def test_mixed_batch_with_three_corrupt_items(embedder: Embedder, photo_dir: Pat
         embedder.encode_images(items, errors="ignore")  # type: ignore[call-overload]
 
 
+def test_data_uris_and_base64_that_cannot_be_images(embedder: Embedder, photo_dir: Path) -> None:
+    import urllib.parse
+
+    data = (photo_dir / "coffee.png").read_bytes()
+    percent = "data:image/png," + urllib.parse.quote_from_bytes(data)  # RFC 2397 without ;base64
+    good = embedder.encode_images([percent, data])
+    np.testing.assert_allclose(good[0], good[1], atol=1e-6)
+    items = [
+        "data:text/plain;base64," + base64.b64encode(data).decode(),
+        "data:image/png;base64",  # no comma
+        "data:image/png;base64,@@@@",
+        "A" * 63 + "!" + "A" * 64,  # not base64 (a '!'), so a path, which does not exist
+        base64.b64encode(b"x" * 96).decode(),  # base64, but of no image
+    ]
+    reasons = [r.error.reason if r.error else "" for r in embedder.encode_images_detailed(items)]
+    assert "media type 'text/plain'" in reasons[0]
+    assert "malformed data URI" in reasons[1]
+    assert "invalid base64" in reasons[2]
+    assert "cannot open" in reasons[3]
+    assert "not an image" in reasons[4]
+
+
 def test_bad_arrays_and_objects_are_item_errors(embedder: Embedder, sample_photos: dict[str, Any]) -> None:
     rgb = np.asarray(sample_photos["chelsea"])
     items: list[Any] = [
