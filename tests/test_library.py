@@ -482,6 +482,31 @@ def test_devices(tiny_model_dir: Path) -> None:
     assert tower.provider == CPU
 
 
+def test_devices_with_onnxruntime_gpu_and_no_usable_gpu(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime-gpu installed, no GPU (or no driver): cuda says so; auto runs on the CPU after one notice."""
+    import onnxruntime as ort
+
+    from indexer.encode import cuda_device_count
+
+    if CUDA not in ort.get_available_providers():
+        pytest.skip("needs onnxruntime-gpu (this onnxruntime is the CPU build: see test_devices)")
+    count, detail = cuda_device_count()
+    if count:
+        pytest.skip(f"a CUDA device is usable here ({detail})")
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(DeviceError, match="onnxruntime-gpu is installed but") as raised:
+            Embedder(tiny_model_dir, device=device).encode_text("a cat")
+        assert f"--device {device}:" in str(raised.value) and "--device cpu" in str(raised.value)
+    monkeypatch.setattr(encode_module, "_fallback_noticed", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            auto = Embedder(tiny_model_dir, device="auto")
+            assert auto.encode_text("a cat").shape == (1, auto.dimension) and auto.provider("text") == CPU
+    notices = [w for w in caught if issubclass(w.category, DeviceFallbackWarning)]
+    assert len(notices) == 1 and "runs on the CPU" in str(notices[0].message)
+
+
 def test_progress_bar_only_on_a_terminal(
     embedder: Embedder, photo_dir: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
