@@ -628,7 +628,8 @@ class Embedder:
         allow_urls: bool | None = None,
     ) -> np.ndarray | list[np.ndarray | None]:
         """:meth:`encode_images` on a worker thread (decoding on the decode threads, inference in ONNX Runtime's
-        own): the event loop keeps running. Concurrent calls share this embedder's sessions."""
+        own): the event loop keeps running. Concurrent calls share this embedder's sessions. Cancelling the
+        awaiting task does not stop the work already handed to the thread: it finishes and its result is dropped."""
         import asyncio
 
         return await asyncio.to_thread(
