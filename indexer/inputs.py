@@ -36,8 +36,9 @@ A file name with an extension has a ``.``, so it never passes rule 3; to be expl
 URLs
 ----
 Fetched with ``urllib`` (proxies from the environment apply): at most ``max_bytes`` bytes
-(:data:`DEFAULT_MAX_URL_BYTES`), ``timeout_s`` seconds for the whole transfer (:data:`DEFAULT_URL_TIMEOUT_S`);
-redirects are followed to ``http(s)`` only. With ``allow_urls=False`` a URL is refused (an
+(:data:`DEFAULT_MAX_URL_BYTES`); ``timeout_s`` (:data:`DEFAULT_URL_TIMEOUT_S`) is the deadline for connecting and
+downloading, checked between reads, and a connect or read that stalls times out after it too (the name lookup is the
+system's); redirects are followed to ``http(s)`` only. With ``allow_urls=False`` a URL is refused (an
 :class:`~indexer.errors.ImageError`, like an unreadable image), which services that embed user-supplied strings
 should set. Errors name a URL without its query string (which may hold a token).
 """
