@@ -30,7 +30,7 @@ from typing import Any
 
 import indexer
 from convert.export import OPSET, VISION_EXPORT, export_towers, text_pooling_rule
-from indexer.errors import ConvertError, MissingExtraError
+from indexer.errors import ConvertError, MissingExtraError, SourceUnavailableError
 from indexer.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -95,8 +95,12 @@ def model_name_for(source: str) -> str:
     return source.rsplit("/", 1)[-1] or "clip"
 
 
-def default_output(source: str, models_root: Path = Path("models")) -> Path:
-    return models_root / model_name_for(source)
+def default_output(source: str | None = None) -> Path:
+    """Where ``convert`` writes unless told: the per-user model folder that ingest, search and status read
+    (:func:`indexer.locate.default_model_dir`), whatever the source and the current folder."""
+    from indexer.locate import default_model_dir
+
+    return default_model_dir()
 
 
 def require_convert_extra() -> None:
@@ -220,8 +224,7 @@ def _hub_snapshot(repo_id: str) -> tuple[Path, bool]:
             local_only, why = True, "the hub is unreachable"
     unreachable = (
         f"could not load {repo_id!r} from the Hugging Face hub ({why if local_only else 'download failed'}, and it "
-        "is not in the local cache); download it elsewhere and pass the local folder: clipindex convert "
-        "/path/to/checkpoint (for ingest: CLIPINDEX_SOURCE_MODEL=/path/to/checkpoint)"
+        "is not in the local cache). Two ways forward:"
     )
 
     def fetch(name: str) -> Path | None:
@@ -234,7 +237,7 @@ def _hub_snapshot(repo_id: str) -> tuple[Path, bool]:
         config = fetch("config.json")
         if config is None:
             if local_only:
-                raise ConvertError(unreachable)
+                raise SourceUnavailableError(unreachable)
             raise ConvertError(f"{repo_id}: the hub repository has no config.json; it is not a CLIP checkpoint")
         for name in ("preprocessor_config.json", "tokenizer.json", *_TOKENIZER_EXTRAS):
             fetch(name)
@@ -252,7 +255,7 @@ def _hub_snapshot(repo_id: str) -> tuple[Path, bool]:
             "check the id, or pass a local checkpoint folder"
         ) from exc
     except (HfHubHTTPError, OSError) as exc:
-        raise ConvertError(unreachable) from exc
+        raise SourceUnavailableError(unreachable) from exc
     return config.parent, local_only
 
 
@@ -303,10 +306,9 @@ def load_checkpoint(source: str) -> tuple[Any, Any, Any, str]:
         model, loading = loaded
     except OSError as exc:
         if target == source:
-            raise ConvertError(
-                f"could not load {source!r} from the Hugging Face hub ({str(exc).splitlines()[0][:200]}); download "
-                "it elsewhere and pass the local folder: clipindex convert /path/to/checkpoint "
-                "(for ingest: CLIPINDEX_SOURCE_MODEL=/path/to/checkpoint)"
+            raise SourceUnavailableError(
+                f"could not load {source!r} from the Hugging Face hub ({str(exc).splitlines()[0][:200]}). "
+                "Two ways forward:"
             ) from exc
         raise ConvertError(f"{where}: cannot load the checkpoint ({str(exc).splitlines()[0][:200]})") from exc
     except (ValueError, KeyError, RuntimeError, TypeError) as exc:
@@ -461,7 +463,8 @@ def convert_model(
     force: bool = False,
     progress: Progress | None = None,
 ) -> ConvertResult:
-    """Convert ``source`` into a verified model folder at ``output`` (default ``models/<model-name>``)."""
+    """Convert ``source`` into a verified model folder at ``output`` (default: the per-user model folder,
+    :func:`indexer.locate.default_model_dir`, where ingest looks)."""
     say: Progress = progress or (lambda _msg: None)
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ConvertError(f"--quantize {quantize!r} is not supported; use one of {', '.join(QUANTIZATIONS)}")

@@ -6,35 +6,54 @@ Options read, in order: the flag, then its environment variable (shown in ``--he
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from indexer import __version__
 from indexer.errors import ClipIndexError, StoreBusyError
 
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from indexer.locate import ModelLocation
+    from indexer.store.base import VectorStore
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_MODEL_ID = "openai/clip-vit-base-patch32"
-DEFAULT_MODEL_DIR = Path("models") / "clip-vit-base-patch32"
 DEFAULT_COLLECTION = "images"
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1, hints: tuple[str, ...] = ()) -> None:
     from indexer.search import printable  # file names may hold newlines or escape sequences
 
     click.echo(f"Error: {printable(message)}", err=True)
+    for hint in hints:  # the ways forward, one per line under the error
+        click.echo("  " + printable(" ".join(hint.split())), err=True)
     sys.exit(code)
 
 
+#: what Ctrl-C leaves behind, per command
+INTERRUPTED = {
+    "ingest": "interrupted; re-run the same command to resume (finished batches are kept)",
+    "convert": "interrupted; nothing was written (the model folder is only put in place once verified); "
+    "re-run the same command to convert again",
+    "migrate": "interrupted; re-run the same clipindex migrate to finish (points already copied are kept and "
+    "not copied twice)",
+}
+
+
 def handle_errors(func: F) -> F:
-    """Turn library exceptions into ``Error: <one line>`` on stderr and the error's exit code."""
+    """Turn library exceptions into ``Error: <one line>`` on stderr (then the error's hint lines, if any) and
+    the error's exit code."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -42,9 +61,11 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except ClipIndexError as exc:
             message = " ".join(str(exc).split())  # always one line
-            fail(message, exc.exit_code)
+            fail(message, exc.exit_code, hints=exc.hints)
         except KeyboardInterrupt:
-            fail("interrupted; re-run the same command to resume (finished batches are kept)", 130)
+            ctx = click.get_current_context(silent=True)
+            name = ctx.info_name if ctx is not None else None
+            fail(INTERRUPTED.get(name or "", "interrupted"), 130)
 
     return wrapper  # type: ignore[return-value]
 
@@ -75,9 +96,9 @@ def cli() -> None:
     """clipindex: index a folder of images with CLIP (ONNX Runtime) into Qdrant, then search it.
 
     \b
-    clipindex convert                  # CLIP checkpoint -> models/clip-vit-base-patch32 (ONNX)
+    clipindex convert                  # CLIP checkpoint -> ONNX, in ~/.local/share/clipindex/models/default
     clipindex ingest ./images          # embed every image into the embedded Qdrant store
-    clipindex search "a red car"       # best matching images
+    clipindex search "a red car"       # best matching images (from any folder, no flags)
     """
 
 
@@ -103,7 +124,8 @@ def cli() -> None:
     envvar="CLIPINDEX_MODEL_DIR",
     show_envvar=True,
     default=None,
-    help="Folder to write the model into.  [default: models/<model-name>]",
+    help="Folder to write the model into.  [default: $XDG_DATA_HOME/clipindex/models/default, where ingest, "
+    "search and status look]",
 )
 @click.option(
     "--quantize",
@@ -138,6 +160,7 @@ def convert(source_arg: str | None, source: str, output: Path | None, quantize: 
     require_convert_extra()
     result = convert_model(source, output, quantize=quantize, force=force, progress=info)
     manifest = result.manifest
+    next_command = next_ingest_command(result.output)
     click.echo(f"Converted {manifest['source_model']} -> {result.output}  (embedding_dim {manifest['embedding_dim']})")
     for name, size in sorted(result.file_sizes.items()):
         click.echo(f"  {name:<18} {size / 1e6:9.1f} MB")
@@ -153,6 +176,18 @@ def convert(source_arg: str | None, source: str, output: Path | None, quantize: 
             click.echo(
                 f"  int8   {name:<22} cosine vs fp32: min {fig['min_cosine']:.5f}  mean {fig['mean_cosine']:.5f}"
             )
+    click.echo(f"Next: {next_command}")
+
+
+def next_ingest_command(output: Path) -> str:
+    """The command that indexes with the model just converted (no --model-dir for the default folder)."""
+    import shlex
+
+    from indexer.locate import default_model_dir
+
+    if os.path.abspath(output) == os.path.abspath(default_model_dir()):
+        return "clipindex ingest /path/to/photos"
+    return f"clipindex ingest --model-dir {shlex.quote(os.path.abspath(output))} /path/to/photos"
 
 
 # --- shared options ---------------------------------------------------------------------------------------
@@ -164,10 +199,33 @@ def model_dir_option(func: F) -> F:
         type=click.Path(file_okay=False, path_type=Path),
         envvar="CLIPINDEX_MODEL_DIR",
         show_envvar=True,
-        default=DEFAULT_MODEL_DIR,
-        show_default=True,
-        help="Converted model folder (manifest.json, vision.onnx, text.onnx, tokenizer.json).",
+        default=None,
+        help="Converted model folder (manifest.json, vision.onnx, text.onnx, tokenizer.json).  [default: the "
+        "model that built the collection, else $XDG_DATA_HOME/clipindex/models/default]",
     )(func)
+
+
+def locate_model(model_dir: Path | None, store: VectorStore | None = None) -> ModelLocation:
+    """The model folder to use (:func:`indexer.locate.resolve_model_dir`): --model-dir, CLIPINDEX_MODEL_DIR,
+    the folder recorded by the collection's last ingest (when ``store`` is given), the per-user default."""
+    from click.core import ParameterSource
+
+    from indexer.errors import StoreBusyError, StoreUnavailableError
+    from indexer.errors import StoreError as _StoreError
+    from indexer.locate import ModelOrigin, resolve_model_dir
+
+    ctx = click.get_current_context(silent=True)
+    source = ctx.get_parameter_source("model_dir") if ctx is not None else None
+    origin = ModelOrigin.ENV if source == ParameterSource.ENVIRONMENT else ModelOrigin.FLAG
+    summary = None
+    if model_dir is None and store is not None:
+        try:
+            summary = store.load_summary()
+        except (StoreUnavailableError, StoreBusyError):
+            raise
+        except _StoreError:  # an unreadable summary: fall back on the default folder
+            summary = None
+    return resolve_model_dir(model_dir, origin, summary)
 
 
 def store_options(func: F) -> F:
@@ -230,7 +288,8 @@ timeout_option = click.option(
     expose_value=False,
     callback=_remember_timeout,
     help="Server only: seconds to keep retrying (with backoff) an unreachable Qdrant server before giving up "
-    "with exit code 69.",
+    "with exit code 69; the wait is said on stderr at once. A host name that does not resolve or a TLS "
+    "certificate that does not verify fails at once.",
 )
 
 
@@ -293,6 +352,7 @@ def make_store(
         shards=shards,
         replicas=replicas,
         on_warning=lambda message: info(f"Warning: {message}"),
+        on_wait=info,
         wait_s=wait_s,
         role=role,
     )
@@ -334,13 +394,41 @@ class TqdmProgress:
             self.bar = None
 
 
-def ensure_model(model_dir: Path, source_model: str, quiet: bool) -> None:
-    """Convert the model first when the folder has none (the README's one-command start)."""
+def require_model(location: ModelLocation) -> ModelLocation:
+    """``location``, unless it is the default folder and holds no model yet: then say what makes one (the
+    other folders get :class:`~indexer.manifest.ModelManifest`'s own message)."""
     from indexer.errors import ModelNotFoundError
+    from indexer.locate import ModelOrigin
+    from indexer.manifest import MANIFEST_NAME
+
+    if location.origin == ModelOrigin.DEFAULT and not (location.path / MANIFEST_NAME).exists():
+        raise ModelNotFoundError(
+            f"no model yet (none in {location.path}, the default model folder): `clipindex ingest DIR` converts "
+            "one first, or run `clipindex convert` (or pass --model-dir / set CLIPINDEX_MODEL_DIR)"
+        )
+    return location
+
+
+def ensure_model(location: ModelLocation, source_model: str, quiet: bool) -> None:
+    """Convert the model first when the default folder has none (the README's one-command start). A folder the
+    user named (--model-dir, CLIPINDEX_MODEL_DIR) is never converted into: a typo must not become a model."""
+    import shlex
+
+    from indexer.errors import ModelNotFoundError
+    from indexer.locate import ModelOrigin
     from indexer.manifest import MANIFEST_NAME, missing_manifest_message
 
+    model_dir: Path = location.path
     if (model_dir / MANIFEST_NAME).is_file():
         return
+    if location.origin != ModelOrigin.DEFAULT:
+        if model_dir.exists():
+            raise ModelNotFoundError(missing_manifest_message(model_dir))
+        raise ModelNotFoundError(
+            f"{model_dir}: no such model folder ({location.origin.value}); convert a model into it with "
+            f"`clipindex convert --output {shlex.quote(str(model_dir))}`, or leave {location.origin.value} out to "
+            "use the default model folder"
+        )
     empty_dir = model_dir.is_dir() and not any(model_dir.iterdir())
     if model_dir.exists() and not empty_dir:  # never convert over someone's files
         raise ModelNotFoundError(missing_manifest_message(model_dir))
@@ -353,6 +441,37 @@ def ensure_model(model_dir: Path, source_model: str, quiet: bool) -> None:
 
 
 # --- ingest -----------------------------------------------------------------------------------------------
+
+
+def check_ingest_directory(directory: Path) -> None:
+    """Usage errors (exit 2) before anything is loaded or created: no such folder, or a file (its folder is
+    what ingest takes)."""
+    import shlex
+
+    if directory.is_dir():
+        return
+    if directory.exists():
+        parent = directory.parent if str(directory.parent) else Path(".")
+        raise click.BadParameter(
+            f"{directory} is a file, not a folder; ingest indexes folders: clipindex ingest {shlex.quote(str(parent))}",
+            param_hint="DIRECTORY",
+        )
+    raise click.BadParameter(f"{directory}: no such folder; check the path", param_hint="DIRECTORY")
+
+
+def timestamp() -> str:
+    """Now, in ISO 8601 with the local UTC offset (cron log lines)."""
+    from datetime import datetime
+
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def quiet_c_stderr() -> AbstractContextManager[None]:
+    """Keep what C libraries print while files are decoded out of the terminal (:mod:`indexer.cstderr`)."""
+    from indexer.cstderr import capture_c_stderr
+
+    return capture_c_stderr()
+
 
 max_pixels_option = click.option(
     "--max-pixels",
@@ -427,8 +546,9 @@ max_pixels_option = click.option(
     show_envvar=True,
     default=DEFAULT_MODEL_ID,
     show_default=True,
-    help="When --model-dir holds no model, convert this checkpoint (hub id or local folder) into it first "
-    "(needs the [convert] extra). Offline, point it at a local checkpoint folder.",
+    help="When no model is named (--model-dir, CLIPINDEX_MODEL_DIR) and the default model folder holds none, "
+    "convert this checkpoint (hub id or local folder) into it first (needs the [convert] extra). Offline, point it "
+    "at a local checkpoint folder. A folder you name is never converted into.",
 )
 @click.option("--shards", type=click.IntRange(1), default=None, help="Server only: shards of a new collection.")
 @click.option(
@@ -437,13 +557,19 @@ max_pixels_option = click.option(
 @wait_option
 @click.option("--strict", is_flag=True, help="Exit 1 when any file failed (default: report them and exit 0).")
 @click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Decode again the files that failed before and have not changed since (they are skipped otherwise; "
+    "a changed file is always retried). See `clipindex status --failed`.",
+)
+@click.option(
     "--quiet", "-q", is_flag=True, help="No progress bar and no start line; failed files and the summary still print."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the run's figures on stdout.")
 @handle_errors
 def ingest(
     directory: Path,
-    model_dir: Path,
+    model_dir: Path | None,
     data_dir: Path | None,
     qdrant_url: str | None,
     api_key_file: Path | None,
@@ -461,20 +587,24 @@ def ingest(
     replicas: int | None,
     wait_s: float,
     strict: bool,
+    retry_failed: bool,
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Index every image under DIRECTORY into Qdrant.
 
-    Walks DIRECTORY (jpg, jpeg, png, webp, bmp, gif, tif, tiff; heic/heif/avif with the [heif] extra),
-    embeds new and changed images with the vision tower in batches, upserts them and checks the
-    collection's point count after every batch. Re-runs are incremental: unchanged files (same size and
-    mtime) cost one stat; renamed or duplicate files reuse their stored vector.
+    Walks DIRECTORY (jpg, jpeg, png, webp, bmp, gif, tif, tiff; avif when Pillow decodes it, as Pillow >= 11.3
+    does; heic/heif with the [heif] extra), embeds new and changed images with the vision tower in batches,
+    upserts them and checks the collection's point count after every batch. Re-runs are incremental:
+    unchanged files (same size and mtime) cost one stat; renamed or duplicate files reuse their stored vector;
+    files that failed and have not changed are not decoded again (--retry-failed). Warnings that C libraries
+    (libtiff...) print while a file is decoded are kept out of the log; a failed file's one line carries them.
 
     \b
     Exit codes: 0 done (failed files are listed, see --strict); 1 the run failed or --strict saw failures;
-    2 usage error; 69 Qdrant server unreachable; 75 another ingest holds the lock (at once), or the
-    embedded store stayed in use by other processes for --wait seconds (try again later).
+    2 usage error (also: DIRECTORY missing, or a file); 69 Qdrant server unreachable; 75 another ingest holds
+    the lock (at once), or the embedded store stayed in use by other processes for --wait seconds (try again
+    later).
     """
     from indexer.encode import Embedder
     from indexer.errors import FailedFilesError
@@ -483,27 +613,33 @@ def ingest(
     from indexer.search import printable
 
     shard_spec = parse_shard(shard)
-    ensure_model(model_dir, source_model, quiet or as_json)
-    embedder = Embedder(model_dir, device=device, precision=precision, draft=draft, max_pixels=max_pixels)
-    embedder.tower_path("vision")  # fail fast on a missing model file; the session loads at the first batch
-    provider = embedder.planned_provider
+    check_ingest_directory(directory)
     store = make_store(
         data_dir, qdrant_url, api_key_file, collection, shards=shards, replicas=replicas, wait_s=wait_s, role="ingest"
     )
+    location = locate_model(model_dir, store)
+    ensure_model(location, source_model, quiet or as_json)
+    embedder = Embedder(location.path, device=device, precision=precision, draft=draft, max_pixels=max_pixels)
+    embedder.tower_path("vision")  # fail fast on a missing model file; the session loads at the first batch
+    provider = embedder.planned_provider
     if not quiet:
-        info(f"clipindex: {embedder.model_name} ({precision}) on {provider}; store {store.describe()}")
+        info(f"clipindex: {embedder.model_name} ({precision}) on {provider}; {store.describe()}")
 
     def on_failed(failed: FailedFile) -> None:
-        info(printable(f"failed: {failed.path}: {failed.reason}"))
+        if not failed.known:  # failed before, unchanged since: counted in the summary, not printed every run
+            info(printable(f"failed: {failed.path}: {failed.reason}"))
 
-    options = IngestOptions(batch_size=batch_size, prune=prune, shard=shard_spec, decode_workers=workers)
+    options = IngestOptions(
+        batch_size=batch_size, prune=prune, shard=shard_spec, decode_workers=workers, retry_failed=retry_failed
+    )
     progress = TqdmProgress(enabled=not quiet and sys.stderr.isatty())
-    with store:
+    with store, quiet_c_stderr():
         report = run_ingest(directory, embedder, store, options=options, on_failed=on_failed, progress=progress)
     if as_json:
         click.echo(json.dumps(report.as_json()))
     else:
-        click.echo(report.summary_line())
+        line = report.summary_line()
+        click.echo(line if sys.stdout.isatty() else f"{timestamp()} {line}")
     if strict and report.failed:
         raise FailedFilesError(f"{len(report.failed)} file(s) failed under {directory} (--strict); see the lines above")
 
@@ -583,7 +719,7 @@ def json_option(what: str) -> Callable[[F], F]:
 @handle_errors
 def search(
     query: str | None,
-    model_dir: Path,
+    model_dir: Path | None,
     data_dir: Path | None,
     qdrant_url: str | None,
     api_key_file: Path | None,
@@ -622,8 +758,9 @@ def search(
         raise click.BadParameter("must not be empty", param_hint="--path-prefix")
     if threshold is not None and threshold != threshold:  # NaN passes FloatRange
         raise click.BadParameter("must be a number between -1 and 1", param_hint="--threshold")
-    embedder = Embedder(model_dir, device=device, precision=precision, max_pixels=max_pixels)
     store = make_store(data_dir, qdrant_url, api_key_file, collection, wait_s=wait_s, role="search")
+    location = require_model(locate_model(model_dir, store))
+    embedder = Embedder(location.path, device=device, precision=precision, max_pixels=max_pixels)
 
     def on_truncate(text: str) -> None:
         info(
@@ -699,7 +836,7 @@ def exit_now_if_main() -> None:
 @handle_errors
 def classify(
     images: tuple[Path, ...],
-    model_dir: Path,
+    model_dir: Path | None,
     labels: tuple[str, ...],
     template: str | None,
     as_json: bool,
@@ -727,7 +864,8 @@ def classify(
         label_texts(names, template)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--template" if "template" in str(exc) else "--labels") from None
-    embedder = Embedder(model_dir, device=device, precision=precision, max_pixels=max_pixels)
+    location = require_model(locate_model(model_dir))
+    embedder = Embedder(location.path, device=device, precision=precision, max_pixels=max_pixels)
     failed: list[ImageError] = []
 
     def on_error(exc: ImageError) -> None:
@@ -748,38 +886,100 @@ def classify(
 @store_options
 @json_option("the status as one object (model, store, collection, points, last_ingest, running_ingest...)")
 @wait_option
+@click.option(
+    "--failed",
+    "list_failed",
+    is_flag=True,
+    help="List the remembered failed files (path and reason), which ingest skips until they change.",
+)
 @handle_errors
 def status(
-    model_dir: Path,
+    model_dir: Path | None,
     data_dir: Path | None,
     qdrant_url: str | None,
     api_key_file: Path | None,
     collection: str,
     as_json: bool,
+    list_failed: bool,
     wait_s: float,
 ) -> None:
     """Show the model, the store, the collection's point count and the last ingest.
 
-    Reports the model in --model-dir (name, embedding dimension), where the vectors live (the embedded
-    store's folder or the server URL; never the API key), the collection and the model that built it, its
-    exact point count, and the time and summary of the last finished ingest. Works before any ingest,
-    and without a model.
+    Reports the model (from --model-dir, else the one that built the collection, else the default folder:
+    name, embedding dimension), where the vectors live (the embedded store's folder or the server URL; never
+    the API key), the collection and the model that built it, its exact point count, the time and summary of
+    the last finished ingest, the remembered failed files (--failed lists them) and the size of the
+    optimised-model cache. Works before any ingest, and without a model.
 
     \b
     Exit codes: 0 done; 1 the store failed; 69 Qdrant server unreachable; 75 the embedded store stayed in use
     by other processes for --wait seconds.
     """
+    from indexer.encode import ort_cache_dir
+    from indexer.failures import FailureMemory
+    from indexer.search import printable
     from indexer.status import collect_status
 
     store = make_store(data_dir, qdrant_url, api_key_file, collection, wait_s=wait_s, role="status")
+    location = locate_model(model_dir, store)
     with store:
-        report = collect_status(model_dir, store)
+        report = collect_status(location.path, store)
+        memory = FailureMemory.for_store(store)
+    failed = sorted(memory.entries.values(), key=lambda e: e.path)
+    cache = ort_cache_dir()
+    cache_bytes = tree_bytes(cache / "ort") if cache is not None else 0
+    if list_failed:
+        if as_json:
+            click.echo(json.dumps([{"path": e.path, "reason": e.reason} for e in failed], indent=2))
+        else:
+            for entry in failed:
+                click.echo(printable(f"{entry.path}: {entry.reason}"))
+            if not failed:
+                info("no remembered failures")
+        return
     if as_json:
-        click.echo(json.dumps(report.as_json(), indent=2, sort_keys=False))
+        data = report.as_json()
+        data["model_dir_from"] = location.origin.value
+        data["failed_files"] = len(failed)
+        data["model_cache"] = {"dir": str(cache) if cache is not None else None, "bytes": cache_bytes}
+        click.echo(json.dumps(data, indent=2, sort_keys=False))
     else:
-        click.echo(report.format())
+        text = report.format()
+        width = max(len(line.split("  ", 1)[0]) for line in text.splitlines())
+        more = [
+            (
+                "failed files",
+                f"{len(failed)} remembered (not decoded again until they change; "
+                "`clipindex status --failed` lists them, `ingest --retry-failed` retries)"
+                if failed
+                else "none",
+            ),
+            ("model cache", f"{cache_bytes / 1e6:.1f} MB in {cache} (safe to delete)" if cache else "off"),
+        ]
+        width = max(width, *(len(k) for k, _ in more))
+        rows = []
+        for line in text.splitlines():
+            if "  " not in line:
+                rows.append(line)
+                continue
+            key, value = line.split("  ", 1)
+            if key == "model dir":  # which rule chose it (--model-dir, the environment, the collection, the default)
+                value = f"{value.lstrip()}  (from {location.origin.value})"
+            rows.append(f"{key:<{width}}  {value.lstrip()}")
+        rows += [f"{key:<{width}}  {printable(value)}" for key, value in more]
+        click.echo("\n".join(rows))
     if report.busy:  # everything else was shown; the exit code says the store could not be read
         sys.exit(StoreBusyError.exit_code)
+
+
+def tree_bytes(folder: Path) -> int:
+    """Total size of the files under ``folder`` (0 when it does not exist)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
 
 
 # --- migrate ----------------------------------------------------------------------------------------------

@@ -30,7 +30,14 @@ from indexer.inputs import (
     describe,
     load_input,
 )
-from indexer.manifest import TEXT_FILE, TOKENIZER_FILE, VISION_FILE, ModelManifest, quantized_name
+from indexer.manifest import (
+    TEXT_FILE,
+    TOKENIZER_FILE,
+    VISION_FILE,
+    ModelManifest,
+    quantized_name,
+    reconvert_hint,
+)
 from indexer.prefetch import decode_ahead
 from indexer.similarity import TopK, l2_normalise, similarity, top_k
 
@@ -164,16 +171,18 @@ def ort_cache_dir() -> Path | None:
     return Path(base) / "clipindex"
 
 
-def _cached_session(path: Path, options: Any, verify: Callable[[], None]) -> Any:
+def _cached_session(path: Path, options: Any, verify: Callable[[], None], sha256: str | None = None) -> Any:
     """A CPU session from a cached, already optimised copy of ``path`` whose weights sit in an external file.
 
     ONNX Runtime loads a model whose initializers are inline in the protobuf by copying them (about 0.6 s for
     ViT-B/32's 250 MB text tower here); from external data it takes about 0.16 s, which matters for
     ``clipindex search``, a new process per query. The copy is ORT's own ``optimized_model_filepath`` output
     (level EXTENDED, portable across CPUs; layout-specific optimisations still run at load), written once per
-    model file, checked against its path, size, mtime and the ONNX Runtime version. ``verify`` (the sha256 check
-    against the manifest) runs before an entry is written, so a cached copy always comes from a verified file.
-    Returns None when the cache is off or unusable (read-only home...), and the caller loads ``path`` directly.
+    model *content* (``sha256``, from the manifest: every copy of one model shares one entry) and ONNX Runtime
+    version. ``verify`` (the sha256 check against the manifest) runs before an entry is written or first used
+    for a file (path, size, mtime: listed in the entry's ``sources``), so a cached copy always stands for a
+    verified file. Returns None when the cache is off or unusable (read-only home...), and the caller loads
+    ``path`` directly. The cache may be deleted at any time (``rm -rf ~/.cache/clipindex``).
     """
     import hashlib
 
@@ -184,20 +193,30 @@ def _cached_session(path: Path, options: Any, verify: Callable[[], None]) -> Any
         return None
     st = path.stat()
     resolved = str(path.resolve())
-    key = f"{resolved}|{st.st_size}|{st.st_mtime_ns}|{ort.__version__}"
-    # One entry per model file: a re-converted model (new size/mtime) replaces its old entry.
-    folder = root / "ort" / hashlib.sha256(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    source = f"{resolved}|{st.st_size}|{st.st_mtime_ns}"
+    if sha256:  # one entry per model content, whatever the number of copies of the model folder
+        key = f"sha256:{sha256.lower()}|{path.name}|{ort.__version__}"
+        name = sha256.lower()[:24]
+    else:  # no digest in the manifest: one entry per model file
+        key = f"{source}|{ort.__version__}"
+        name = hashlib.sha256(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    folder = root / "ort" / name
     model = folder / path.name
     stamp = folder / "key"
+    sources = folder / "sources"
     try:
         hit = model.is_file() and stamp.is_file() and stamp.read_text(encoding="utf-8") == key
+        known = hit and source in sources.read_text(encoding="utf-8", errors="replace").splitlines()
     except (OSError, UnicodeDecodeError):
-        hit = False
-    if not hit:
+        hit = known = False
+    if not known:
         verify()  # raises ModelIntegrityError: never cache, nor load, a corrupted model
     try:
         if not hit:
             _write_optimised_copy(path, folder, key)
+        if not known:
+            with sources.open("a", encoding="utf-8", errors="surrogateescape") as out:
+                out.write(source + "\n")
         return ort.InferenceSession(str(model), options, providers=[CPU])
     except Exception:  # a broken or unwritable cache must never cost the run: load the model directly
         import shutil
@@ -274,7 +293,7 @@ class OnnxTower:
         # hashed at most once (a cache miss, then a direct load after a cache failure, both ask)
         verify = functools.cache(functools.partial(verify_sha256, path, sha256)) if sha256 else lambda: None
         options = _session_options(intra_op_threads)
-        self.session: Any = _cached_session(path, options, verify) if list(providers) == [CPU] else None
+        self.session: Any = _cached_session(path, options, verify, sha256) if list(providers) == [CPU] else None
         if self.session is None:
             verify()
             try:
@@ -407,9 +426,7 @@ class Embedder:
         base = VISION_FILE if kind == "vision" else TEXT_FILE
         path = self.model_dir / (quantized_name(base) if self.precision == "int8" else base)
         if not path.is_file():
-            raise ModelNotFoundError(
-                f"{path}: missing; run `clipindex convert` (add `--quantize int8` for the int8 files)"
-            )
+            raise ModelNotFoundError(f"{path}: missing; {reconvert_hint(self.manifest, int8=self.precision == 'int8')}")
         return path
 
     def tower(self, kind: Literal["vision", "text"]) -> OnnxTower:

@@ -12,6 +12,8 @@ class ClipIndexError(Exception):
 
     #: process exit code the CLI uses for this error
     exit_code: int = 1
+    #: lines the CLI prints under the one-line message (ways forward), one per line
+    hints: tuple[str, ...] = ()
 
 
 # --- models and conversion -------------------------------------------------------------------------
@@ -23,6 +25,20 @@ class ConvertError(ClipIndexError):
 
 class MissingExtraError(ClipIndexError):
     """An optional dependency group is not installed."""
+
+
+class SourceUnavailableError(ConvertError):
+    """The checkpoint to convert could not be downloaded (offline) and is not cached; ``hints`` say the two ways
+    forward (a local checkpoint, or a random-weight trial)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.hints = (
+            "real weights: pass a local checkpoint folder: `clipindex convert /path/to/checkpoint` "
+            "(ingest: --source-model /path/to/checkpoint, or CLIPINDEX_SOURCE_MODEL=/path/to/checkpoint)",
+            "a trial without them: `python -m convert.checkpoint /tmp/clip-trial` writes a random-weight CLIP, then "
+            "`clipindex convert /tmp/clip-trial` (random weights: the rankings are meaningless)",
+        )
 
 
 class ParityError(ConvertError):

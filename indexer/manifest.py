@@ -158,6 +158,16 @@ def missing_manifest_message(model_dir: Path) -> str:
     )
 
 
+def reconvert_hint(manifest: ModelManifest, *, int8: bool = False) -> str:
+    """A complete command that rewrites ``manifest``'s model folder from its checkpoint (with the int8 files)."""
+    import shlex
+
+    quantize = " --quantize int8" if int8 else ""
+    source = shlex.quote(manifest.source_model)
+    output = shlex.quote(str(manifest.model_dir.absolute()))
+    return f"write it with `clipindex convert {source} --output {output}{quantize} --force`"
+
+
 def _triple(values: Any) -> tuple[float, float, float]:
     a, b, c = (float(v) for v in values)
     return (a, b, c)

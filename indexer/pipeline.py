@@ -25,6 +25,7 @@ point leaves a store from which the next run converges to the exact index.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -34,9 +35,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from indexer import cstderr
 from indexer.encode import Embedder, available_cores
 from indexer.errors import CountMismatchError, ImageError, StoreUnavailableError
+from indexer.failures import FailureMemory, Remembered, new_entry
 from indexer.live import LiveProgress, progress_path
+from indexer.locate import model_record
 from indexer.lock import IngestLock
 from indexer.points import INDEX_FIELDS, absolute, display_path, in_shard, make_payload, point_id
 from indexer.prefetch import decode_ahead
@@ -69,6 +73,8 @@ class Progress(Protocol):
 class FailedFile:
     path: str
     reason: str
+    #: failed before with the same size and mtime: not decoded again (:mod:`indexer.failures`)
+    known: bool = False
 
 
 @dataclass
@@ -90,9 +96,15 @@ class IngestReport:
         data["seconds"] = round(self.seconds, 3)
         return data
 
+    @property
+    def known_failed(self) -> int:
+        return sum(1 for f in self.failed if f.known)
+
     def summary_line(self) -> str:
+        known = self.known_failed
+        failed = f"{len(self.failed)} ({known} known)" if known else f"{len(self.failed)}"
         return (
-            f"indexed {self.indexed} (reused {self.reused}), unchanged {self.unchanged}, failed {len(self.failed)}, "
+            f"indexed {self.indexed} (reused {self.reused}), unchanged {self.unchanged}, failed {failed}, "
             f"removed {self.removed}; {self.points} points in the collection; {self.seconds:.1f} s"
         )
 
@@ -106,6 +118,10 @@ class IngestOptions:
     #: decode/preprocess threads; default: the cores
     decode_workers: int | None = None
     flush_interval_s: float = FLUSH_INTERVAL_S
+    #: remember the files that fail, and skip them while they do not change (:mod:`indexer.failures`)
+    remember_failures: bool = True
+    #: decode the remembered failures again
+    retry_failed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +190,9 @@ class _Ingest:
         #: ``--shard``: ids of every file the walk found, in any shard (never pruned by this shard)
         self.walked: set[str] = set()
         self.seen: set[str] = set()
+        #: remembered failures (None: not remembered) and this run's decode failures, to remember
+        self.memory: FailureMemory | None = FailureMemory.for_store(store) if options.remember_failures else None
+        self.new_failures: list[Remembered] = []
         #: the progress file ``clipindex status`` reads (None when the run takes no lock)
         self.live: LiveProgress | None = None
         self.next_yield_check = 0.0
@@ -187,9 +206,12 @@ class _Ingest:
                 return
             self.next_yield_check = t + YIELD_CHECK_S
         if self.store.yield_to_readers():
-            self.report.handoffs += 1
-            if self.live is not None:
-                self.live.handoffs = self.report.handoffs
+            self.count_handoff()
+
+    def count_handoff(self) -> None:
+        self.report.handoffs += 1
+        if self.live is not None:
+            self.live.handoffs = self.report.handoffs
 
     def set_phase(self, phase: str, **fields: Any) -> None:
         if self.live is not None:
@@ -243,6 +265,12 @@ class _Ingest:
             if previous is not None and previous.size == found.size and previous.mtime_ns == found.mtime_ns:
                 self.report.unchanged += 1
                 continue
+            if self.memory is not None and not self.options.retry_failed:
+                known = self.memory.known(path, found.size, found.mtime_ns)
+                if known is not None:  # failed before and unchanged since: not decoded again
+                    self.new_failures.append(known)
+                    self.fail(path, known.reason, known=True)
+                    continue
             todo.append(_Pending(path, found.size, found.mtime_ns, pid))
         return todo, seen
 
@@ -251,9 +279,10 @@ class _Ingest:
         prepared = _Prepared(pending)
         known = self.hash_to_id if reuse else {}
         try:
-            decoded = decode_file(
-                pending.path, self.embedder.preprocessor, decode_pixels=lambda sha: bytes.fromhex(sha) not in known
-            )
+            with cstderr.decoding():  # what libtiff & co. print meanwhile stays out of the log
+                decoded = decode_file(
+                    pending.path, self.embedder.preprocessor, decode_pixels=lambda sha: bytes.fromhex(sha) not in known
+                )
             prepared.decoded = decoded
             if decoded.image is None:
                 prepared.reuse_from = self.hash_to_id.get(bytes.fromhex(decoded.sha256))
@@ -261,7 +290,8 @@ class _Ingest:
                 image, decoded.image = decoded.image, None  # the bitmap is freed once preprocessed
                 prepared.pixels = self.embedder.preprocessor.preprocess(image)
         except ImageError as exc:
-            prepared.error = exc.reason
+            # decoded again alone, so that the C libraries' messages name this file's problem in its one line
+            prepared.error = cstderr.explain(exc.reason, lambda: decode_file(pending.path, self.embedder.preprocessor))
         except MemoryError:
             prepared.error = "not enough memory to decode this image (lower --max-pixels to skip such images)"
         return prepared
@@ -280,7 +310,7 @@ class _Ingest:
         needs_stored: list[_Prepared] = []
         for item in prepared:
             if item.error is not None:
-                self.fail(item.pending.path, item.error)
+                self.fail(item.pending.path, item.error, pending=item.pending)
                 if item.pending.point_id in self.present:
                     stale.append(item.pending.point_id)  # the file changed into something unreadable
                 continue
@@ -303,7 +333,7 @@ class _Ingest:
                 if vector is None:  # the point we meant to copy is gone: decode after all
                     redone = self.prepare(item.pending, reuse=False)
                     if redone.error is not None:
-                        self.fail(item.pending.path, redone.error)
+                        self.fail(item.pending.path, redone.error, pending=item.pending)
                         continue
                     item.pixels = redone.pixels
                     to_encode.append(item)
@@ -311,7 +341,11 @@ class _Ingest:
                     vectors[item.decoded.sha256] = vector
                     self.report.reused += 1
         if to_encode:
-            encoded = self.embedder.encode_pixels(np.stack([i.pixels for i in to_encode if i.pixels is not None]))
+            pixels = np.stack([i.pixels for i in to_encode if i.pixels is not None])
+            with self.store.lend_to_readers() as lending:  # searches that come meanwhile get in at once
+                encoded = self.embedder.encode_pixels(pixels)
+            if lending.processes:
+                self.count_handoff()
             for item, vector in zip(to_encode, encoded, strict=True):
                 assert item.decoded is not None
                 vectors[item.decoded.sha256] = vector
@@ -434,11 +468,31 @@ class _Ingest:
                     f"expected {self.expected_count}; re-run to converge"
                 )
 
-    def fail(self, path: str, reason: str) -> None:
-        failed = FailedFile(display_path(path), reason)
+    def fail(self, path: str, reason: str, *, known: bool = False, pending: _Pending | None = None) -> None:
+        failed = FailedFile(display_path(path), reason, known)
         self.report.failed.append(failed)
+        if pending is not None:  # a file that failed to decode: remembered (walk errors are not)
+            self.new_failures.append(new_entry(pending.path, pending.size, pending.mtime_ns, reason))
         if self.on_failed is not None:
             self.on_failed(failed)
+
+    def remember_failures(self) -> None:
+        """Replace the remembered failures under this run's folder (and shard) by this run's: deleted, fixed and
+        changed files are forgotten. Folders the walk could not list keep theirs."""
+        if self.memory is None:
+            return
+        under = self.root_display.rstrip("/") + "/"
+        blocked = tuple(self.walk_blocked)
+        shard = self.options.shard
+
+        def in_scope(path: str) -> bool:
+            shown = display_path(path)
+            return (
+                shown.startswith(under) and not shown.startswith(blocked) and (shard is None or in_shard(path, *shard))
+            )
+
+        with contextlib.suppress(OSError):  # only a cache: the files are decoded (and reported) again next time
+            self.memory.replace(in_scope, self.new_failures)
 
     def finish(self) -> None:
         exact = self.store.count(exact=True)
@@ -501,6 +555,7 @@ def ingest(
             run.set_phase("finishing")
             store.optimize()  # the final flush is the finally's below
             run.finish()
+            run.remember_failures()
         except StoreUnavailableError as exc:
             if run.todo_total is None:
                 raise
@@ -517,7 +572,9 @@ def ingest(
             store.flush()
         summary = run.report.as_json()
         summary.update({"root": run.root_display, "model": embedder.model_name, "finished_at": time.time()})
+        summary.update(model_record(embedder.manifest))  # search and status find the model from any folder
         summary["failed"] = len(run.report.failed)
+        summary["failed_known"] = run.report.known_failed
         store.save_summary(summary)
     return run.report
 

@@ -3,7 +3,9 @@ real converter, and real photos."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -12,8 +14,17 @@ import pytest
 # The tests never reach the hub: fail fast instead of retrying for half a minute.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# ONNX Runtime's optimised-model cache (indexer.encode) goes to a scratch folder, not the user's ~/.cache.
-os.environ.setdefault("CLIPINDEX_CACHE_DIR", tempfile.mkdtemp(prefix="clipindex-test-cache-"))
+# ONNX Runtime's optimised-model cache (indexer.encode) goes to a scratch folder, not the user's ~/.cache, and the
+# folder goes when the session ends.
+if "CLIPINDEX_CACHE_DIR" not in os.environ:
+    _cache_dir = tempfile.mkdtemp(prefix="clipindex-test-cache-")
+    os.environ["CLIPINDEX_CACHE_DIR"] = _cache_dir
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+# The per-user defaults (the model folder, the embedded store) of any test that does not name its own go to a
+# scratch folder too: the suite never writes into the user's ~/.local/share.
+_data_home = tempfile.mkdtemp(prefix="clipindex-test-data-")
+os.environ["XDG_DATA_HOME"] = _data_home
+atexit.register(shutil.rmtree, _data_home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

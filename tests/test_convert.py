@@ -216,7 +216,7 @@ def _invalid_sources(tmp_path: Path) -> dict[str, str]:
         str(empty): "missing config.json",
         str(other): "not 'clip'",
         str(garbage): "unreadable",
-        "openai/clip-vit-base-patch32": "pass the local folder",
+        "openai/clip-vit-base-patch32": "Two ways forward",
     }
 
 
@@ -243,14 +243,17 @@ def test_existing_output_needs_force(tiny_model_dir: Path, tiny_checkpoint: Path
     assert not (out / "marker").exists() and (out / "vision.onnx").is_file()
 
 
-def test_default_output_is_models_slash_model_name(
+def test_default_output_is_the_per_user_model_folder(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Not the current folder: the one ingest, search and status read (indexer.locate.default_model_dir)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CLIPINDEX_MODEL_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     result = convert_model(str(tiny_checkpoint))
-    assert result.output == Path("models") / tiny_checkpoint.name
-    assert (tmp_path / "models" / tiny_checkpoint.name / "vision.onnx").is_file()
+    assert result.output == tmp_path / "xdg" / "clipindex" / "models" / "default"
+    assert (result.output / "vision.onnx").is_file() and not (tmp_path / "models").exists()
+    assert json.loads((result.output / "manifest.json").read_text())["model_name"] == tiny_checkpoint.name
 
 
 def test_missing_convert_extra_names_the_extra(tmp_path: Path) -> None:
@@ -429,9 +432,10 @@ def test_fp16_checkpoint_in_a_hub_cache_snapshot_converts_in_fp32(
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CLIPINDEX_MODEL_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     result = CliRunner().invoke(cli, ["convert", "--model", str(snapshot)])
     assert result.exit_code == 0, result.output
-    out = tmp_path / "models" / "clip-tiny-fp16"
+    out = tmp_path / "xdg" / "clipindex" / "models" / "default"  # the default output, named after the snapshot
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model_name"] == "clip-tiny-fp16"
     assert manifest["source_model"] == str(snapshot.resolve())
@@ -458,7 +462,7 @@ def test_model_name_of_hub_cache_snapshots_and_relative_folders(
     snapshot = _hub_cache_repo(tmp_path / "hub", "openai/clip-vit-base-patch32")
     assert model_name_for(str(snapshot)) == "clip-vit-base-patch32"
     assert model_name_for(str(snapshot) + "/") == "clip-vit-base-patch32"
-    assert default_output(str(snapshot)) == Path("models") / "clip-vit-base-patch32"
+    assert default_output(str(snapshot)).name == "default"
     assert model_name_for("openai/clip-vit-base-patch32") == "clip-vit-base-patch32"
     folder = tmp_path / "my-clip" / "sub"
     folder.mkdir(parents=True)

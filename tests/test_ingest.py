@@ -330,7 +330,8 @@ def test_missing_model_and_missing_dir_are_one_line_errors(tmp_path: Path, tiny_
     result = run_cli("ingest", tmp_path, "--model-dir", tmp_path / "nope", "--data-dir", tmp_path / "d")
     assert result.exit_code == 1 and "clipindex convert" in result.stderr and "Traceback" not in result.output
     result = run_cli("ingest", tmp_path / "missing", "--model-dir", tiny_model_dir, "--data-dir", tmp_path / "d")
-    assert result.exit_code == 1 and "missing" in result.stderr
+    assert result.exit_code == 2 and "missing" in result.stderr  # a usage error, before anything is created
+    assert not (tmp_path / "d").exists()
 
 
 def test_python_dash_m_indexer_runs_ingest_without_torch(photo_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -353,26 +354,26 @@ def test_python_dash_m_indexer_runs_ingest_without_torch(photo_dir: Path, tiny_m
 
 
 def test_ingest_converts_the_model_first_when_missing(photo_dir: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
-    """The README's one-command start: no model yet, CLIPINDEX_SOURCE_MODEL names a local checkpoint."""
-    model_dir = tmp_path / "models" / "clip"
-    result = CliRunner(env={"CLIPINDEX_SOURCE_MODEL": str(tiny_checkpoint)}).invoke(
-        cli, ["ingest", str(photo_dir), "--model-dir", str(model_dir), "--data-dir", str(tmp_path / "d")]
-    )
+    """The README's one-command start: no model yet, CLIPINDEX_SOURCE_MODEL names a local checkpoint; the model
+    goes to the per-user default folder (the only one ingest converts into)."""
+    model_dir = tmp_path / "xdg" / "clipindex" / "models" / "default"
+    env = {"CLIPINDEX_SOURCE_MODEL": str(tiny_checkpoint), "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    result = CliRunner(env=env).invoke(cli, ["ingest", str(photo_dir), "--data-dir", str(tmp_path / "d")])
     assert result.exit_code == 0, result.output
     assert "converting" in result.stderr and (model_dir / "manifest.json").is_file()
     assert "indexed 6" in result.stdout
 
 
 def test_model_dir_that_exists_without_a_model(photo_dir: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
-    """An empty folder (made beforehand) is converted into; a folder with other files is never touched, and the
-    error names a fix that works (not `--force`, which ingest does not have)."""
+    """A named folder is never converted into, empty or not: the one-line error names a fix that works (not
+    `--force`, which ingest does not have), and the folder is left as it was."""
     runner = CliRunner(env={"CLIPINDEX_SOURCE_MODEL": str(tiny_checkpoint)})
     empty = tmp_path / "empty-model"
     empty.mkdir()
     args = ["ingest", str(photo_dir), "--data-dir", str(tmp_path / "d")]
     result = runner.invoke(cli, [*args, "--model-dir", str(empty)])
-    assert result.exit_code == 0, result.output
-    assert (empty / "manifest.json").is_file() and "indexed 6" in result.stdout
+    assert result.exit_code == 1, result.output
+    assert f"clipindex convert --output {empty}" in result.stderr and not any(empty.iterdir())
     busy = tmp_path / "busy-model"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")

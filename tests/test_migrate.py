@@ -239,7 +239,10 @@ def test_cli_migrate_to_a_server_then_ingest_there_needs_no_re_embedding(
 def test_cli_migrate_errors_are_one_line_with_their_exit_codes(edge_dir: Path, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{closed_port()}"
     result = run_cli("migrate", "--data-dir", edge_dir, "--to", url, "--timeout", "0.5")
-    assert result.exit_code == 69 and url in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert result.exit_code == 69 and url in result.stderr
+    # the wait is said at once, then one Error: line
+    assert result.stderr.strip().splitlines()[0] == f"waiting for Qdrant at {url} (up to 0.5 s)"
+    assert len([line for line in result.stderr.splitlines() if line.startswith("Error: ")]) == 1
     with QdrantRestServer() as server:
         result = run_cli("migrate", "--data-dir", tmp_path / "nothing-here", "--to", server.url)
         assert result.exit_code == 1 and "no collection" in result.stderr

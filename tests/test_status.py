@@ -36,6 +36,9 @@ KEYS = [
     "running_ingest",
     "interrupted_ingest",
     "busy_reason",
+    "model_dir_from",
+    "failed_files",
+    "model_cache",
 ]
 IMAGES = Path(__file__).resolve().parent.parent / "images"
 

@@ -2,8 +2,9 @@
 
 Real ``clipindex`` processes (``python -m indexer``), the real Qdrant Edge engine, the real tiny model and real
 photos. The ingest child runs through a small bootstrap (:data:`BOOT`) that writes a line to a pipe around a few
-calls (``upsert``, ``_open_shard``, ``hand_over``) so a test can kill it at a chosen moment, and that can slow each
-upsert down so that a run lasts long enough for searches to land in the middle of it. Nothing is mocked.
+calls (``upsert``, ``_open_shard``, and the handover's ``let_in`` and ``take_back``), so that a test can kill it at
+a chosen moment, and that can slow each upsert down so that a run lasts long enough for searches to land in the
+middle of it. Nothing is mocked.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def traced(cls, name, sleep_s=0.0):
 
 EdgeStore.upsert = traced(EdgeStore, "upsert", slow)
 EdgeStore._open_shard = traced(EdgeStore, "_open_shard")
-StoreTurns.hand_over = traced(StoreTurns, "hand_over")
+StoreTurns.let_in = traced(StoreTurns, "let_in")
+StoreTurns.take_back = traced(StoreTurns, "take_back")
 from indexer.cli import main
 sys.argv[0] = "clipindex"
 main()
@@ -137,6 +139,8 @@ class Traced:
     proc: subprocess.Popen[str]
     markers: list[str] = field(default_factory=list)
     killed: bool = False
+    #: the marker after which it was killed ("time" for a timed kill)
+    killed_after: str = ""
     stdout: str = ""
     stderr: str = ""
 
@@ -166,13 +170,13 @@ def start_ingest(
     os.close(write_fd)
     run = Traced(proc)
 
-    def kill() -> None:
-        if proc.poll() is None:
+    def kill(after: str) -> None:
+        if proc.poll() is None and not run.killed:
             proc.send_signal(signal.SIGKILL)
-            run.killed = True
+            run.killed, run.killed_after = True, after
 
     if kill_after_s is not None:
-        threading.Timer(kill_after_s, kill).start()
+        threading.Timer(kill_after_s, kill, args=("time",)).start()
 
     def read() -> None:
         with os.fdopen(read_fd, "rb") as pipe:
@@ -181,7 +185,7 @@ def start_ingest(
                 run.markers.append(marker)
                 if kill_on is not None and marker == kill_on and not run.killed:
                     time.sleep(delay_s)
-                    kill()
+                    kill(marker)
 
     threading.Thread(target=read, daemon=True).start()
     return run
@@ -440,7 +444,7 @@ def test_sigkill_of_ingests_and_searches_at_random_moments_then_the_rerun_is_exa
         for attempt in range(16):
             for path in rng.sample(valid, 60):  # changed mtimes: every run has batches to write (vectors reused)
                 os.utime(path, ns=(time.time_ns(), time.time_ns() + attempt))
-            plan = ["hand_over begin", "time", "hand_over end", "_open_shard end"][attempt % 4]
+            plan = ["let_in end", "time", "take_back end", "_open_shard end"][attempt % 4]
             if plan == "time":
                 run = start_ingest(args, env, slow_upsert_s=0.1, kill_after_s=rng.uniform(1.0, 4.0))
             else:
@@ -451,7 +455,7 @@ def test_sigkill_of_ingests_and_searches_at_random_moments_then_the_rerun_is_exa
             assert run.killed or code == 0, run.stderr
             kills += run.killed
             if run.killed:
-                killed_in.append(plan if plan == "time" or run.markers[-1] == plan else "elsewhere")
+                killed_in.append(run.killed_after)
             if kills >= 10:
                 break
         status = clipindex("status", "--data-dir", indexed, "--model-dir", tiny_model_dir, "--json", env=env)
@@ -462,7 +466,8 @@ def test_sigkill_of_ingests_and_searches_at_random_moments_then_the_rerun_is_exa
         loop.join(timeout=300)
     print(f"\n{kills} ingests killed: {sorted(killed_in)}; {searches_killed} searches killed holding the store")
     assert kills >= 10 and searches_killed >= 1
-    assert any(where.startswith("hand_over") for where in killed_in), killed_in  # while handing over too
+    handing_over = [where for where in killed_in if where.startswith(("let_in", "take_back"))]
+    assert handing_over, killed_in  # killed while handing the store over or taking it back, too
     final = clipindex(*["ingest", *args[:-1], "--json"], env=env)
     assert final.returncode == 0, final.stderr
     assert json.loads(final.stdout)["points"] == 8 + len(valid)
@@ -479,4 +484,4 @@ def test_a_lone_ingest_never_hands_over_nor_reopens(tmp_path: Path, tiny_model_d
     assert run.wait() == 0, run.stderr
     assert json.loads(run.stdout)["handoffs"] == 0
     assert run.markers.count("_open_shard begin") == 0  # created, never (re)opened
-    assert "hand_over begin" not in run.markers
+    assert "let_in begin" not in run.markers

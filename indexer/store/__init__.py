@@ -53,15 +53,17 @@ def open_store(
     shards: int | None = None,
     replicas: int | None = None,
     on_warning: Callable[[str], None] | None = None,
+    on_wait: Callable[[str], None] | None = None,
     wait_s: float = DEFAULT_WAIT_S,
     role: str = "a clipindex process",
 ) -> VectorStore:
     """The store to use: a Qdrant server when ``qdrant_url`` is given, else the embedded store in
     ``data_dir`` (or :func:`default_data_dir`). Nothing is opened yet: call
     :meth:`VectorStore.ensure_collection` (ingest, search) or :meth:`VectorStore.collection_info`
-    (status). ``api_key``, ``timeout_s``, ``shards`` and ``replicas`` only apply to a server; ``wait_s`` (how
-    long to wait for the store while another process has it open) and ``role`` (how this process is named to
-    those kept waiting) only to the embedded store (:mod:`indexer.store.turns`).
+    (status). ``api_key``, ``timeout_s``, ``shards``, ``replicas`` and ``on_wait`` (told once when the server does
+    not answer and calls are retried) only apply to a server; ``wait_s`` (how long to wait for the store while
+    another process has it open) and ``role`` (how this process is named to those kept waiting) only to the
+    embedded store (:mod:`indexer.store.turns`).
     """
     if qdrant_url:
         return ServerStore(
@@ -72,5 +74,6 @@ def open_store(
             shards=shards,
             replicas=replicas,
             on_warning=on_warning,
+            on_wait=on_wait,
         )
     return EdgeStore(data_dir if data_dir is not None else default_data_dir(), collection, wait_s=wait_s, role=role)

@@ -40,6 +40,7 @@ vector size of the collection config and the ``"model"`` payload of a stored poi
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import uuid
 from abc import ABC, abstractmethod
@@ -86,6 +87,13 @@ class Hit:
     id: str
     score: float
     payload: dict[str, Any]
+
+
+@dataclass
+class Lending:
+    """What :meth:`VectorStore.lend_to_readers` did: how many waiting processes it let in (0: none waited)."""
+
+    processes: int = 0
 
 
 @dataclass(frozen=True)
@@ -247,6 +255,12 @@ class VectorStore(ABC):
         model loads. Nothing to do for a server.
         """
         return None
+
+    def lend_to_readers(self) -> contextlib.AbstractContextManager[Lending]:
+        """Around work that does not touch the store (a batch's inference): let processes that wait for the
+        embedded store in while the work goes on, and take the store back at the end (see
+        :meth:`EdgeStore.lend_to_readers`). A server serves everyone at once: nothing to do."""
+        return contextlib.nullcontext(Lending())
 
     def yield_to_readers(self) -> int:
         """Between two batches of a long write: let processes waiting to read the store in, then go on.

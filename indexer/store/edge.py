@@ -73,6 +73,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
@@ -99,6 +100,7 @@ from indexer.store.base import (
     UNKNOWN_MODEL,
     CollectionInfo,
     Hit,
+    Lending,
     Point,
     VectorStore,
     as_vector,
@@ -128,6 +130,8 @@ MAX_SEGMENT_KB = 65_536
 OPTIMIZE_HEADROOM_BYTES = 4 * MAX_SEGMENT_KB * 1024
 #: the engine may hold its WAL lock for a moment after another process closed the shard: retry the open this long
 OPEN_RETRY_S = 5.0
+#: while a batch's inference runs, waiting readers are looked for this often (seconds)
+LEND_POLL_S = 0.02
 
 
 def edge_config(vector_dim: int) -> qe.EdgeConfig:
@@ -401,9 +405,8 @@ class EdgeStore(VectorStore):
         shard, info = self._shard, self._info
         if shard is None or info is None:
             return
-        self._engine("flush", shard.flush)
         self._shard = None
-        self._close_shard(shard, keep_turn=True)  # closed and reopened within our turn: nobody gets in between
+        self._engine("close", shard.close)  # flushes; closed and reopened within our turn: nobody gets in between
         self._shard = self._open_shard(info.vector_dim)
 
     def yield_to_readers(self) -> int:
@@ -413,23 +416,73 @@ class EdgeStore(VectorStore):
         what they see), closes the shard, hands the turn over and reopens the shard once it is ours again.
         Returns how many processes were waiting.
         """
-        shard, info = self._shard, self._info
-        if shard is None or info is None:
-            return 0
-        waiting = self.turns.waiting_readers()
+        waiting = self._lend()
         if not waiting:
             return 0
-        self._engine("flush", shard.flush)
-        self._shard = None
-        self._close_shard(shard, keep_turn=True)
+        self._take_back(waiting)
+        return len(waiting)
+
+    @contextlib.contextmanager
+    def lend_to_readers(self) -> Iterator[Lending]:
+        """Around work that does not touch the store (a batch's inference): a watcher thread checks for waiting
+        processes every 20 ms and, as soon as one waits, flushes, closes the shard and lets them in, while the work
+        goes on. On exit the store is taken back (waiting for them) and reopened. The caller must not use the
+        store inside the block. ``Lending.processes`` says how many were let in."""
+        lending = Lending()
+        if self._shard is None or self._info is None:
+            yield lending
+            return
+        stop = threading.Event()
+        lent: list[list[Path]] = []
+        failed: list[BaseException] = []
+
+        def watch() -> None:
+            try:
+                while not stop.wait(LEND_POLL_S):
+                    waiting = self._lend()
+                    if waiting:
+                        lent.append(waiting)
+                        return
+            except BaseException as exc:  # raised in the caller's thread below
+                failed.append(exc)
+
+        watcher = threading.Thread(target=watch, name="clipindex-lend", daemon=True)
+        watcher.start()
         try:
-            self.turns.hand_over(waiting, self.wait_s)
-            self._shard = self._open_shard(info.vector_dim)
+            yield lending
+        finally:
+            stop.set()
+            watcher.join()
+            if failed:
+                raise failed[0]
+            if lent:
+                lending.processes = len(lent[0])
+                self._take_back(lent[0])
+
+    def _lend(self) -> list[Path]:
+        """When processes wait for the store: flush, close the shard and give them the turn; returns them."""
+        shard, info = self._shard, self._info
+        if shard is None or info is None:
+            return []
+        waiting = self.turns.waiting_readers()
+        if not waiting:
+            return []
+        self._shard = None
+        # close() flushes (what they see: everything upserted so far); a flush() before it would cost as much again
+        self._engine("close", shard.close)
+        self.turns.let_in()
+        return waiting
+
+    def _take_back(self, waiting: list[Path]) -> None:
+        """After :meth:`_lend`: take the turn back once they have had it, and reopen the shard."""
+        assert self._info is not None
+        try:
+            self.turns.take_back(waiting, self.wait_s)
+            self._shard = self._open_shard(self._info.vector_dim)
         except BaseException:
             self._info = None
             self.turns.give_back()
             raise
-        return len(waiting)
 
     def optimize(self) -> bool:
         shard = self._need()

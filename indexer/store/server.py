@@ -29,6 +29,7 @@ import ipaddress
 import json
 import logging
 import math
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -83,9 +84,52 @@ META_FORMAT_KEY = "clipindex_format"
 META_CREATED = "clipindex_created_at"
 META_SUMMARY = "clipindex_last_ingest"
 
+#: until the server has answered once, a call still running after this many seconds is announced as a wait (a
+#: server that accepts connections but does not answer would otherwise be silent for a whole request timeout)
+WAIT_NOTICE_S = 1.0
+
 _TRANSIENT_HTTP = frozenset({408, 429, 502, 503, 504})
 _AUTH_HTTP = frozenset({401, 403})
 _RETRIEVE_CHUNK = 1000
+
+
+def _permanent_failure(e: BaseException) -> str | None:
+    """Why a connection failure cannot be cured by waiting (a host name that does not resolve, a TLS
+    certificate that does not verify), found in the exception's chain; None for a transient one."""
+    import socket
+    import ssl
+
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            return (
+                f"TLS certificate verification failed ({cur.verify_message or cur.reason}); check the URL's host name"
+            )
+        if isinstance(cur, socket.gaierror) and cur.errno in _UNRESOLVABLE:
+            return "the host name does not resolve (no such host); check the URL"
+        text = str(cur)
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            return "TLS certificate verification failed; check the URL's host name"
+        if "Name or service not known" in text or "nodename nor servname provided" in text:
+            return "the host name does not resolve (no such host); check the URL"
+        cur = cur.__cause__ or cur.__context__ or getattr(cur, "source", None)
+    return None
+
+
+def _unresolvable_codes() -> frozenset[int]:
+    import socket
+
+    codes = {socket.EAI_NONAME}
+    nodata = getattr(socket, "EAI_NODATA", None)
+    if nodata is not None:
+        codes.add(nodata)
+    return frozenset(codes)
+
+
+#: getaddrinfo errors that mean "no such host" (EAI_AGAIN, a temporary DNS failure, is retried)
+_UNRESOLVABLE = _unresolvable_codes()
 
 
 class InsecureApiKeyWarning(UserWarning):
@@ -130,6 +174,7 @@ class ServerStore(VectorStore):
         prefer_grpc: bool = False,
         state_dir: Path | None = None,
         on_warning: Callable[[str], None] | None = None,
+        on_wait: Callable[[str], None] | None = None,
     ) -> None:
         if (url is None) == (client is None):
             raise ValueError("give exactly one of url and client")
@@ -146,6 +191,11 @@ class ServerStore(VectorStore):
         self._opened = False
         self._info: CollectionInfo | None = None
         self._metadata_supported = True
+        #: told once, at the first failed attempt, that calls are being retried (cron logs see the wait at once)
+        self._on_wait = on_wait
+        self._wait_told = False
+        self._wait_lock = threading.Lock()
+        self._answered = False
         if client is not None:
             self._client = client
             self._owns_client = False
@@ -606,8 +656,30 @@ class ServerStore(VectorStore):
             return "transient", f"{type(e).__name__}: {e}"
         return "fatal", f"{type(e).__name__}: {e}"
 
+    def _tell_wait(self) -> None:
+        with self._wait_lock:  # the notice timer's thread and a failed attempt may both try
+            if self._wait_told or self._on_wait is None:
+                return
+            self._wait_told = True
+        self._on_wait(f"waiting for Qdrant at {self._url} (up to {self.timeout_s:g} s)")
+
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run a client call, retrying transient failures with backoff for at most ``timeout_s``."""
+        """Run a client call, retrying transient failures with backoff for at most ``timeout_s``. Until the
+        server has answered once, a wait is announced (``on_wait``) after :data:`WAIT_NOTICE_S` or at the first
+        failed attempt, whichever comes first."""
+        if self._answered or self._wait_told or self._on_wait is None:
+            return self._call_retrying(what, fn)
+        timer = threading.Timer(WAIT_NOTICE_S, self._tell_wait)
+        timer.daemon = True
+        timer.start()
+        try:
+            result = self._call_retrying(what, fn)
+        finally:
+            timer.cancel()
+        self._answered = True
+        return result
+
+    def _call_retrying(self, what: str, fn: Callable[[], T]) -> T:
         start = time.monotonic()
         deadline = start + self.timeout_s
         delay = 0.2
@@ -619,6 +691,11 @@ class ServerStore(VectorStore):
             except Exception as e:
                 kind, reason = self._classify(e)
                 reason = self._scrub(reason)
+                permanent = _permanent_failure(e) if kind == "transient" else None
+                if permanent is not None:  # retrying cannot help: fail now, naming the URL
+                    raise StoreUnavailableError(f"Qdrant server {self._url} unreachable: {permanent}") from None
+                if kind == "transient":
+                    self._tell_wait()
                 if kind == "transient":
                     remaining = deadline - time.monotonic()
                     if remaining > 0:

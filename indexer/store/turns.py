@@ -95,13 +95,19 @@ class StoreTurns:
         return waiting
 
     def hand_over(self, waiting: list[Path], wait_s: float) -> None:
-        """Give the turn to the processes in ``waiting`` (the caller has closed its shard), then take it back.
+        """Give the turn to the processes in ``waiting`` (the caller has closed its shard), then take it back:
+        :meth:`let_in`, then :meth:`take_back`."""
+        self.let_in()
+        self.take_back(waiting, wait_s)
 
-        Returns once every one of them has had its turn (or given up) and the turn is ours again; raises
-        :class:`StoreBusyError` when one keeps it past ``wait_s``.
-        """
+    def let_in(self) -> None:
+        """Give the turn to the waiting processes (the caller has closed its shard)."""
         self.give_back()
         self.handovers += 1
+
+    def take_back(self, waiting: list[Path], wait_s: float) -> None:
+        """After :meth:`let_in`: once every process in ``waiting`` has had its turn (or given up), take the turn
+        back. Raises :class:`StoreBusyError` when one keeps it past ``wait_s``."""
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline and any(_still_waiting(p) for p in waiting):
             time.sleep(POLL_S / 2)
