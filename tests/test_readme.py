@@ -18,8 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-#: what the examples call the model folder and the port of the `python -m http.server -d images 8000` they mention
-MODEL_DIR = "models/clip-vit-base-patch32"
+#: the host:port of the `python -m http.server -d images 8000` the examples mention
 EXAMPLE_HOST = "localhost:8000"
 
 
@@ -69,11 +68,14 @@ def test_there_are_examples_for_each_part_of_the_library() -> None:
 def test_library_examples_run(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, images_server: str
 ) -> None:
+    from indexer.locate import default_model_dir
+
     shutil.copytree(ROOT / "images", tmp_path / "images")
-    (tmp_path / "models").mkdir()
-    (tmp_path / MODEL_DIR).symlink_to(tiny_model_dir, target_is_directory=True)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # the default model folder is the test model
     monkeypatch.setenv("CLIPINDEX_DATA_DIR", str(tmp_path / "data"))
+    default_model_dir().parent.mkdir(parents=True)
+    default_model_dir().symlink_to(tiny_model_dir, target_is_directory=True)
     namespace: dict[str, Any] = {"__name__": "readme"}
     printed = io.StringIO()
     blocks = library_examples()
