@@ -80,6 +80,7 @@ import math
 import os
 import re
 import stat
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, NamedTuple
@@ -129,6 +130,7 @@ _RESAMPLE = {
 _SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _HIGH_DEPTH = _SIXTEEN_BIT | {"I", "F"}
 _DRAFTABLE = frozenset({"JPEG", "MPO"})
+_STREAM_LOCK = threading.Lock()
 
 
 def resample_filter(name: str | int) -> Image.Resampling:
@@ -782,6 +784,24 @@ class Preprocessor:
         return load_image_bytes(data, name=name, max_pixels=self.max_pixels, draft=self.draft, config=self.config)
 
     def load_decoded(self, image: Image.Image, *, name: str = "<image>") -> Image.Image:
+        """A PIL image given by the caller -> RGB. One that ``Image.open`` opened and nothing has decoded yet
+        (its pixels are still in its file) is decoded from that file, or from the bytes of the file object it was
+        opened from, exactly as :meth:`load` decodes a file, draft decoding included; any other image is taken as
+        decoded (:func:`prepare_decoded_image`)."""
+        if isinstance(image, ImageFile.ImageFile) and image.tile:  # opened lazily, not decoded yet
+            filename = getattr(image, "filename", None)
+            if filename:
+                return self.load(os.fsdecode(filename))
+            stream = getattr(image, "fp", None)
+            if stream is not None and callable(getattr(stream, "seekable", None)) and stream.seekable():
+                with _STREAM_LOCK:  # the same image given twice must not be read by two threads at once
+                    position = stream.tell()
+                    try:
+                        stream.seek(0)
+                        data = stream.read()
+                    finally:
+                        stream.seek(position)
+                return self.load_bytes(data, name=name)
         return prepare_decoded_image(image, name=name, max_pixels=self.max_pixels)
 
     def preprocess(self, image: Image.Image, *, out: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float32]:

@@ -129,8 +129,9 @@ def kinds_of(path: Path, http_base: str) -> dict[str, Any]:
         "URL": f"{http_base}/{path.name}",
         "URL without Content-Length": f"{http_base}/chunked/{path.name}",
     }
+    items["PIL image (Image.open, not loaded)"] = Image.open(path)  # decoded from its file, as ingest does
+    items["PIL image (Image.open of a BytesIO, not loaded)"] = Image.open(io.BytesIO(data))
     if path.name != DRAFTED:  # decoded pixels: no draft decoding, so only files too small for it compare exactly
-        items["PIL image (lazy Image.open)"] = Image.open(path)
         items["PIL image (loaded)"] = Image.open(path).copy()  # copy() keeps the EXIF orientation tag
         upright = ImageOps.exif_transpose(Image.open(path))
         items["HWC uint8 array"] = np.asarray(upright)
