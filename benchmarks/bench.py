@@ -1210,6 +1210,13 @@ def write_markdown(path: Path, data: dict[str, Any]) -> str:
         )
     add("")
     text = "\n".join(lines) + "\n"
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    # the sections other scripts write (million.py, server_client.py, concurrency.py, library.py) are kept until
+    # those scripts replace them
+    markers = ("<!-- million:start -->", "<!-- concurrency:begin -->", "<!-- library.py -->")
+    kept = [old.index(marker) for marker in markers if marker in old]
+    if kept:
+        text += "\n" + old[min(kept) :]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return text

@@ -70,6 +70,22 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class DeviceType(click.ParamType):
+    """``--device``: auto, cpu, cuda or cuda:N (checked by :func:`indexer.encode.parse_device`)."""
+
+    name = "[auto|cpu|cuda|cuda:N]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from indexer.encode import parse_device
+        from indexer.errors import DeviceError
+
+        try:
+            parse_device(str(value))
+        except DeviceError:
+            self.fail(f"{value!r} is not one of auto, cpu, cuda or cuda:N (N the GPU's index)", param, ctx)
+        return str(value).strip().lower()
+
+
 def info(message: str) -> None:
     click.echo(message, err=True)
 
@@ -534,12 +550,12 @@ max_pixels_option = click.option(
 )
 @click.option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
+    type=DeviceType(),
     envvar="CLIPINDEX_DEVICE",
     show_envvar=True,
     default="auto",
     show_default=True,
-    help="ONNX Runtime execution provider; auto takes CUDA when onnxruntime-gpu sees a GPU.",
+    help="ONNX Runtime execution provider; auto takes CUDA when onnxruntime-gpu sees a GPU; cuda:N picks GPU N.",
 )
 @click.option(
     "--precision",
@@ -709,12 +725,12 @@ def query_device_options(default_device: str) -> Callable[[F], F]:
         )(func)
         return click.option(
             "--device",
-            type=click.Choice(["auto", "cpu", "cuda"]),
+            type=DeviceType(),
             envvar="CLIPINDEX_DEVICE",
             show_envvar=True,
             default=default_device,
             show_default=True,
-            help="ONNX Runtime execution provider; auto takes CUDA when onnxruntime-gpu sees a GPU"
+            help="ONNX Runtime execution provider; auto takes CUDA when onnxruntime-gpu sees a GPU; cuda:N picks GPU N"
             + (" (one query runs faster on CPU than CUDA takes to start)." if default_device == "cpu" else "."),
         )(func)
 

@@ -10,14 +10,26 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Callable, Sequence
+import re
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 import numpy as np
-from PIL import Image
 
-from indexer.errors import DeviceError, ModelIntegrityError, ModelNotFoundError
+from indexer.errors import DeviceError, DeviceFallbackWarning, ImageError, ModelIntegrityError, ModelNotFoundError
+from indexer.inputs import (
+    DEFAULT_MAX_URL_BYTES,
+    DEFAULT_URL_TIMEOUT_S,
+    ImageInput,
+    UrlPolicy,
+    as_items,
+    describe,
+    load_input,
+)
 from indexer.manifest import (
     TEXT_FILE,
     TOKENIZER_FILE,
@@ -26,13 +38,21 @@ from indexer.manifest import (
     quantized_name,
     reconvert_hint,
 )
+from indexer.prefetch import decode_ahead
+from indexer.similarity import TopK, l2_normalise, similarity, top_k
 
-Device = Literal["auto", "cpu", "cuda"]
+if TYPE_CHECKING:
+    from indexer.search import Classification
+
+Device = str  # "auto", "cpu", "cuda" or "cuda:N"
 Precision = Literal["fp32", "int8"]
+ErrorMode = Literal["raise", "none"]
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 PRECISIONS: tuple[str, ...] = ("fp32", "int8")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+_CUDA_INDEX = re.compile(r"cuda:(\d{1,3})")
+_fallback_noticed = False
 
 
 def available_cores() -> int:
@@ -42,29 +62,87 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def l2_normalise(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.maximum(norms, np.float32(1e-12))
+def parse_device(device: str) -> tuple[str, int]:
+    """``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> ``(kind, cuda_device_id)``; ``cuda`` is ``cuda:0``."""
+    text = str(device).strip().lower()
+    if text in DEVICES:
+        return text, 0
+    found = _CUDA_INDEX.fullmatch(text)
+    if found:
+        return "cuda", int(found.group(1))
+    raise DeviceError(f"--device {device!r}: choose one of auto, cpu, cuda or cuda:N (N the GPU's index)")
+
+
+def cuda_device_count() -> tuple[int | None, str]:
+    """``(count, detail)``: how many CUDA devices the CUDA runtime sees (``cudaGetDeviceCount``), or ``None``
+    when no CUDA runtime library can be loaded; ``detail`` says why a count is 0 or unknown."""
+    import ctypes
+    import glob
+    import sys
+
+    names = ["libcudart.so", "libcudart.so.12", "libcudart.so.13", "libcudart.so.11.0", "cudart64_12.dll"]
+    for site in sys.path:  # the CUDA runtime that onnxruntime-gpu's pip dependencies install
+        names += sorted(glob.glob(os.path.join(site, "nvidia", "cuda_runtime", "lib", "libcudart.so*")))
+    for name in names:
+        try:
+            runtime = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        status = runtime.cudaGetDeviceCount(ctypes.byref(count))
+        if status == 0:
+            return count.value, f"cudaGetDeviceCount found {count.value}"
+        runtime.cudaGetErrorString.restype = ctypes.c_char_p
+        message = (runtime.cudaGetErrorString(status) or b"").decode(errors="replace")
+        return 0, f"cudaGetDeviceCount failed: {message or status} (driver missing or too old, or no GPU visible)"
+    return None, "no CUDA runtime library (libcudart) could be loaded"
 
 
 def resolve_providers(device: str) -> list[str]:
-    """Execution providers for ``device``; ``auto`` takes CUDA when onnxruntime-gpu sees a GPU."""
+    """Execution providers for ``device`` (``auto``, ``cpu``, ``cuda`` or ``cuda:N``); see :class:`Embedder`.
+
+    ``cuda``/``cuda:N`` raise :class:`DeviceError` saying why CUDA cannot run: this onnxruntime is not the GPU
+    build, or no CUDA device (or not that many) is visible. ``auto`` takes CUDA when onnxruntime-gpu sees a device;
+    when onnxruntime-gpu is installed but finds none, it runs on the CPU after one notice (a
+    :class:`~indexer.errors.DeviceFallbackWarning`, once per process). The plain CPU build means CPU, silently.
+    """
     import onnxruntime as ort
 
-    if device not in DEVICES:
-        raise DeviceError(f"--device {device!r}: choose one of {', '.join(DEVICES)}")
-    available = ort.get_available_providers()
-    if device == "cpu":
+    kind, index = parse_device(device)
+    if kind == "cpu":
         return [CPU]
-    if CUDA in available:
-        return [CUDA, CPU]
-    if device == "cuda":
-        raise DeviceError(
-            "--device cuda: this onnxruntime has no CUDAExecutionProvider; install the GPU build "
-            "(pip install 'clipindex[gpu]' && pip uninstall -y onnxruntime) or use --device cpu"
-        )
-    return [CPU]
+    if CUDA not in ort.get_available_providers():
+        if kind == "cuda":
+            raise DeviceError(
+                f"--device {device}: no onnxruntime-gpu: this onnxruntime {ort.__version__} is the CPU build (it has "
+                "no CUDAExecutionProvider); install the GPU build (pip install 'clipindex[gpu]' && pip uninstall -y "
+                "onnxruntime) or use --device cpu"
+            )
+        return [CPU]
+    count, detail = cuda_device_count()
+    if count == 0 or (count is not None and kind == "cuda" and index >= count):
+        if kind == "cuda":
+            seen = "no CUDA device" if count == 0 else f"only {count} CUDA device(s) (cuda:0..cuda:{(count or 1) - 1})"
+            raise DeviceError(
+                f"--device {device}: onnxruntime-gpu is installed but sees {seen} ({detail}; check nvidia-smi and "
+                "CUDA_VISIBLE_DEVICES), or use --device cpu"
+            )
+        notice_cpu_fallback(f"onnxruntime-gpu is installed but no CUDA device is usable ({detail})")
+        return [CPU]
+    return [CUDA, CPU]
+
+
+def notice_cpu_fallback(why: str) -> None:
+    """``--device auto`` runs on the CPU although onnxruntime-gpu is installed: say so once per process."""
+    global _fallback_noticed
+    if not _fallback_noticed:
+        _fallback_noticed = True
+        warnings.warn(f"clipindex: --device auto runs on the CPU: {why}", DeviceFallbackWarning, stacklevel=3)
+
+
+def provider_entries(providers: Sequence[str], cuda_device_id: int = 0) -> list[str | tuple[str, dict[str, str]]]:
+    """What ``InferenceSession(providers=...)`` takes: the CUDA provider with its ``device_id`` option."""
+    return [(name, {"device_id": str(cuda_device_id)}) if name == CUDA else name for name in providers]
 
 
 def _session_options(intra_op_threads: int | None) -> Any:
@@ -201,9 +279,11 @@ class OnnxTower:
         intra_op_threads: int | None = None,
         sha256: str | None = None,
         vector_dim: int | None = None,
+        cuda_device_id: int = 0,
     ) -> None:
         """``sha256``: the file's digest from the manifest, checked before the file is first loaded (or cached);
-        ``vector_dim``: the manifest's embedding dimension, checked against the model's output shape."""
+        ``vector_dim``: the manifest's embedding dimension, checked against the model's output shape;
+        ``cuda_device_id``: the GPU of the CUDA provider (``cuda:N``)."""
         import onnxruntime as ort
 
         if not path.is_file():
@@ -217,7 +297,9 @@ class OnnxTower:
         if self.session is None:
             verify()
             try:
-                self.session = ort.InferenceSession(str(path), options, providers=list(providers))
+                self.session = ort.InferenceSession(
+                    str(path), options, providers=provider_entries(providers, cuda_device_id)
+                )
             except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
                 raise ModelNotFoundError(
                     f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:160]}); "
@@ -232,6 +314,7 @@ class OnnxTower:
             )
         self.provider = self.session.get_providers()[0]
         self._on_gpu = self.provider == CUDA
+        self.cuda_device_id = cuda_device_id
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if self._on_gpu:
@@ -240,13 +323,30 @@ class OnnxTower:
             import onnxruntime as ort
 
             binding = self.session.io_binding()
-            binding.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0))
+            on_device = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", self.cuda_device_id)
+            binding.bind_ortvalue_input(self.input_name, on_device)
             binding.bind_output(self.session.get_outputs()[0].name, "cpu")
             self.session.run_with_iobinding(binding)
             output = binding.copy_outputs_to_cpu()[0]
         else:
             output = self.session.run(None, {self.input_name: batch})[0]
         return l2_normalise(output)
+
+
+class EncodedImage(NamedTuple):
+    """One item's outcome in :meth:`Embedder.encode_images_detailed`: its vector, or the error that stopped it.
+
+    ``vector``: float32 ``[D]``, L2-normalised, or ``None`` when the item failed; ``error``: ``None``, or the
+    :class:`~indexer.errors.ImageError` (``error.reason`` says why, ``error.path`` names the item).
+    """
+
+    vector: np.ndarray | None
+    error: ImageError | None
+
+
+class _Pixels(NamedTuple):
+    pixels: np.ndarray | None  # float32 [3, H, W]
+    error: ImageError | None
 
 
 class Embedder:
@@ -256,6 +356,18 @@ class Embedder:
     >>> images = embedder.encode_images(["images/chelsea.jpg"])   # [1, D], L2-normalised
     >>> texts = embedder.encode_text(["a cat", "a rocket"])       # [2, D]
     >>> embedder.similarity(images, texts)                       # [1, 2] cosine
+
+    **Threads.** One ``Embedder`` may be shared by any number of threads (and by the ``aencode_*`` coroutines,
+    which run on worker threads): each tower's ONNX Runtime session is created once, under a lock, by the first
+    call that needs it, and ``InferenceSession.run`` is thread-safe; the tokenizer and preprocessor are likewise
+    created once. Concurrent calls give the vectors a single thread gives.
+
+    **Devices.** ``device``: ``"auto"`` (CUDA when onnxruntime-gpu sees a GPU, else the CPU), ``"cpu"``,
+    ``"cuda"`` (GPU 0) or ``"cuda:N"`` (the CUDA provider's ``device_id`` N). See :func:`resolve_providers` for
+    the errors and the one notice of ``auto``'s fallback.
+
+    **URLs.** ``allow_urls`` (default on): whether ``http(s)://`` strings given to ``encode_images`` are fetched;
+    ``url_timeout_s`` and ``max_url_bytes`` bound each download (:mod:`indexer.inputs`).
     """
 
     def __init__(
@@ -267,6 +379,10 @@ class Embedder:
         intra_op_threads: int | None = None,
         draft: bool | None = None,
         max_pixels: int | None = None,
+        decode_workers: int | None = None,
+        allow_urls: bool = True,
+        url_timeout_s: float = DEFAULT_URL_TIMEOUT_S,
+        max_url_bytes: int = DEFAULT_MAX_URL_BYTES,
     ) -> None:
         if precision not in PRECISIONS:
             raise DeviceError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
@@ -275,12 +391,19 @@ class Embedder:
         self.device = device
         self.precision = precision
         self.providers = resolve_providers(device)
+        self.cuda_device_id = parse_device(device)[1]
         self.intra_op_threads = intra_op_threads
         self.draft = draft
         self.max_pixels = max_pixels
+        #: decode/preprocess threads of ``encode_images`` (default: the cores)
+        self.decode_workers = decode_workers
+        self.urls = UrlPolicy(allow=allow_urls, timeout_s=url_timeout_s, max_bytes=max_url_bytes)
         self._towers: dict[str, OnnxTower] = {}
         self._tokenizer: Any = None
         self._preprocessor: Any = None
+        # one lock per tower (a text search loads the tokenizer while the text session loads), one for the rest
+        self._tower_locks = {"vision": threading.Lock(), "text": threading.Lock()}
+        self._lazy_lock = threading.Lock()
 
     # --- properties -------------------------------------------------------------------------------------
 
@@ -293,6 +416,11 @@ class Embedder:
     def model_name(self) -> str:
         return self.manifest.model_name
 
+    @property
+    def logit_scale(self) -> float:
+        """CLIP's temperature, already exponentiated (100 for the OpenAI checkpoints), from the manifest."""
+        return self.manifest.logit_scale
+
     def tower_path(self, kind: Literal["vision", "text"]) -> Path:
         """The ONNX file of a tower at this precision; raises ModelNotFoundError when it is missing."""
         base = VISION_FILE if kind == "vision" else TEXT_FILE
@@ -302,18 +430,38 @@ class Embedder:
         return path
 
     def tower(self, kind: Literal["vision", "text"]) -> OnnxTower:
-        """The tower's session, created on first use (a run that embeds nothing never loads it)."""
-        if kind not in self._towers:
-            path = self.tower_path(kind)
-            recorded = self.manifest.files.get(path.name)
-            self._towers[kind] = OnnxTower(
-                path,
-                self.providers,
-                intra_op_threads=self.intra_op_threads,
-                sha256=recorded.get("sha256") if isinstance(recorded, dict) else None,
-                vector_dim=self.manifest.embedding_dim,
+        """The tower's session, created on first use (a run that embeds nothing never loads it), once: threads
+        that ask at the same time wait for the one that creates it."""
+        tower = self._towers.get(kind)
+        if tower is not None:
+            return tower
+        with self._tower_locks[kind]:
+            tower = self._towers.get(kind)
+            if tower is None:
+                tower = self._load_tower(kind)
+                self._towers[kind] = tower
+        return tower
+
+    def _load_tower(self, kind: Literal["vision", "text"]) -> OnnxTower:
+        path = self.tower_path(kind)
+        recorded = self.manifest.files.get(path.name)
+        tower = OnnxTower(
+            path,
+            self.providers,
+            intra_op_threads=self.intra_op_threads,
+            sha256=recorded.get("sha256") if isinstance(recorded, dict) else None,
+            vector_dim=self.manifest.embedding_dim,
+            cuda_device_id=self.cuda_device_id,
+        )
+        if self.providers[0] == CUDA and tower.provider != CUDA:  # ORT could not start CUDA and fell back
+            why = (
+                f"ONNX Runtime could not start CUDA on cuda:{self.cuda_device_id} "
+                "(the CUDA or cuDNN libraries failed to load)"
             )
-        return self._towers[kind]
+            if parse_device(self.device)[0] == "cuda":
+                raise DeviceError(f"--device {self.device}: {why}; see ONNX Runtime's log, or use --device cpu")
+            notice_cpu_fallback(why)
+        return tower
 
     @property
     def planned_provider(self) -> str:
@@ -329,7 +477,11 @@ class Embedder:
         if self._preprocessor is None:
             from indexer.preprocess import Preprocessor
 
-            self._preprocessor = Preprocessor.from_manifest(self.manifest, draft=self.draft, max_pixels=self.max_pixels)
+            with self._lazy_lock:
+                if self._preprocessor is None:
+                    self._preprocessor = Preprocessor.from_manifest(
+                        self.manifest, draft=self.draft, max_pixels=self.max_pixels
+                    )
         return self._preprocessor
 
     @property
@@ -337,35 +489,135 @@ class Embedder:
         if self._tokenizer is None:
             from indexer.tokenize import TextTokenizer
 
-            self._tokenizer = TextTokenizer(
-                self.model_dir / TOKENIZER_FILE,
-                context_length=self.manifest.context_length,
-                pad_token_id=self.manifest.pad_token_id,
-            )
+            with self._lazy_lock:
+                if self._tokenizer is None:
+                    self._tokenizer = TextTokenizer(
+                        self.model_dir / TOKENIZER_FILE,
+                        context_length=self.manifest.context_length,
+                        pad_token_id=self.manifest.pad_token_id,
+                    )
         return self._tokenizer
 
-    # --- encoding ---------------------------------------------------------------------------------------
+    # --- images -----------------------------------------------------------------------------------------
 
     def encode_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
         """``pixel_values`` float32 [batch, 3, S, S] (already preprocessed) -> [batch, D] normalised."""
         return self.tower("vision").run(np.ascontiguousarray(pixel_values, dtype=np.float32))
 
-    def encode_images(self, images: Sequence[str | Path | Image.Image], *, batch_size: int = 25) -> np.ndarray:
-        """Paths or PIL images -> [N, D] normalised; decoding and preprocessing as ``clipindex ingest`` does."""
+    @overload
+    def encode_images(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        *,
+        batch_size: int = ...,
+        errors: Literal["raise"] = ...,
+        progress: bool = ...,
+        allow_urls: bool | None = ...,
+    ) -> np.ndarray: ...
+
+    @overload
+    def encode_images(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        *,
+        batch_size: int = ...,
+        errors: Literal["none"],
+        progress: bool = ...,
+        allow_urls: bool | None = ...,
+    ) -> list[np.ndarray | None]: ...
+
+    def encode_images(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        *,
+        batch_size: int = 25,
+        errors: ErrorMode = "raise",
+        progress: bool = False,
+        allow_urls: bool | None = None,
+    ) -> np.ndarray | list[np.ndarray | None]:
+        """Images of any kind (:mod:`indexer.inputs`: paths, bytes, file objects, data URIs, base64, URLs, PIL
+        images, HWC uint8 arrays, mixed freely) -> vectors, decoded and preprocessed exactly as ``clipindex
+        ingest`` does, on the same decode-ahead thread pool (:mod:`indexer.prefetch`).
+
+        ``errors="raise"`` (default): float32 ``[N, D]``, L2-normalised; the first item that cannot be read raises
+        :class:`~indexer.errors.ImageError` naming it. ``errors="none"``: a list of N ``[D]`` vectors with ``None``
+        where an item failed (:meth:`encode_images_detailed` says why). ``progress``: a tqdm bar on stderr when it
+        is a terminal. ``allow_urls``: overrides the embedder's setting for this call. One item (not in a list) is
+        a batch of one.
+        """
+        if errors not in ("raise", "none"):
+            raise ValueError(f"errors must be 'raise' or 'none', not {errors!r}")
+        if errors == "none":
+            detailed = self.encode_images_detailed(
+                images, batch_size=batch_size, progress=progress, allow_urls=allow_urls
+            )
+            return [result.vector for result in detailed]
         rows: list[np.ndarray] = []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            pixels = np.stack([self._pixels(item) for item in chunk])
-            rows.append(self.encode_pixels(pixels))
+        for batch in self._encode_batches(images, batch_size, progress, allow_urls, stop_on_error=True):
+            for result in batch:
+                if result.error is not None:
+                    raise result.error
+            rows.append(np.stack([r.vector for r in batch if r.vector is not None]))
         if not rows:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return np.concatenate(rows)
 
-    def _pixels(self, item: str | Path | Image.Image) -> np.ndarray:
-        pre = self.preprocessor
-        image = item if isinstance(item, Image.Image) else pre.load(Path(item))
-        result: np.ndarray = pre.preprocess(image)
-        return result
+    def encode_images_detailed(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        *,
+        batch_size: int = 25,
+        progress: bool = False,
+        allow_urls: bool | None = None,
+    ) -> list[EncodedImage]:
+        """Like ``encode_images(errors="none")``, with the reason: one :class:`EncodedImage` ``(vector, error)``
+        per item, in order. Never raises for an item; model and device errors still raise."""
+        return [r for batch in self._encode_batches(images, batch_size, progress, allow_urls) for r in batch]
+
+    def _encode_batches(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        batch_size: int,
+        progress: bool,
+        allow_urls: bool | None,
+        *,
+        stop_on_error: bool = False,
+    ) -> Iterator[list[EncodedImage]]:
+        """Per batch, each item's outcome; decoding runs ``LOOKAHEAD_BATCHES`` ahead on the decode threads."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        items = as_items(images)
+        urls = self.urls if allow_urls is None else replace(self.urls, allow=allow_urls)
+        preprocessor = self.preprocessor
+
+        def prepare(entry: tuple[int, Any]) -> _Pixels:
+            index, item = entry
+            name = describe(item, index)
+            try:
+                image = load_input(item, preprocessor, name=name, urls=urls)
+                return _Pixels(preprocessor.preprocess(image), None)
+            except ImageError as exc:
+                return _Pixels(None, exc)
+            except MemoryError:
+                return _Pixels(None, ImageError(name, "not enough memory to decode this image (lower max_pixels)"))
+
+        workers = max(1, min(self.decode_workers or available_cores(), len(items)))
+        bar = _progress_bar(len(items), progress)
+        try:
+            for prepared in decode_ahead(enumerate(items), prepare, batch_size=batch_size, workers=workers):
+                if stop_on_error and any(p.error is not None for p in prepared):
+                    yield [EncodedImage(None, p.error) for p in prepared]
+                    return
+                ok = [p.pixels for p in prepared if p.pixels is not None]
+                vectors = iter(self.encode_pixels(np.stack(ok)) if ok else ())
+                yield [EncodedImage(next(vectors) if p.pixels is not None else None, p.error) for p in prepared]
+                if bar is not None:
+                    bar.update(len(prepared))
+        finally:
+            if bar is not None:
+                bar.close()
+
+    # --- text -------------------------------------------------------------------------------------------
 
     def encode_text(
         self, texts: str | Sequence[str], *, on_truncate: Callable[[str], None] | None = None
@@ -381,7 +633,89 @@ class Embedder:
                     on_truncate(text)
         return self.tower("text").run(batch.input_ids)
 
+    # --- async ------------------------------------------------------------------------------------------
+
+    async def aencode_images(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        *,
+        batch_size: int = 25,
+        errors: ErrorMode = "raise",
+        progress: bool = False,
+        allow_urls: bool | None = None,
+    ) -> np.ndarray | list[np.ndarray | None]:
+        """:meth:`encode_images` on a worker thread (decoding on the decode threads, inference in ONNX Runtime's
+        own): the event loop keeps running. Concurrent calls share this embedder's sessions. Cancelling the
+        awaiting task does not stop the work already handed to the thread: it finishes and its result is dropped."""
+        import asyncio
+
+        return await asyncio.to_thread(
+            self.encode_images,  # type: ignore[arg-type]
+            images,
+            batch_size=batch_size,
+            errors=errors,
+            progress=progress,
+            allow_urls=allow_urls,
+        )
+
+    async def aencode_images_detailed(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        *,
+        batch_size: int = 25,
+        progress: bool = False,
+        allow_urls: bool | None = None,
+    ) -> list[EncodedImage]:
+        """:meth:`encode_images_detailed` on a worker thread."""
+        import asyncio
+
+        return await asyncio.to_thread(
+            self.encode_images_detailed, images, batch_size=batch_size, progress=progress, allow_urls=allow_urls
+        )
+
+    async def aencode_text(
+        self, texts: str | Sequence[str], *, on_truncate: Callable[[str], None] | None = None
+    ) -> np.ndarray:
+        """:meth:`encode_text` on a worker thread."""
+        import asyncio
+
+        return await asyncio.to_thread(self.encode_text, texts, on_truncate=on_truncate)
+
+    # --- comparing vectors ------------------------------------------------------------------------------
+
+    def similarity(self, a: np.ndarray, b: np.ndarray, *, scaled: bool = False) -> np.ndarray:
+        """Cosine similarity matrix ``[len(a), len(b)]`` of two sets of vectors (normalised or not);
+        ``scaled=True`` multiplies it by the model's :attr:`logit_scale` (CLIP's logits)."""
+        return similarity(a, b, logit_scale=self.logit_scale if scaled else None)
+
     @staticmethod
-    def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Cosine similarity matrix [len(a), len(b)] of two sets of vectors (normalised or not)."""
-        return np.asarray(l2_normalise(np.atleast_2d(a)) @ l2_normalise(np.atleast_2d(b)).T, dtype=np.float32)
+    def top_k(queries: np.ndarray, candidates: np.ndarray, k: int) -> TopK:
+        """For each query vector, the ``k`` most similar candidate vectors, best first: :func:`indexer.similarity.top_k`
+        (texts -> images with text queries, images -> texts the other way round)."""
+        return top_k(queries, candidates, k)
+
+    def classify(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        labels: str | Sequence[str],
+        *,
+        template: str | None = None,
+        on_error: Callable[[ImageError], None] | None = None,
+        batch_size: int = 25,
+    ) -> list[Classification]:
+        """Zero-shot labels per image, no store needed: :func:`indexer.search.classify` (what ``clipindex
+        classify`` runs), returning :class:`~indexer.search.Classification` rows."""
+        from indexer.search import classify
+
+        return classify(self, images, labels, template=template, on_error=on_error, batch_size=batch_size)
+
+
+def _progress_bar(total: int, wanted: bool) -> Any:
+    """A tqdm bar on stderr when ``wanted`` and stderr is a terminal, else None."""
+    import sys
+
+    if not wanted or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)

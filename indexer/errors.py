@@ -130,3 +130,10 @@ class NothingIndexedError(CollectionNotFoundError):
 
 class OutputError(ClipIndexError):
     """An output file (``search --html FILE``) could not be written."""
+
+
+# --- warnings -------------------------------------------------------------------------------------
+
+
+class DeviceFallbackWarning(UserWarning):
+    """``device="auto"`` runs on the CPU although onnxruntime-gpu is installed (no usable CUDA device)."""

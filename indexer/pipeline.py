@@ -29,12 +29,10 @@ point leaves a store from which the next run converges to the exact index.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,6 +47,7 @@ from indexer.live import LiveProgress, progress_path
 from indexer.locate import model_record
 from indexer.lock import IngestLock
 from indexer.points import INDEX_FIELDS, absolute, absolute_point_id, display_path, in_shard, make_payload
+from indexer.prefetch import decode_ahead
 from indexer.preprocess import DecodedFile, decode_file
 from indexer.store.base import PATH_KEY, Point, VectorStore
 from indexer.walk import iter_image_entries
@@ -56,8 +55,6 @@ from indexer.walk import iter_image_entries
 DEFAULT_BATCH_SIZE = 25
 #: how often (seconds) the embedded store is flushed during a run; it is flushed at the end too
 FLUSH_INTERVAL_S = 30.0
-#: batches decoded ahead of the one being encoded
-LOOKAHEAD_BATCHES = 2
 PRUNE_CHUNK = 1000
 #: with images to embed and at least this many points read, ingest asks the store to give back what the read
 #: left mapped (the embedded store: 0.5 GB at 1M points, 50 MB at 100k) before the model loads
@@ -349,18 +346,9 @@ class _Ingest:
 
     def embed(self, todo: Iterable[_Pending]) -> None:
         """Decode ahead on the pool and write batch after batch, while ``todo`` (the walk) is still running."""
-        batch_size = self.options.batch_size
-        items = iter(todo)
-        batches = iter(lambda: list(itertools.islice(items, batch_size)), [])
         workers = self.options.decode_workers or available_cores()
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clipindex-decode") as pool:
-            queue: deque[list[Future[_Prepared]]] = deque()
-            for batch in batches:
-                queue.append([pool.submit(self.prepare, item) for item in batch])
-                if len(queue) > LOOKAHEAD_BATCHES:
-                    self.write_batch([f.result() for f in queue.popleft()])
-            while queue:
-                self.write_batch([f.result() for f in queue.popleft()])
+        for prepared in decode_ahead(todo, self.prepare, batch_size=self.options.batch_size, workers=workers):
+            self.write_batch(prepared)
 
     def write_batch(self, prepared: list[_Prepared]) -> None:
         points: list[Point] = []

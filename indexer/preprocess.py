@@ -42,6 +42,8 @@ Decoding: :func:`load_image`
 :func:`decode_file` (what ingest uses) checks the header first (format, size, pixel limit: a file that is no
 image fails before it is read in full), then reads the file once, hashes the bytes (sha256), checks the header
 of those bytes again and decodes them as above only when asked to.
+:func:`load_image_bytes` decodes bytes held in memory exactly as a file with those bytes; :func:`prepare_decoded_image`
+applies the pixel limit, EXIF orientation and :func:`to_rgb` to an image the caller decoded (a PIL image).
 :class:`Preprocessor` bundles one model's settings: ``from_manifest(manifest, draft=, max_pixels=)``.
 
 Preprocessing: :func:`preprocess` (``CLIPImageProcessorPil`` of transformers 5, bit for bit)
@@ -78,6 +80,7 @@ import math
 import os
 import re
 import stat
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, NamedTuple
@@ -127,6 +130,7 @@ _RESAMPLE = {
 _SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _HIGH_DEPTH = _SIXTEEN_BIT | {"I", "F"}
 _DRAFTABLE = frozenset({"JPEG", "MPO"})
+_STREAM_LOCK = threading.Lock()
 
 
 def resample_filter(name: str | int) -> Image.Resampling:
@@ -314,6 +318,49 @@ def load_image(
         image = _decode_guarded(fp, name, resolve_max_pixels(max_pixels), draft_config).image
     assert image is not None
     return image
+
+
+def load_image_bytes(
+    data: bytes | bytearray | memoryview,
+    *,
+    name: str = "<bytes>",
+    max_pixels: int | None = None,
+    draft: bool | None = None,
+    config: PreprocessConfig | None = None,
+) -> Image.Image:
+    """:func:`load_image` for an image held in memory (the bytes of a file): the same decoding, limits, draft
+    rule and EXIF orientation, so the same bytes give the same pixels as the file would. ``name`` is what an
+    :class:`~indexer.errors.ImageError` names."""
+    view = memoryview(data)
+    if view.nbytes == 0:
+        raise ImageError(name, "empty (0 bytes)")
+    draft_config = (config or CLIP_DEFAULT) if _resolve_draft(draft) else None
+    # BytesIO copies a memoryview/bytearray once; bytes are shared
+    source = io.BytesIO(data if isinstance(data, bytes) else view.tobytes())
+    image = _decode_guarded(source, name, resolve_max_pixels(max_pixels), draft_config).image
+    assert image is not None
+    return image
+
+
+def prepare_decoded_image(image: Image.Image, *, name: str = "<image>", max_pixels: int | None = None) -> Image.Image:
+    """An image already decoded by the caller (a PIL image) -> 8-bit RGB, with the checks and corrections
+    :func:`load_image` applies after decoding: the pixel limit, EXIF orientation (when the image still carries the
+    tag; ``ImageOps.exif_transpose`` removes it) and :func:`to_rgb`. Draft decoding cannot apply: the pixels are
+    decoded already. A lazily opened image (``Image.open`` without ``load()``) is loaded here."""
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageError(name, f"image has no pixels ({width}x{height})")
+    limit = resolve_max_pixels(max_pixels)
+    if limit and width * height > limit:
+        raise _too_large(name, width, height, limit)
+    try:
+        image.load()
+    except Exception as exc:  # a lazily opened file that turns out corrupt
+        raise ImageError(name, _decode_reason(exc)) from exc
+    method = _TRANSPOSE.get(_exif_orientation(image))
+    if method is not None:
+        image = image.transpose(method)
+    return to_rgb(image, name=name)
 
 
 def _decode_guarded(
@@ -732,6 +779,30 @@ class Preprocessor:
 
     def load(self, path: str | os.PathLike[str]) -> Image.Image:
         return load_image(path, max_pixels=self.max_pixels, draft=self.draft, config=self.config)
+
+    def load_bytes(self, data: bytes | bytearray | memoryview, *, name: str = "<bytes>") -> Image.Image:
+        return load_image_bytes(data, name=name, max_pixels=self.max_pixels, draft=self.draft, config=self.config)
+
+    def load_decoded(self, image: Image.Image, *, name: str = "<image>") -> Image.Image:
+        """A PIL image given by the caller -> RGB. One that ``Image.open`` opened and nothing has decoded yet
+        (its pixels are still in its file) is decoded from that file, or from the bytes of the file object it was
+        opened from, exactly as :meth:`load` decodes a file, draft decoding included; any other image is taken as
+        decoded (:func:`prepare_decoded_image`)."""
+        if isinstance(image, ImageFile.ImageFile) and image.tile:  # opened lazily, not decoded yet
+            filename = getattr(image, "filename", None)
+            if filename:
+                return self.load(os.fsdecode(filename))
+            stream = getattr(image, "fp", None)
+            if stream is not None and callable(getattr(stream, "seekable", None)) and stream.seekable():
+                with _STREAM_LOCK:  # the same image given twice must not be read by two threads at once
+                    position = stream.tell()
+                    try:
+                        stream.seek(0)
+                        data = stream.read()
+                    finally:
+                        stream.seek(position)
+                return self.load_bytes(data, name=name)
+        return prepare_decoded_image(image, name=name, max_pixels=self.max_pixels)
 
     def preprocess(self, image: Image.Image, *, out: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float32]:
         return preprocess(image, self.config, out=out)

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -58,7 +58,9 @@ from indexer.errors import (
     ImageError,
     NothingIndexedError,
 )
+from indexer.inputs import ImageInput, as_items, describe, load_input
 from indexer.points import absolute, display_path
+from indexer.similarity import similarity, zero_shot_probabilities
 from indexer.store.base import CollectionInfo, Hit, VectorStore
 
 __all__ = [
@@ -274,21 +276,22 @@ def search_text(
 def search_image(
     store: VectorStore,
     embedder: Embedder,
-    image: str | os.PathLike[str] | Image.Image,
+    image: ImageInput,
     *,
     limit: int = DEFAULT_LIMIT,
     threshold: float | None = None,
     path_prefix: str | os.PathLike[str] | None = None,
 ) -> list[SearchResult]:
-    """Images most like ``image`` (a file, decoded and preprocessed exactly as ingest does, or a PIL image).
+    """Images most like ``image``: a file, decoded and preprocessed exactly as ingest does, or any other input
+    :meth:`Embedder.encode_images` takes (bytes, a URL, a PIL image...).
 
     An indexed file finds itself first with a score of ~1. Raises :class:`~indexer.errors.ImageError`
-    when the file cannot be decoded.
+    when the image cannot be read or decoded.
     """
     preprocessor = embedder.preprocessor
 
     def prepare() -> np.ndarray:
-        decoded = image if isinstance(image, Image.Image) else preprocessor.load(os.fspath(image))
+        decoded = load_input(image, preprocessor, name=describe(image, 0), urls=embedder.urls)
         pixels: np.ndarray = preprocessor.preprocess(decoded)
         return pixels
 
@@ -359,24 +362,9 @@ def label_texts(labels: Sequence[str], template: str | None) -> list[str]:
     return [template.replace("{}", label) for label in labels]
 
 
-def zero_shot_probabilities(
-    image_vectors: npt.ArrayLike, text_vectors: npt.ArrayLike, logit_scale: float
-) -> npt.NDArray[np.float64]:
-    """CLIP's ``logits_per_image.softmax(-1)``: ``softmax(logit_scale * cosine)``, ``[images, labels]``."""
-    images = np.atleast_2d(np.asarray(image_vectors, dtype=np.float64))
-    texts = np.atleast_2d(np.asarray(text_vectors, dtype=np.float64))
-    images = images / np.linalg.norm(images, axis=-1, keepdims=True)
-    texts = texts / np.linalg.norm(texts, axis=-1, keepdims=True)
-    logits = float(logit_scale) * (images @ texts.T)
-    logits -= logits.max(axis=-1, keepdims=True)
-    weights = np.exp(logits)
-    probabilities: npt.NDArray[np.float64] = weights / weights.sum(axis=-1, keepdims=True)
-    return probabilities
-
-
 def classify(
     embedder: Embedder,
-    images: Sequence[str | os.PathLike[str] | Image.Image],
+    images: ImageInput | Iterable[ImageInput],
     labels: str | Sequence[str],
     *,
     template: str | None = None,
@@ -386,36 +374,36 @@ def classify(
     """Zero-shot labels for each image: probabilities from a softmax over ``labels``, most probable first.
 
     ``labels``: a list, or a comma-separated string (:func:`parse_labels`). ``template``: e.g.
-    ``"a photo of {}"``; by default the labels are encoded as given. Images are decoded and preprocessed
-    as ingest does. An image that cannot be decoded raises :class:`~indexer.errors.ImageError`, or, with
-    ``on_error``, is reported there and left out of the result.
+    ``"a photo of {}"``; by default the labels are encoded as given. ``images``: any inputs
+    :meth:`Embedder.encode_images` takes, decoded and preprocessed as ingest does, on its decode-ahead threads.
+    A result's ``image`` is the path or URL given, ``<image N>`` for a PIL image, else a description of the
+    item. An image that cannot be decoded raises :class:`~indexer.errors.ImageError`, or, with ``on_error``, is
+    reported there and left out of the result.
     """
     names = parse_labels(labels)
     texts = embedder.encode_text(label_texts(names, template))
+    items = as_items(images)
+    outcomes = embedder.encode_images_detailed(items, batch_size=batch_size)
     results: list[Classification] = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        pixels: list[np.ndarray] = []
-        kept: list[str] = []
-        for index, item in enumerate(chunk, start=start):
-            try:
-                image = item if isinstance(item, Image.Image) else embedder.preprocessor.load(item)
-                pixels.append(embedder.preprocessor.preprocess(image))
-            except ImageError as exc:
-                if on_error is None:
-                    raise
-                on_error(exc)
-                continue
-            kept.append(f"<image {index}>" if isinstance(item, Image.Image) else os.fspath(item))
-        if not pixels:
+    kept: list[str] = []
+    vectors: list[np.ndarray] = []
+    for index, (item, outcome) in enumerate(zip(items, outcomes, strict=True)):
+        if outcome.error is not None:
+            if on_error is None:
+                raise outcome.error
+            on_error(outcome.error)
             continue
-        vectors = embedder.encode_pixels(np.stack(pixels))
-        similarities = Embedder.similarity(vectors, texts)
-        probabilities = zero_shot_probabilities(vectors, texts, embedder.manifest.logit_scale)
-        for name, probs, sims in zip(kept, probabilities, similarities, strict=True):
-            order = sorted(range(len(names)), key=lambda i: (-probs[i], i))
-            scores = tuple(LabelScore(names[i], float(probs[i]), float(sims[i])) for i in order)
-            results.append(Classification(image=name, labels=scores))
+        assert outcome.vector is not None
+        kept.append(f"<image {index}>" if isinstance(item, Image.Image) else describe(item, index))
+        vectors.append(outcome.vector)
+    if not vectors:
+        return results
+    similarities = similarity(np.stack(vectors), texts)
+    probabilities = zero_shot_probabilities(np.stack(vectors), texts, embedder.logit_scale)
+    for name, probs, sims in zip(kept, probabilities, similarities, strict=True):
+        order = sorted(range(len(names)), key=lambda i: (-probs[i], i))
+        scores = tuple(LabelScore(names[i], float(probs[i]), float(sims[i])) for i in order)
+        results.append(Classification(image=name, labels=scores))
     return results
 
 
