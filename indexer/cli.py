@@ -1161,7 +1161,7 @@ def optimize(
 
     For the embedded store: seal and merge segments, drop deleted points, and give a store written by an older
     clipindex the int8 copy of its vectors that makes search fast at a million photos (a one-time rewrite of
-    the store: about 20 s per million points). Searches work meanwhile on what is not rewritten yet, and before
+    the store). Searches work meanwhile on what is not rewritten yet, and before
     the upgrade too (slower). A Qdrant server optimises by itself: there this only reports.
 
     \b

@@ -5,7 +5,7 @@ appendable segment, merges small segments, vacuums deleted points and, for a sto
 kept an int8 copy of the vectors (issue 16), rewrites every sealed segment with that copy, which is what makes
 search at 1M points sub-second (docs/operations.md, "Search at scale"). An ingest does the same at its end, so a
 store upgrades itself on its next cron run; this command is for doing it at a time of your choosing, since the
-first upgrade of a large store rewrites all of it (seconds per 100k points, see benchmarks/results.md).
+first upgrade of a large store rewrites all of it (its cost: benchmarks/results.md).
 
 Searches keep working on a store that is not upgraded (exact float32 scan of the segments without the int8
 copy). The command takes the ingest lock, so it never runs alongside an ingest into the same store.

@@ -54,13 +54,13 @@ and experiments with 0.9.0)
   quantile)`` in the config; ``vector_storage/quantized.data``, 1 byte a dimension, memory-mapped with
   ``Memory.Cold``). ``SearchParams(quantization=QuantizationSearchParams(rescore=True, oversampling=k))`` scans it
   and rescores ``k * limit`` candidates per segment with the float32 vectors, so scores stay exact cosines;
-  without ``oversampling`` the engine rescored too few candidates (recall@10 0.925 on random 512-d vectors,
-  1.0 with 2x). The appendable segment is scanned in float32. Quantization, like the rest of a segment's
+  without ``oversampling`` too few candidates are rescored to keep recall near 1. The appendable segment is
+  scanned in float32. Quantization, like the rest of a segment's
   storage, is fixed when the segment is written; the config is stored per segment (``segment.json``), and a shard
   loaded with a config whose quantization differs has every sealed segment rewritten by the next ``optimize()``
-  (the upgrade of an older store: ~20 s per 1M points, ~0.1 GB anonymous memory). A process faulting the
-  memory-mapped int8 copy in 4 KB at a time from a cold page cache spends seconds; a plain sequential read
-  first (:mod:`indexer.store.prefetch`) makes the faults cheap.
+  (the upgrade of an older store; figures in benchmarks/results.md). A process faulting the memory-mapped int8
+  copy in 4 KB at a time from a cold page cache is slow; a plain sequential read first
+  (:mod:`indexer.store.prefetch`) makes the faults cheap.
 * Optimisation is never automatic: ``optimize()`` builds new segments under
   ``path/temp_segments/segment_builder_*`` and swaps them in; the old segment is deleted at the next
   flush (``EdgeStore.optimize`` flushes at once). A process killed mid-optimisation leaves its builder
@@ -136,9 +136,7 @@ VECTORS_ON_DISK = True
 #: immutable memory-mapped one (the engine's default: ~5k points of 512-d float32)
 INDEXING_THRESHOLD_KB = 10_000
 #: sealed and merged segments stay under this many KB of vectors (~128k points of 512-d float32): it bounds the
-#: time of one optimisation (sealing 1M points at once from the old in-RAM appendable segment took 8.7 GB peak RSS and
-#: 62 s). Merging sealed segments up to this size stays under ~0.1 GB anonymous memory (the rest is mapped files),
-#: and fewer segments open faster: 9 segments at 1M points open in 0.11 s, 33 of 64 MB in 0.29 s.
+#: time and memory of one optimisation, and fewer, larger segments open faster (docs/operations.md, Memory at scale)
 MAX_SEGMENT_KB = 262_144
 #: free space (beyond CLIPINDEX_MIN_FREE_MB) an optimisation needs: the segment it writes, with payloads and indexes
 OPTIMIZE_HEADROOM_BYTES = 2 * MAX_SEGMENT_KB * 1024
@@ -150,8 +148,7 @@ QUANTIZED_MEMORY = qe.Memory.Cold
 #: candidates rescored with the float32 vectors, as a multiple of the limit (recall@10 vs exact: results.md)
 OVERSAMPLING = 4.0
 #: a full read of the payloads (:meth:`EdgeStore.iter_payloads`: ingest's index) gives back the pages it mapped
-#: (closes and reopens the shard, ~0.2 s) every this many points: at 1M points the read otherwise ends with 0.65 GB
-#: of payload pages mapped on top of the run's own memory
+#: (closes and reopens the shard) every this many points, so they do not pile up on top of the run's own memory
 RELEASE_EVERY_POINTS = 250_000
 #: the engine may hold its WAL lock for a moment after another process closed the shard: retry the open this long
 OPEN_RETRY_S = 5.0

@@ -1,16 +1,15 @@
 """Read a Qdrant Edge shard's hot files sequentially before the engine opens it.
 
 The engine memory-maps its segment files and pages them in by faulting 4 KB at a time. A search process that
-starts with a cold page cache then spends seconds in page faults: at 1M points the first query's scan of the
-int8 vectors (0.5 GB) took 2.2-2.9 s and opening the shard (id trackers, null flags of the payload indexes, WAL)
-0.65-1.0 s, against 0.2-0.35 s to read the same files with plain sequential ``read`` calls, after which the
-engine's faults find the pages cached (benchmarks/results.md). :func:`prefetch_shard` does that read.
+starts with a cold page cache then spends most of its time in page faults (the first query's scan of the int8
+vectors, the shard's open: id trackers, null flags of the payload indexes, WAL), far longer than plain sequential
+``read`` calls take to bring the same files into the page cache, after which the engine's faults find the pages
+cached (docs/operations.md, Search at scale). :func:`prefetch_shard` does that read.
 
 What is read: every file of the shard except those a search touches only a few pages of (the float32 vectors,
 read back for the few rescored candidates; the payload pages, read for the hits; the payload index maps, used by
 filters). Reading into one small buffer adds nothing to the process's memory. A file whose sampled pages are all in the
-page cache already is skipped (``preadv2`` with ``RWF_NOWAIT``), so a warm start does not pay the copy (0.2 s
-for the 0.7 GB of a 1M-point store).
+page cache already is skipped (``preadv2`` with ``RWF_NOWAIT``), so a warm start does not pay the copy.
 
 It runs on the calling thread: the engine holds the GIL while it loads, so a prefetch thread would stall until the
 load it is meant to speed up has finished.
