@@ -221,7 +221,7 @@ def test_prefetch_reads_the_hot_files_once_and_skips_the_float32_vectors(tmp_pat
     quantized = sum(p.stat().st_size for p in files if p.name == "quantized.data")
     assert quantized > 0
     _evict(shard)
-    if os.preadv in os.supports_fd and _looks_cached_anywhere(shard):
+    if _int8_copy_looks_cached(shard):
         pytest.skip("this filesystem keeps pages cached after POSIX_FADV_DONTNEED (tmpfs?)")
     first = prefetch_shard(shard)
     assert quantized <= first <= hot  # the int8 copy is read; the float32 vectors and payload pages are not
@@ -230,7 +230,7 @@ def test_prefetch_reads_the_hot_files_once_and_skips_the_float32_vectors(tmp_pat
     assert prefetch_shard(shard, limit_bytes=4096) <= 4096 + (1 << 20)
 
 
-def _looks_cached_anywhere(shard: Path) -> bool:
+def _int8_copy_looks_cached(shard: Path) -> bool:
     from indexer.store.prefetch import _looks_cached
 
     with next(shard.rglob("quantized.data")).open("rb") as handle:
