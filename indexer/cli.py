@@ -783,7 +783,7 @@ def search(
             scoring = f" scoring {threshold} or more" if threshold is not None else ""
             info(f"No results{scoring}" + (f" under {path_prefix}" if path_prefix is not None else ""))
         if html_file is not None:
-            from indexer.html import write_contact_sheet
+            from indexer.contact_sheet import write_contact_sheet
 
             title = query if query is not None else f"more like {image}"
             written = write_contact_sheet(

@@ -487,7 +487,7 @@ class Embedder:
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from indexer.tokenize import TextTokenizer
+            from indexer.tokens import TextTokenizer
 
             with self._lazy_lock:
                 if self._tokenizer is None:
