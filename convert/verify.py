@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.errors import ParityError
+from convert.errors import ParityError
 
 MIN_COSINE = 0.99999
 MAX_ABS_DIFF = 1e-4

@@ -39,6 +39,7 @@ from indexer.manifest import (
     reconvert_hint,
 )
 from indexer.prefetch import decode_ahead
+from indexer.settings import DEFAULT_BATCH_SIZE, cache_dir
 from indexer.similarity import TopK, l2_normalise, similarity, top_k
 
 if TYPE_CHECKING:
@@ -158,17 +159,8 @@ def _session_options(intra_op_threads: int | None) -> Any:
 
 
 def ort_cache_dir() -> Path | None:
-    """Where optimised models are cached: ``$CLIPINDEX_CACHE_DIR``, else ``$XDG_CACHE_HOME/clipindex``.
-
-    ``CLIPINDEX_CACHE_DIR=off`` disables the cache.
-    """
-    explicit = os.environ.get("CLIPINDEX_CACHE_DIR")
-    if explicit == "off":
-        return None
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "clipindex"
+    """Where optimised models are cached (:func:`indexer.settings.cache_dir`); ``None``: no cache."""
+    return cache_dir()
 
 
 def _cached_session(path: Path, options: Any, verify: Callable[[], None], sha256: str | None = None) -> Any:
@@ -530,7 +522,7 @@ class Embedder:
         self,
         images: ImageInput | Iterable[ImageInput],
         *,
-        batch_size: int = 25,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         errors: ErrorMode = "raise",
         progress: bool = False,
         allow_urls: bool | None = None,
@@ -566,7 +558,7 @@ class Embedder:
         self,
         images: ImageInput | Iterable[ImageInput],
         *,
-        batch_size: int = 25,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         progress: bool = False,
         allow_urls: bool | None = None,
     ) -> list[EncodedImage]:
@@ -639,7 +631,7 @@ class Embedder:
         self,
         images: ImageInput | Iterable[ImageInput],
         *,
-        batch_size: int = 25,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         errors: ErrorMode = "raise",
         progress: bool = False,
         allow_urls: bool | None = None,
@@ -662,7 +654,7 @@ class Embedder:
         self,
         images: ImageInput | Iterable[ImageInput],
         *,
-        batch_size: int = 25,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         progress: bool = False,
         allow_urls: bool | None = None,
     ) -> list[EncodedImage]:
@@ -701,7 +693,7 @@ class Embedder:
         *,
         template: str | None = None,
         on_error: Callable[[ImageError], None] | None = None,
-        batch_size: int = 25,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> list[Classification]:
         """Zero-shot labels per image, no store needed: :func:`indexer.search.classify` (what ``clipindex
         classify`` runs), returning :class:`~indexer.search.Classification` rows."""

@@ -68,14 +68,13 @@ from PIL import Image
 
 from indexer.errors import ImageError
 from indexer.preprocess import Preprocessor
+from indexer.settings import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT_S
 
 #: Anything :func:`load_input` accepts.
 ImageInput: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes] | Image.Image | np.ndarray"
 
 #: A string this long or longer, of the base64 alphabet only, is base64 (the smallest real image is longer).
 BASE64_MIN_CHARS = 64
-DEFAULT_URL_TIMEOUT_S = 10.0
-DEFAULT_MAX_URL_BYTES = 64 * 1024 * 1024
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/\s]+={0,2}\s*")
 _WHITESPACE = re.compile(r"\s+")

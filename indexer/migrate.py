@@ -33,11 +33,12 @@ import numpy as np
 
 from indexer.errors import CountMismatchError, StoreError
 from indexer.lock import IngestLock
+from indexer.settings import DEFAULT_MIGRATE_BATCH_SIZE
 from indexer.store.base import Point, VectorStore
 
 __all__ = ["DEFAULT_BATCH_SIZE", "MigrateReport", "migrate"]
 
-DEFAULT_BATCH_SIZE = 256
+DEFAULT_BATCH_SIZE = DEFAULT_MIGRATE_BATCH_SIZE
 #: vectors read back from the target and compared with the source
 VERIFY_SAMPLE = 256
 VECTOR_TOLERANCE = 1e-6

@@ -91,15 +91,8 @@ from PIL import Image, ImageFile
 
 from indexer.errors import ImageError, ImageTooLargeError, ModelNotFoundError
 from indexer.manifest import ModelManifest
+from indexer.settings import DEFAULT_DRAFT, DEFAULT_MAX_PIXELS
 from indexer.walk import file_kind, register_optional_plugins
-
-#: Pillow's own refusal threshold (it raises ``DecompressionBombError`` above twice its
-#: ``MAX_IMAGE_PIXELS``, about 179 megapixels): large enough for 108 MP phone photos.
-DEFAULT_MAX_PIXELS: int = 2 * int(Image.MAX_IMAGE_PIXELS or 89_478_485)
-
-#: ``draft=None`` means this. On: draft vs exact measured at the embedding on 12 MP real photos gives cosine
-#: >= 0.99999 (full-size ViT-B/32 and the tiny test model; tests/test_encode.py holds it to >= 0.999).
-DEFAULT_DRAFT: bool = True
 
 #: Draft mode keeps the decoded short side >= this many times the model's ``shortest_edge``, so the bicubic
 #: resize that follows still downsamples by at least 1.5x. For 12 MP photos (3000 px short side, 224 px

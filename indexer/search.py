@@ -60,6 +60,7 @@ from indexer.errors import (
 )
 from indexer.inputs import ImageInput, as_items, describe, load_input
 from indexer.points import absolute, display_path
+from indexer.settings import DEFAULT_BATCH_SIZE, DEFAULT_LIMIT
 from indexer.similarity import similarity, zero_shot_probabilities
 from indexer.store.base import CollectionInfo, Hit, VectorStore
 
@@ -68,8 +69,6 @@ __all__ = [
     "LabelScore",
     "SearchResult",
     "classify",
-    "format_classifications",
-    "format_results",
     "open_collection",
     "parse_labels",
     "resolve_path_prefix",
@@ -81,7 +80,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-DEFAULT_LIMIT = 10
 INGEST_HINT = "run `clipindex ingest DIR` first"
 
 
@@ -368,7 +366,7 @@ def classify(
     *,
     template: str | None = None,
     on_error: Callable[[ImageError], None] | None = None,
-    batch_size: int = 25,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> list[Classification]:
     """Zero-shot labels for each image: probabilities from a softmax over ``labels``, most probable first.
 
@@ -404,44 +402,3 @@ def classify(
         scores = tuple(LabelScore(names[i], float(probs[i]), float(sims[i])) for i in order)
         results.append(Classification(image=name, labels=scores))
     return results
-
-
-# --- terminal output ----------------------------------------------------------------------------------------
-
-
-def printable(text: str) -> str:
-    """``text`` safe for a terminal: control and other non-printable characters as ``\\x``/``\\u`` escapes.
-
-    File names may hold newlines, escape sequences or bidi overrides; none of them reach the terminal raw.
-    """
-    if text.isprintable():
-        return text
-    out: list[str] = []
-    for ch in text:
-        code = ord(ch)
-        if ch.isprintable():
-            out.append(ch)
-        elif code < 0x100:
-            out.append(f"\\x{code:02x}")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    return "".join(out)
-
-
-def format_results(results: Sequence[SearchResult]) -> str:
-    """The readable table ``clipindex search`` prints: rank, score, path (one line per hit)."""
-    lines = [f"{'rank':>4}  {'score':>6}  path"]
-    lines += [f"{r.rank:>4}  {r.score:6.4f}  {printable(r.path)}" for r in results]
-    return "\n".join(lines)
-
-
-def format_classifications(results: Sequence[Classification]) -> str:
-    """What ``clipindex classify`` prints: per image its path, then one ``probability  label`` line per label."""
-    blocks: list[str] = []
-    for result in results:
-        lines = [printable(result.image)]
-        lines += [f"  {s.probability:7.2%}  {printable(s.label)}" for s in result.labels]
-        blocks.append("\n".join(lines))
-    return "\n".join(blocks)
