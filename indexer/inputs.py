@@ -14,12 +14,12 @@ binary file-like object (has ``read()``)      its remaining bytes (``open(path, 
 ============================================  ==========================================================
 
 Bytes of every origin (bytes, file-like, base64, data URI, URL) go through
-:func:`indexer.preprocess.load_image_bytes`: the decoder, pixel limit, draft rule and EXIF orientation of a file,
+:func:`indexer.decode.load_image_bytes`: the decoder, pixel limit, draft rule and EXIF orientation of a file,
 so the same bytes give the same vector as ingest gives the file. A PIL image that ``Image.open`` returned and
 nothing has decoded yet is decoded from its file (or the bytes of its file object) the same way
 (:meth:`indexer.preprocess.Preprocessor.load_decoded`). Decoded pixels (a loaded or computed PIL image, an array)
 get the pixel limit, EXIF orientation (a PIL image that still carries the tag) and the RGB conversion
-(:func:`indexer.preprocess.prepare_decoded_image`), but no draft decoding; an RGBA array is composited onto white
+(:func:`indexer.decode.prepare_decoded_image`), but no draft decoding; an RGBA array is composited onto white
 like an RGBA file.
 
 Strings
