@@ -3,17 +3,8 @@
 Search
 ------
 Every function takes an open-able :class:`~indexer.store.base.VectorStore` (from
-:func:`indexer.store.open_store`) and returns :class:`SearchResult` rows, best first::
-
-    from indexer.encode import Embedder
-    from indexer.search import search_text, search_image, search_vector
-    from indexer.store import open_store
-
-    embedder = Embedder("models/clip-vit-base-patch32")
-    with open_store(None, None, "images") as store:
-        for hit in search_text(store, embedder, "a red car", limit=5):
-            print(hit.rank, f"{hit.score:.4f}", hit.path)
-        more_like_this = search_image(store, embedder, "photos/car.jpg", path_prefix="photos/2024")
+:func:`indexer.store.open_store`) and an :class:`~indexer.encode.Embedder`, and returns :class:`SearchResult` rows,
+best first (the README's Library API section has examples).
 
 * Scores are cosine similarities between the query embedding and the stored image embeddings (CLIP's
   ranking, unscaled).
@@ -27,9 +18,7 @@ Every function takes an open-able :class:`~indexer.store.base.VectorStore` (from
   path (see :mod:`indexer.store.base`), so ``/a/photos`` never matches ``/a/photos2``.
 * Text queries are tokenized like transformers' ``CLIPTokenizer`` and truncated at the model's context
   (77 tokens); ``on_truncate(text)`` is called when that happens. Only the tower a query needs is loaded
-  (a text search never loads ``vision.onnx``), and it loads on a worker thread while the store opens
-  (Qdrant Edge's load holds the GIL, ONNX Runtime's session creation releases it), which is most of a
-  cold start.
+  (a text search never loads ``vision.onnx``), on a worker thread while the store opens.
 
 Classification
 --------------

@@ -17,25 +17,15 @@ One *collection* holds one point per indexed file:
     ``"/a/photos"`` for ``/a/photos/x.jpg``). Computed by :meth:`VectorStore.upsert`, indexed as a
     keyword, hidden from :meth:`search` hits and from :meth:`iter_payloads` unless asked for.
 
-Why ``"dirs"`` for ``path_prefix`` (and not ``MatchPrefix``)
-------------------------------------------------------------
-Qdrant's classic keyword index only does exact matches. A folder filter is therefore an exact
-``MatchValue`` on the ``dirs`` array: a point matches when *any* element equals the folder, so
-``/a/photos`` matches ``/a/photos/x.jpg`` and ``/a/photos/2024/y.jpg`` but never
-``/a/photos2/z.jpg`` (a plain string-prefix test would). It works on every Qdrant server version and
-in qdrant-client's local mode, is served by an ordinary keyword index, and costs one short string
-per path component. (Qdrant Edge 0.9 / qdrant-client 1.20 also know ``MatchPrefix`` with a
-``prefix`` keyword index, but older servers do not, and it still needs the trailing-``/`` care.)
-``path_prefix`` may also name a file exactly: the filter is ``dirs == p OR path == p``.
+A folder filter (``path_prefix``) is an exact match on ``dirs``, so ``/a/photos`` never matches
+``/a/photos2/z.jpg``; it may also name one file (``dirs == p OR path == p``). docs/design.md says why.
 
 Model metadata
 --------------
 A collection remembers the model name and the vector dimension it was built with
 (:class:`CollectionInfo`). :meth:`VectorStore.ensure_collection` compares them with the model in
-use and raises :class:`~indexer.errors.CollectionMismatchError` *before anything is written*. The
-embedded store keeps them in a sidecar ``collection.json``; the server store in Qdrant's
-collection-level ``metadata`` (Qdrant >= 1.16; local mode keeps it too) with a fall-back on the
-vector size of the collection config and the ``"model"`` payload of a stored point.
+use and raises :class:`~indexer.errors.CollectionMismatchError` *before anything is written* (the embedded store
+keeps them in ``collection.json``, the server store in the collection's ``metadata``).
 """
 
 from __future__ import annotations
