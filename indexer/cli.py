@@ -529,8 +529,8 @@ def search(
 ) -> None:
     """Find the indexed images that best match a text QUERY, or an image (--image).
 
-    Scores are CLIP's cosine similarities between the query and each image (higher is closer; a good text
-    match scores around 0.25 to 0.35 with the OpenAI models, an image finds itself at 1.0). A text query runs
+    Scores are CLIP's cosine similarities between the query and each image (higher is closer; an image finds
+    itself at 1.0). A text query runs
     only the text tower; text past the model's 77 tokens is truncated, with a warning. Prints a table (rank,
     score, path) or, with --json, one JSON array; --html writes a contact sheet to look at.
 

@@ -166,9 +166,9 @@ def ort_cache_dir() -> Path | None:
 def _cached_session(path: Path, options: Any, verify: Callable[[], None], sha256: str | None = None) -> Any:
     """A CPU session from a cached, already optimised copy of ``path`` whose weights sit in an external file.
 
-    ONNX Runtime loads a model whose initializers are inline in the protobuf by copying them (about 0.6 s for
-    ViT-B/32's 250 MB text tower here); from external data it takes about 0.16 s, which matters for
-    ``clipindex search``, a new process per query. The copy is ORT's own ``optimized_model_filepath`` output
+    ONNX Runtime loads a model whose initializers are inline in the protobuf by copying them, and one with
+    external data several times faster, which matters for ``clipindex search``, a new process per query
+    (docs/design.md). The copy is ORT's own ``optimized_model_filepath`` output
     (level EXTENDED, portable across CPUs; layout-specific optimisations still run at load), written once per
     model *content* (``sha256``, from the manifest: every copy of one model shares one entry) and ONNX Runtime
     version. ``verify`` (the sha256 check against the manifest) runs before an entry is written or first used

@@ -240,7 +240,7 @@ class VectorStore(ABC):
         """Give back memory the engine holds for what was read so far; the store stays open.
 
         For the embedded store: a full read of the payloads (ingest's index) leaves the pages it touched mapped
-        into the process, about 0.5 GB at 1M points, counted in its RSS although the kernel could reclaim them.
+        into the process, counted in its RSS although the kernel could reclaim them.
         Closing and reopening the shard unmaps them. Ingest calls it when it has images to embed, before the
         model loads. Nothing to do for a server.
         """
