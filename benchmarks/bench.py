@@ -71,6 +71,7 @@ BATCH_SIZE = 25
 JPEG_QUALITY = 90
 NOISE_SIGMA = 3.0
 SEARCH_QUERY = "a red car"
+FASTEMBED_MODEL = "Qdrant/clip-ViT-B-32-vision"  # fastembed's registry name of CLIP ViT-B/32's vision tower
 PURE_PASSES = 3  # steady passes over the set by the pure-model contender, after its first (cold) one
 INPUT_FORMAT = 2  # bump to regenerate cached inputs
 
@@ -420,6 +421,73 @@ def child_pure(folder: Path, model_file: Path, batch_size: int) -> dict[str, Any
     }
 
 
+def child_fastembed(folder: Path, model_dir: Path, batch_size: int) -> dict[str, Any]:
+    """fastembed's ``ImageEmbedding``, as a Qdrant user would run it: the registry's CLIP ViT-B/32 vision model,
+    pointed offline at the converted ``vision.onnx`` through ``specific_model_path``, batches of 25. fastembed
+    opens each file with PIL and decodes it in full (no draft), with no EXIF orientation."""
+    t0 = time.perf_counter()
+    import numpy as np
+    from fastembed import ImageEmbedding
+
+    t_import = time.perf_counter()
+    model = ImageEmbedding(FASTEMBED_MODEL, specific_model_path=str(model_dir))
+    t_load = time.perf_counter()
+    files = [str(f) for f in image_files(folder)]
+    vectors = np.stack(list(model.embed(files, batch_size=batch_size)))
+    end = time.perf_counter()
+    return {
+        "images": int(vectors.shape[0]),
+        "import_s": t_import - t0,
+        "load_s": t_load - t_import,
+        "embed_s": end - t_load,
+        "in_process_s": end - t0,
+    }
+
+
+def make_fastembed_model(work: Path, model_dir: Path) -> Path:
+    """The folder fastembed's ``specific_model_path`` wants: ``model.onnx`` (a link to the converted vision tower,
+    which fits as is) and the ``preprocessor_config.json`` of fastembed's own ``Qdrant/clip-ViT-B-32-vision``
+    (CLIPImageProcessor: shortest edge and centre crop at the model's size, its mean and std)."""
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    folder = work / "fastembed-model"
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / "model.onnx"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to((model_dir / "vision.onnx").resolve())
+    size = int(manifest["image_size"])
+    config = {
+        "crop_size": {"height": size, "width": size},
+        "do_center_crop": True,
+        "do_convert_rgb": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": manifest["image_mean"],
+        "image_processor_type": "CLIPImageProcessor",
+        "image_std": manifest["image_std"],
+        "resample": 3,
+        "rescale_factor": 1 / 255,
+        "size": {"shortest_edge": size},
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def fastembed_python(work: Path) -> str | None:
+    """An interpreter that has fastembed: ``$FASTEMBED_PYTHON``, this one, or ``_work/fastembed-venv`` (a separate
+    venv keeps fastembed's ``huggingface-hub<2`` pin out of the dev venv); None: the contender is skipped."""
+    import importlib.util
+
+    explicit = os.environ.get("FASTEMBED_PYTHON")
+    if explicit:
+        return explicit
+    if importlib.util.find_spec("fastembed") is not None:
+        return sys.executable
+    venv = work / "fastembed-venv" / "bin" / "python"
+    return str(venv) if venv.exists() else None
+
+
 def child_fidelity(folders: dict[str, Path], model_dir: Path) -> dict[str, Any]:
     """Per-image cosine: draft vs exact decode (fp32), and int8 vs fp32 (exact decode), full-size model."""
     import numpy as np
@@ -659,7 +727,7 @@ def run_search(model_dir: Path, data_dir: Path, repeats: int) -> dict[str, Any]:
 class Contender:
     key: str
     label: str
-    kind: str  # ingest | plain | pure
+    kind: str  # ingest | plain | pure | fastembed
     precision: str = "fp32"
     extra: list[str] = field(default_factory=list)
     informational: bool = False
@@ -690,6 +758,7 @@ def contenders(default_draft: bool, variants: bool) -> list[Contender]:
         Contender("ingest_fp32", "clipindex ingest, fp32", "ingest", "fp32", [same]),
         Contender("ingest_int8", "clipindex ingest, int8", "ingest", "int8", [same]),
         Contender("plain_fp32", "plain transformers+PyTorch, fp32", "plain"),
+        Contender("fastembed_fp32", "fastembed ImageEmbedding, fp32", "fastembed"),
         Contender("pure_fp32", "pure ORT vision model, fp32 (ceiling)", "pure", "fp32"),
         Contender("pure_int8", "pure ORT vision model, int8", "pure", "int8", informational=True),
     ]
@@ -728,6 +797,18 @@ def run_contender(
         if report.get("indexed") != files or failed:
             raise RuntimeError(f"{contender.label}: indexed {report.get('indexed')} of {files}, failed {failed}")
         detail: dict[str, Any] = {"in_run_s": report.get("seconds")}
+        timed_s, images = result.wall_s, files
+    elif contender.kind == "fastembed":
+        python = fastembed_python(work)
+        if python is None:
+            raise RuntimeError("fastembed is not installed (pip install fastembed, or set FASTEMBED_PYTHON)")
+        folder_fe = make_fastembed_model(work, model_dir)
+        cmd = [python, str(Path(__file__).resolve()), "_fastembed", "--images", str(folder)]
+        cmd += ["--model-dir", str(folder_fe)]
+        result = run_child(cmd).check()
+        detail = result.json()
+        if detail["images"] != files:
+            raise RuntimeError(f"fastembed embedded {detail['images']} of {files}")
         timed_s, images = result.wall_s, files
     elif contender.kind == "plain":
         cmd = this_script("_plain", "--images", str(folder), "--checkpoint", str(checkpoint))
@@ -883,6 +964,8 @@ def ratios(summary: dict[str, dict[str, dict[str, Any]]], samples: Sequence[Samp
         "vs_plain_int8": ("ingest_int8", "plain_fp32"),
         "vs_pure_fp32": ("ingest_fp32", "pure_fp32"),
         "vs_pure_fp32_loaded": ("ingest_fp32", "pure_fp32_loaded"),
+        "vs_fastembed_fp32": ("ingest_fp32", "fastembed_fp32"),
+        "vs_fastembed_int8": ("ingest_int8", "fastembed_fp32"),
     }
     for set_name, per_set in summary.items():
         out[set_name] = {}
@@ -988,6 +1071,28 @@ def write_markdown(path: Path, data: dict[str, Any]) -> str:
         "model's process start, session load and warm-up too, as ingest's figure does."
     )
     add("")
+    if any("vs_fastembed_fp32" in rat.get(set_name, {}) for set_name in summary):
+        add("## Against fastembed (issue 16)")
+        add("")
+        add("| Set | clipindex ingest fp32 vs fastembed | clipindex ingest int8 vs fastembed (fp32) |")
+        add("| --- | --- | --- |")
+        for set_name in summary:
+            cells = []
+            for key in ("vs_fastembed_fp32", "vs_fastembed_int8"):
+                r = rat.get(set_name, {}).get(key)
+                span = f" ({r['min']:.1f}–{r['max']:.1f})" if r is not None and cfg["rounds"] > 1 else ""
+                cells.append("–" if r is None else f"**{r['value']:.1f}×**{span}")
+            add(f"| {SETS[set_name]['label']} | " + " | ".join(cells) + " |")
+        add("")
+        add(
+            "fastembed's `ImageEmbedding('Qdrant/clip-ViT-B-32-vision', specific_model_path=...)`, offline, on the "
+            "same converted `vision.onnx` (linked as `model.onnx`, with fastembed's own CLIPImageProcessor config), "
+            "`embed(files, batch_size=25)`, fresh process, model load counted; it writes nothing to a store, so "
+            "clipindex's figure carries the store work on top. What each decodes: clipindex decodes JPEGs with DCT "
+            "draft scaling (1/2–1/8 size) and applies EXIF orientation; fastembed decodes every file in full with "
+            "PIL and does not apply EXIF orientation (a rotated phone photo is embedded sideways)."
+        )
+        add("")
     add("## Throughput and memory")
     add("")
     add("| Set | Contender | img/s | wall s | CPU use of the cores | others' load | peak RSS MB |")
@@ -1106,8 +1211,10 @@ def write_markdown(path: Path, data: dict[str, Any]) -> str:
     add("")
     text = "\n".join(lines) + "\n"
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    # the sections other scripts write (concurrency.py, library.py) are kept until those scripts replace them
-    kept = [old.index(marker) for marker in ("<!-- concurrency:begin -->", "<!-- library.py -->") if marker in old]
+    # the sections other scripts write (million.py, server_client.py, concurrency.py, library.py) are kept until
+    # those scripts replace them
+    markers = ("<!-- million:start -->", "<!-- concurrency:begin -->", "<!-- library.py -->")
+    kept = [old.index(marker) for marker in markers if marker in old]
     if kept:
         text += "\n" + old[min(kept) :]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1342,6 +1449,7 @@ def child_main(argv: list[str]) -> int:
     modes: dict[str, Callable[[], dict[str, Any]]] = {
         "_plain": lambda: child_plain(args.images, args.checkpoint, args.batch_size),
         "_pure": lambda: child_pure(args.images, args.model, args.batch_size),
+        "_fastembed": lambda: child_fastembed(args.images, args.model_dir, args.batch_size),
         "_fidelity": lambda: child_fidelity(dict(parse_set(s) for s in args.set), args.model_dir),
         "_search": lambda: child_search(args.model_dir, args.data_dir, SEARCH_QUERY),
     }

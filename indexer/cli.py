@@ -21,6 +21,7 @@ from indexer.errors import ClipIndexError, StoreBusyError
 from indexer.options import (
     api_key_file_option,
     collection_option,
+    collection_settings_options,
     data_dir_option,
     device_options,
     json_option,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
     from indexer.locate import ModelLocation
     from indexer.store.base import VectorStore
+    from indexer.store.sizing import CollectionSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -225,10 +227,12 @@ def make_store(
     *,
     shards: int | None = None,
     replicas: int | None = None,
+    collection_settings: CollectionSettings | None = None,
     timeout_s: float = settings.DEFAULT_TIMEOUT_S,
     wait_s: float = settings.DEFAULT_WAIT_S,
     role: str = "clipindex",
 ) -> Any:
+    """The store the options name (:func:`indexer.store.open_store`), warnings and waits told on stderr."""
     from indexer.store import open_store
 
     return open_store(
@@ -239,6 +243,7 @@ def make_store(
         timeout_s=timeout_s,
         shards=shards,
         replicas=replicas,
+        settings=collection_settings,
         on_warning=lambda message: info(f"Warning: {message}"),
         on_wait=info,
         wait_s=wait_s,
@@ -265,14 +270,18 @@ class TqdmProgress:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.bar: Any = None
+        self.done = 0  # advanced before start(): ingest embeds while its walk still counts the files
 
     def start(self, total: int) -> None:
         if self.enabled and total:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, desc="embedding")
+            self.bar = tqdm(
+                total=total, initial=self.done, unit="img", file=sys.stderr, dynamic_ncols=True, desc="embedding"
+            )
 
     def advance(self, count: int) -> None:
+        self.done += count
         if self.bar is not None:
             self.bar.update(count)
 
@@ -372,6 +381,7 @@ def quiet_c_stderr() -> AbstractContextManager[None]:
 )
 @quiet_option("No progress bar and no start line; failed files and the summary still print.")
 @json_option("the run's figures as one object")
+@collection_settings_options
 @handle_errors
 def ingest(
     directory: Path,
@@ -397,6 +407,7 @@ def ingest(
     retry_failed: bool,
     quiet: bool,
     as_json: bool,
+    collection_settings: CollectionSettings,
 ) -> None:
     """Index every image under DIRECTORY into Qdrant.
 
@@ -429,6 +440,7 @@ def ingest(
         collection,
         shards=shards,
         replicas=replicas,
+        collection_settings=collection_settings,
         timeout_s=timeout_s,
         wait_s=wait_s,
         role="ingest",
@@ -805,6 +817,7 @@ def tree_bytes(folder: Path) -> int:
 @timeout_option
 @quiet_option("No progress bar; only errors and the summary.")
 @json_option("the figures as one object")
+@collection_settings_options
 @handle_errors
 def migrate(
     to_url: str,
@@ -818,6 +831,7 @@ def migrate(
     timeout_s: float,
     quiet: bool,
     as_json: bool,
+    collection_settings: CollectionSettings,
 ) -> None:
     """Copy the embedded collection to a Qdrant server: same ids, vectors and payloads, no re-embedding.
 
@@ -836,7 +850,14 @@ def migrate(
 
     source = EdgeStore(data_dir if data_dir is not None else settings.default_data_dir(), collection, role="migrate")
     target = make_store(
-        None, to_url, api_key_file, to_collection or collection, shards=shards, replicas=replicas, timeout_s=timeout_s
+        None,
+        to_url,
+        api_key_file,
+        to_collection or collection,
+        shards=shards,
+        replicas=replicas,
+        collection_settings=collection_settings,
+        timeout_s=timeout_s,
     )
     progress = TqdmProgress(enabled=not quiet and not as_json and sys.stderr.isatty())
     with source, target:
@@ -848,6 +869,45 @@ def migrate(
             on_created=None if quiet or as_json else lambda where: info(f"created {where}"),
         )
     click.echo(json_line(report.as_json()) if as_json else report.summary_line())
+
+
+# --- optimize ---------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@store_options
+@json_option("the figures as one object (points, segments, quantized_segments, seconds...)")
+@wait_option
+@handle_errors
+def optimize(
+    data_dir: Path | None,
+    qdrant_url: str | None,
+    api_key_file: Path | None,
+    collection: str,
+    timeout_s: float,
+    as_json: bool,
+    wait_s: float,
+) -> None:
+    """Bring the collection's storage up to date now instead of at the next ingest.
+
+    For the embedded store: seal and merge segments, drop deleted points, and give a store written by an older
+    clipindex the int8 copy of its vectors that makes search fast at a million photos (a one-time rewrite of
+    the store). Searches work meanwhile on what is not rewritten yet, and before
+    the upgrade too (slower). A Qdrant server optimises by itself: there this only reports.
+
+    \b
+    Exit codes: 0 done; 1 nothing indexed yet, or the store failed; 69 Qdrant server unreachable; 75 an ingest
+    holds the store, or other processes kept it for --wait seconds (try again later).
+    """
+    from indexer.optimize import optimize_collection
+    from indexer.output import json_line
+
+    store = make_store(
+        data_dir, qdrant_url, api_key_file, collection, timeout_s=timeout_s, wait_s=wait_s, role="optimize"
+    )
+    with store:
+        report = optimize_collection(store)
+    click.echo(json_line(report.as_json()) if as_json else report.format())
 
 
 def main() -> None:

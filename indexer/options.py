@@ -7,6 +7,7 @@ parameter: nothing is kept on the click context.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ __all__ = [
     "DeviceType",
     "api_key_file_option",
     "collection_option",
+    "collection_settings_options",
     "data_dir_option",
     "device_options",
     "json_option",
@@ -210,3 +212,46 @@ def json_option(what: str) -> Callable[[F], F]:
 
 def quiet_option(help: str) -> Callable[[F], F]:
     return click.option("--quiet", "-q", is_flag=True, help=help)
+
+
+def collection_settings_options(func: F) -> F:
+    """--quantization, --hnsw-m, --hnsw-ef-construct: a new server collection's vector storage, handed to the
+    command as one ``collection_settings`` parameter (:class:`indexer.store.sizing.CollectionSettings`)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, quantization: str, hnsw_m: int, hnsw_ef_construct: int, **kwargs: Any) -> Any:
+        from indexer.store.sizing import CollectionSettings
+
+        kwargs["collection_settings"] = CollectionSettings(quantization, hnsw_m, hnsw_ef_construct)  # type: ignore[arg-type]
+        return func(*args, **kwargs)
+
+    return _stack(
+        click.option(
+            "--quantization",
+            type=click.Choice(["int8", "none"]),
+            envvar=settings.ENV_QUANTIZATION,
+            show_envvar=True,
+            default=settings.DEFAULT_QUANTIZATION,
+            show_default=True,
+            help="Server only, a new collection: int8 keeps a scalar-quantized copy of the vectors in RAM and the "
+            "float32 originals on disk (results rescored in float32); none keeps float32 in RAM.",
+        ),
+        click.option(
+            "--hnsw-m",
+            type=click.IntRange(0, 128),
+            envvar=settings.ENV_HNSW_M,
+            show_envvar=True,
+            default=settings.DEFAULT_HNSW_M,
+            show_default=True,
+            help="Server only, a new collection: HNSW edges per node (0: no graph, exact search).",
+        ),
+        click.option(
+            "--hnsw-ef-construct",
+            type=click.IntRange(4, 4096),
+            envvar=settings.ENV_HNSW_EF_CONSTRUCT,
+            show_envvar=True,
+            default=settings.DEFAULT_HNSW_EF_CONSTRUCT,
+            show_default=True,
+            help="Server only, a new collection: HNSW candidates while building the graph.",
+        ),
+    )(wrapper)  # type: ignore[return-value]

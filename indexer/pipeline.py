@@ -8,13 +8,16 @@ Phases of one run (the CLI's ``clipindex ingest`` is a thin wrapper around :func
 3. **Index**: read ``size, mtime_ns, sha256`` of every stored point (payloads only, no vectors; ~0.4 KB a point
    in memory).
 4. **Walk** the folder (:mod:`indexer.walk`). A file whose point exists with the same size and mtime is
-   *unchanged* and costs nothing but its ``stat``. ``--shard K/N`` keeps the paths hashing to shard K.
+   *unchanged* and costs nothing but its ``stat``. ``--shard K/N`` keeps the paths hashing to shard K. The walk
+   streams: the files it finds to embed feed the next phase as it goes, so the first batch is embedded long
+   before a large tree is fully walked (``Progress.start`` gets the total when the walk ends).
 5. **Embed** the rest in batches of ``batch_size``: decoding and preprocessing run on a small thread pool one
    batch ahead of inference. A file whose content hash (sha256) is already stored, or appears earlier in the
    same batch, reuses that vector instead of running the model (renames, duplicates).
 6. **Upsert and verify** each batch: the collection's point count must equal the count expected from the ids
    written and deleted so far. A mismatch retries the batch once, then raises ``CountMismatchError``.
-7. **Prune** (``prune=True``): delete the points under the folder whose files are gone, except under folders
+7. **Prune** (``prune=True``), once the walk has ended: delete the points under the folder whose files are
+   gone, except under folders
    the walk could not list. Points of files that now fail to decode are deleted too: the index holds exactly
    the valid files.
 8. **Finish**: exact count, flush, and the run's summary saved with the collection (``clipindex status``).
@@ -28,7 +31,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,19 +40,19 @@ from typing import Any, Protocol
 import numpy as np
 
 from indexer import cstderr
+from indexer.decode import DecodedFile, decode_file
 from indexer.encode import Embedder, available_cores
 from indexer.errors import CountMismatchError, ImageError, StoreUnavailableError
 from indexer.failures import FailureMemory, Remembered, new_entry
 from indexer.live import LiveProgress, progress_path
 from indexer.locate import model_record
 from indexer.lock import IngestLock
-from indexer.points import INDEX_FIELDS, absolute, display_path, in_shard, make_payload, point_id
+from indexer.points import INDEX_FIELDS, absolute, absolute_point_id, display_path, in_shard, make_payload
 from indexer.prefetch import decode_ahead
-from indexer.preprocess import DecodedFile, decode_file
+from indexer.settings import DEFAULT_BATCH_SIZE
 from indexer.store.base import PATH_KEY, Point, VectorStore
-from indexer.walk import iter_image_files
+from indexer.walk import iter_image_entries
 
-DEFAULT_BATCH_SIZE = 25
 #: how often (seconds) the embedded store is flushed during a run; it is flushed at the end too
 FLUSH_INTERVAL_S = 30.0
 PRUNE_CHUNK = 1000
@@ -57,6 +61,9 @@ PRUNE_CHUNK = 1000
 RELEASE_MEMORY_POINTS = 100_000
 #: payloads per page when reading the index of stored points (fewer, larger pages: ~13 % faster at 1M points)
 INDEX_PAGE_SIZE = 5000
+#: the walk runs ahead of the batches while it has used less than this share of the main thread's time since the
+#: first batch was asked for (it ends early in the run, and its total is known; the first batch does not wait for it)
+WALK_SHARE = 0.5
 #: outside the batch loop (index read, walk, prune), the store checks for waiting readers this often (seconds)
 YIELD_CHECK_S = 0.2
 
@@ -64,7 +71,10 @@ YIELD_CHECK_S = 0.2
 class Progress(Protocol):
     """What :func:`ingest` reports progress to (the CLI adapts tqdm to it)."""
 
-    def start(self, total: int) -> None: ...
+    def start(self, total: int) -> None:
+        """The number of files to embed, once the walk has counted them: after the first ``advance`` calls when
+        the walk outlasts the first batches."""
+
     def advance(self, count: int) -> None: ...
     def close(self) -> None: ...
 
@@ -182,8 +192,10 @@ class _Ingest:
         self.count_baseline = 0
         self.last_flush = time.monotonic()
         self.walk_blocked: list[str] = []
-        #: files the walk found to index (None until the walk is done): reported when the server goes away
+        #: files the walk found to index (None until the walk is done), and so far: reported when the server goes away
         self.todo_total: int | None = None
+        self.todo_found = 0
+        self.batches_done = 0
         #: ``--shard``: the other shards may write to the same collection at the same time, so batches are
         #: verified by reading their ids back instead of by the collection's count
         self.shared = options.shard is not None
@@ -239,9 +251,10 @@ class _Ingest:
         # The fast count may carry a constant offset (e.g. after a crash); batches check its *change*.
         self.count_baseline = self.store.count(exact=False) - exact
 
-    def walk(self) -> tuple[list[_Pending], set[str]]:
-        todo: list[_Pending] = []
-        seen: set[str] = set()
+    def walk(self) -> Iterator[_Pending]:
+        """The files to embed, yielded as the walk finds them (it feeds the decode pool as it goes); ``self.seen``
+        holds every path the walk has reached, and is complete once the generator is exhausted."""
+        seen = self.seen
         shard = self.options.shard
 
         def on_walk_error(path: str, reason: str) -> None:
@@ -250,10 +263,10 @@ class _Ingest:
             self.walk_blocked.append(display_path(absolute(path)).rstrip("/") + "/")
             self.fail(path, reason)
 
-        for found in iter_image_files(self.root, on_error=on_walk_error):
+        # the root is absolute and normalised, so are the paths the walk joins to it
+        for path, size, mtime_ns in iter_image_entries(self.root, on_error=on_walk_error):
             self.maybe_yield()
-            path = absolute(found.path)
-            pid = point_id(path)
+            pid = absolute_point_id(path)
             if shard is not None:
                 self.walked.add(pid)
                 if not in_shard(path, *shard):
@@ -262,17 +275,52 @@ class _Ingest:
             if previous is not None:
                 pid = previous.point_id  # the stored key object: ``seen`` keeps no second copy of the id
             seen.add(pid)
-            if previous is not None and previous.size == found.size and previous.mtime_ns == found.mtime_ns:
+            if previous is not None and previous.size == size and previous.mtime_ns == mtime_ns:
                 self.report.unchanged += 1
                 continue
             if self.memory is not None and not self.options.retry_failed:
-                known = self.memory.known(path, found.size, found.mtime_ns)
+                known = self.memory.known(path, size, mtime_ns)
                 if known is not None:  # failed before and unchanged since: not decoded again
                     self.new_failures.append(known)
                     self.fail(path, known.reason, known=True)
                     continue
-            todo.append(_Pending(path, found.size, found.mtime_ns, pid))
-        return todo, seen
+            yield _Pending(path, size, mtime_ns, pid)
+
+    def stream(self, todo: Iterator[_Pending]) -> Iterator[_Pending]:
+        """``todo`` (the walk) passed on as the batches ask for it, with the walk running ahead of them.
+
+        Each request walks until one file to embed is found; once a batch has been written, it walks on while the
+        walk has used less than :data:`WALK_SHARE` of the time since the first request. So the first batch goes out
+        as soon as the walk has found it, and the walk still ends early in the run (then the total is known:
+        progress starts, status shows an ETA) instead of with the last batch. Its first item has the store give
+        back the pages its index read mapped, before the model loads."""
+        buffer: deque[_Pending] = deque()
+        walking = True
+        walk_s = 0.0
+        started = time.monotonic()
+        while True:
+            t0 = time.monotonic()
+            while walking and (
+                not buffer or (self.batches_done and walk_s + time.monotonic() - t0 < WALK_SHARE * (t0 - started))
+            ):
+                pending = next(todo, None)
+                if pending is None:
+                    walking = False
+                    self.todo_total = self.todo_found
+                    if self.progress is not None:
+                        self.progress.start(self.todo_found)
+                    self.set_phase("embedding", todo=self.todo_found)
+                    break
+                if self.todo_found == 0:
+                    if len(self.present) >= RELEASE_MEMORY_POINTS:
+                        self.store.release_memory()
+                    self.set_phase("embedding")
+                self.todo_found += 1
+                buffer.append(pending)
+            walk_s += time.monotonic() - t0
+            if not buffer:
+                return
+            yield buffer.popleft()
 
     def prepare(self, pending: _Pending, *, reuse: bool = True) -> _Prepared:
         """Runs on a decode thread: hash, then decode + preprocess unless the content is already stored."""
@@ -296,7 +344,8 @@ class _Ingest:
             prepared.error = "not enough memory to decode this image (lower --max-pixels to skip such images)"
         return prepared
 
-    def embed(self, todo: Sequence[_Pending]) -> None:
+    def embed(self, todo: Iterable[_Pending]) -> None:
+        """Decode ahead on the pool and write batch after batch, while ``todo`` (the walk) is still running."""
         workers = self.options.decode_workers or available_cores()
         for prepared in decode_ahead(todo, self.prepare, batch_size=self.options.batch_size, workers=workers):
             self.write_batch(prepared)
@@ -376,6 +425,7 @@ class _Ingest:
             self.maintain()
         if self.live is not None:
             self.live.update(done=self.live.done + len(prepared))
+        self.batches_done += 1
         self.maybe_yield(now=True)  # this batch is upserted and verified: waiting searches will see it
 
     def maintain(self) -> None:
@@ -541,28 +591,22 @@ def ingest(
             run.set_phase("reading the index")
             run.load_index()
             run.set_phase("walking")
-            todo, seen = run.walk()
-            run.todo_total, run.seen = len(todo), seen
-            if todo and len(run.present) >= RELEASE_MEMORY_POINTS:
-                store.release_memory()  # before the model loads: the index read left the store's pages mapped
-            if progress is not None:
-                progress.start(len(todo))
-            run.set_phase("embedding", todo=len(todo))
-            run.embed(todo)
-            if run.options.prune:
+            run.embed(run.stream(run.walk()))  # the first batch is embedded while the walk goes on
+            if run.options.prune:  # only now has the walk seen every file
                 run.set_phase("pruning")
-                run.prune(seen)
+                run.prune(run.seen)
             run.set_phase("finishing")
             store.optimize()  # the final flush is the finally's below
             run.finish()
             run.remember_failures()
         except StoreUnavailableError as exc:
-            if run.todo_total is None:
+            if run.todo_total is not None:
+                done = f"{run.report.indexed} of {run.todo_total} images indexed"
+            elif run.todo_found:  # the walk was still going: its total is not known
+                done = f"{run.report.indexed} images indexed (of {run.todo_found} found so far by the walk)"
+            else:
                 raise
-            raise StoreUnavailableError(
-                f"{exc}; {run.report.indexed} of {run.todo_total} images indexed before the server went away; "
-                "re-run to resume"
-            ) from None
+            raise StoreUnavailableError(f"{exc}; {done} before the server went away; re-run to resume") from None
         finally:
             if progress is not None:
                 progress.close()

@@ -218,19 +218,20 @@ def _embed_query(
 ) -> np.ndarray:
     """Open the collection and embed a query, overlapping the two slow parts of a cold start.
 
-    A worker thread creates the tower's ONNX Runtime session (it releases the GIL), runs ``prepare`` (tokenizer
-    load, image decoding) and ``encode(prepared)``, while this thread waits for its turn on the store and opens
-    the collection (Qdrant Edge holds the GIL while it loads). So a search that waits for its turn has its query
-    vector ready when it gets in, and holds the store only to open and query it. The collection is checked
-    against the embedder's model; a store error wins over an embedding error, and the worker has finished
-    whenever this returns or raises.
+    A worker thread creates the tower's ONNX Runtime session (it releases the GIL), then runs ``encode`` on
+    what another worker's ``prepare`` made (tokenizer load, image decoding), while this thread waits for its turn
+    on the store and opens the collection (Qdrant Edge holds the GIL while it loads). So a search that waits for
+    its turn has its query vector ready when it gets in, and holds the store only to open and query it. The
+    collection is checked against the embedder's model; a store error wins over an embedding error, and the
+    workers have finished whenever this returns or raises.
     """
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="clipindex-load") as pool:
+        preparing = pool.submit(prepare)
 
-    def embed() -> np.ndarray:
-        embedder.tower(tower)
-        return encode(prepare())
+        def embed() -> np.ndarray:
+            embedder.tower(tower)
+            return encode(preparing.result())
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipindex-load") as pool:
         embedding = pool.submit(embed)
         open_collection(store, embedder.model_name, embedder.dimension, model_dir=embedder.model_dir)
         return embedding.result()

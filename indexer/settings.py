@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Final
 
 APP = "clipindex"
 
@@ -34,6 +35,9 @@ ENV_MAX_PIXELS = "CLIPINDEX_MAX_PIXELS"
 ENV_DRAFT = "CLIPINDEX_DRAFT"
 ENV_MIGRATE_TO = "CLIPINDEX_MIGRATE_TO"
 ENV_MIN_FREE_MB = "CLIPINDEX_MIN_FREE_MB"
+ENV_QUANTIZATION = "CLIPINDEX_QUANTIZATION"
+ENV_HNSW_M = "CLIPINDEX_HNSW_M"
+ENV_HNSW_EF_CONSTRUCT = "CLIPINDEX_HNSW_EF_CONSTRUCT"
 
 # --- defaults -------------------------------------------------------------------------------------------------
 
@@ -61,6 +65,10 @@ DEFAULT_MAX_PIXELS = 2 * 89_478_485
 DEFAULT_DRAFT = True
 #: free space the embedded store keeps before it writes (``CLIPINDEX_MIN_FREE_MB`` overrides it)
 DEFAULT_MIN_FREE_BYTES = 64 * 2**20
+#: a new server collection's vector storage: int8 copy in RAM (``none``: float32 in RAM), Qdrant's HNSW defaults
+DEFAULT_QUANTIZATION: Final = "int8"
+DEFAULT_HNSW_M = 16
+DEFAULT_HNSW_EF_CONSTRUCT = 100
 #: image inputs given as URLs: seconds per request, and bytes at most
 DEFAULT_URL_TIMEOUT_S = 10.0
 DEFAULT_MAX_URL_BYTES = 64 * 1024 * 1024

@@ -162,7 +162,8 @@ class QdrantRestServer:
     """A REST facade over a qdrant-client local-mode instance, on ``127.0.0.1``.
 
     ``server = QdrantRestServer(api_key="k").start()`` then ``QdrantClient(url=server.url, api_key="k")``.
-    ``created`` records the ``create_collection`` bodies (``shard_number``, ``replication_factor``...);
+    ``created`` records the ``create_collection`` bodies (``shard_number``, ``replication_factor``...) and
+    ``queries`` the ``points/query`` bodies (``params``...);
     ``calls`` counts the requests served by route; ``before_request(route)`` runs first (a test hook).
     """
 
@@ -173,6 +174,10 @@ class QdrantRestServer:
         self.api_key = api_key
         self.calls: Counter[str] = Counter()
         self.created: dict[str, dict[str, Any]] = {}
+        self.queries: list[dict[str, Any]] = []
+        #: per route: seconds spent answering (parse, local mode, reply) and request bytes received
+        self.server_s: Counter[str] = Counter()
+        self.bytes_in: Counter[str] = Counter()
         self.before_request: Callable[[str], None] | None = None
         self._engine_lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -256,6 +261,7 @@ class QdrantRestServer:
             with self._engine_lock:
                 result = getattr(self, f"_{route}")(match.group("name"), body, query)
             self.calls[route] += 1
+            self.bytes_in[route] += len(raw)
         except _HttpError as e:
             status, result = e.status, str(e)
         except ValueError as e:  # local mode: "Collection x not found", bad input
@@ -277,6 +283,7 @@ class QdrantRestServer:
             handler.wfile.write(data)
         except OSError:  # the proxy was cut while we worked: the client never hears the reply
             handler.close_connection = True
+        self.server_s[route] += time.monotonic() - started
 
     # --- routes: JSON in, local mode, JSON out --------------------------------------------------------
 
@@ -375,6 +382,7 @@ class QdrantRestServer:
         from qdrant_client import models
 
         request = self._parse(models.QueryRequest, body)
+        self.queries.append(body)
         q = request.query
         if isinstance(q, models.NearestQuery):
             q = q.nearest

@@ -14,10 +14,12 @@ from indexer.settings import DEFAULT_TIMEOUT_S, DEFAULT_WAIT_S, default_data_dir
 from indexer.store.base import CollectionInfo, Hit, Point, VectorStore, ancestor_dirs
 from indexer.store.edge import EdgeStore, cleanup_orphan_temp_segments
 from indexer.store.server import InsecureApiKeyWarning, ServerStore
+from indexer.store.sizing import CollectionSettings
 
 __all__ = [
     "DEFAULT_WAIT_S",
     "CollectionInfo",
+    "CollectionSettings",
     "EdgeStore",
     "Hit",
     "InsecureApiKeyWarning",
@@ -40,6 +42,7 @@ def open_store(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     shards: int | None = None,
     replicas: int | None = None,
+    settings: CollectionSettings | None = None,
     on_warning: Callable[[str], None] | None = None,
     on_wait: Callable[[str], None] | None = None,
     wait_s: float = DEFAULT_WAIT_S,
@@ -48,10 +51,10 @@ def open_store(
     """The store to use: a Qdrant server when ``qdrant_url`` is given, else the embedded store in
     ``data_dir`` (or :func:`default_data_dir`). Nothing is opened yet: call
     :meth:`VectorStore.ensure_collection` (ingest, search) or :meth:`VectorStore.collection_info`
-    (status). ``api_key``, ``timeout_s``, ``shards``, ``replicas`` and ``on_wait`` (told once when the server does
-    not answer and calls are retried) only apply to a server; ``wait_s`` (how long to wait for the store while
-    another process has it open) and ``role`` (how this process is named to those kept waiting) only to the
-    embedded store (:mod:`indexer.store.turns`).
+    (status). ``api_key``, ``timeout_s``, ``shards``, ``replicas``, ``settings`` (vector storage of a new
+    collection) and ``on_wait`` (told once when the server does not answer and calls are retried) only apply to a
+    server; ``wait_s`` (how long to wait for the store while another process has it open) and ``role`` (how this
+    process is named to those kept waiting) only to the embedded store (:mod:`indexer.store.turns`).
     """
     if qdrant_url:
         return ServerStore(
@@ -61,6 +64,7 @@ def open_store(
             timeout_s=timeout_s,
             shards=shards,
             replicas=replicas,
+            settings=settings,
             on_warning=on_warning,
             on_wait=on_wait,
         )

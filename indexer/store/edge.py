@@ -50,6 +50,17 @@ and experiments with 0.9.0)
   storage type is fixed when it is written: a store created by an older clipindex keeps its existing
   segments as they are until they are optimised. Without the keyword indexes a filtered query scans every
   payload (1.1 s at 100k points, against 1 ms).
+* Search (issue 16): sealed segments also hold an int8 copy of their vectors (``ScalarQuantizationConfig(Int8,
+  quantile)`` in the config; ``vector_storage/quantized.data``, 1 byte a dimension, memory-mapped with
+  ``Memory.Cold``). ``SearchParams(quantization=QuantizationSearchParams(rescore=True, oversampling=k))`` scans it
+  and rescores ``k * limit`` candidates per segment with the float32 vectors, so scores stay exact cosines;
+  without ``oversampling`` too few candidates are rescored to keep recall near 1. The appendable segment is
+  scanned in float32. Quantization, like the rest of a segment's
+  storage, is fixed when the segment is written; the config is stored per segment (``segment.json``), and a shard
+  loaded with a config whose quantization differs has every sealed segment rewritten by the next ``optimize()``
+  (the upgrade of an older store; figures in benchmarks/results.md). A process faulting the memory-mapped int8
+  copy in 4 KB at a time from a cold page cache is slow; a plain sequential read first
+  (:mod:`indexer.store.prefetch`) makes the faults cheap.
 * Optimisation is never automatic: ``optimize()`` builds new segments under
   ``path/temp_segments/segment_builder_*`` and swaps them in; the old segment is deleted at the next
   flush (``EdgeStore.optimize`` flushes at once). A process killed mid-optimisation leaves its builder
@@ -90,6 +101,7 @@ from indexer.errors import (
     StoreBusyError,
     StoreError,
 )
+from indexer.settings import DEFAULT_WAIT_S, min_free_bytes_from_env
 from indexer.store.base import (
     DIRS_KEY,
     INDEXED_KEYS,
@@ -111,7 +123,8 @@ from indexer.store.base import (
     stored_payload,
     vectors_by_id,
 )
-from indexer.store.turns import DEFAULT_WAIT_S, StoreTurns
+from indexer.store.prefetch import prefetch_shard
+from indexer.store.turns import StoreTurns
 
 if TYPE_CHECKING:
     from qdrant_edge import ConditionType
@@ -123,11 +136,21 @@ VECTORS_ON_DISK = True
 #: an appendable segment holding more than this many KB of vectors is sealed by :meth:`EdgeStore.optimize` into an
 #: immutable memory-mapped one (the engine's default: ~5k points of 512-d float32)
 INDEXING_THRESHOLD_KB = 10_000
-#: sealed and merged segments stay under this many KB of vectors (~32k points of 512-d float32): it bounds the
-#: memory and time of one optimisation (a 1M-point segment took 8.7 GB peak RSS and 62 s to seal)
-MAX_SEGMENT_KB = 65_536
+#: sealed and merged segments stay under this many KB of vectors (~128k points of 512-d float32): it bounds the
+#: time and memory of one optimisation, and fewer, larger segments open faster (docs/operations.md, Memory at scale)
+MAX_SEGMENT_KB = 262_144
 #: free space (beyond CLIPINDEX_MIN_FREE_MB) an optimisation needs: the segment it writes, with payloads and indexes
-OPTIMIZE_HEADROOM_BYTES = 4 * MAX_SEGMENT_KB * 1024
+OPTIMIZE_HEADROOM_BYTES = 2 * MAX_SEGMENT_KB * 1024
+#: scalar quantization: each float32 coordinate maps to int8 between this quantile of the segment's values and its
+#: mirror (outliers clipped); 4x smaller than the vectors, scanned with integer SIMD
+QUANTILE = 0.99
+#: where the int8 copy lives when a process opens the shard (module doc: Search)
+QUANTIZED_MEMORY = qe.Memory.Cold
+#: candidates rescored with the float32 vectors, as a multiple of the limit (recall@10 vs exact: results.md)
+OVERSAMPLING = 4.0
+#: a full read of the payloads (:meth:`EdgeStore.iter_payloads`: ingest's index) gives back the pages it mapped
+#: (closes and reopens the shard) every this many points, so they do not pile up on top of the run's own memory
+RELEASE_EVERY_POINTS = 250_000
 #: the engine may hold its WAL lock for a moment after another process closed the shard: retry the open this long
 OPEN_RETRY_S = 5.0
 #: while a batch's inference runs, waiting readers are looked for this often (seconds)
@@ -135,19 +158,30 @@ LEND_POLL_S = 0.02
 
 
 def edge_config(vector_dim: int) -> qe.EdgeConfig:
-    """The shard configuration clipindex creates, and applies on every open (module doc: Memory).
+    """The shard configuration clipindex creates, and applies on every open (module doc: Memory, Search).
 
-    Vectors memory-mapped; no HNSW graph (``m=0``): search stays exact, by brute force over memory-mapped
-    segments, and an optimisation only seals the appendable segment into a compact immutable one (seconds per
-    100k points, not minutes); payload and id tracker of sealed segments memory-mapped ("cold").
+    Vectors memory-mapped; no HNSW graph (``m=0``): an optimisation seals the appendable segment into a compact
+    immutable one (seconds per 100k points, not minutes); payload and id tracker of sealed segments memory-mapped
+    ("cold"); sealed segments also hold an int8 copy of their vectors (:data:`QUANTILE`, memory per
+    :data:`QUANTIZED_MEMORY`) that search scans before rescoring the best candidates with the float32 vectors.
     """
     return qe.EdgeConfig(
         vectors=qe.EdgeVectorParams(size=vector_dim, distance=qe.Distance.Cosine, on_disk=VECTORS_ON_DISK),
         hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
+        quantization_config=qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=QUANTILE, memory=QUANTIZED_MEMORY),
         optimizers=qe.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD_KB, max_segment_size=MAX_SEGMENT_KB),
         payload_memory=qe.Memory.Cold,
         id_tracker_memory=qe.Memory.Cold,
     )
+
+
+def search_params(exact: bool = False) -> qe.SearchParams:
+    """Query parameters: the int8 scan, then float32 rescoring of ``limit * OVERSAMPLING`` candidates per segment
+    (a segment without an int8 copy, e.g. the appendable one, is scanned in float32); ``exact`` skips the int8
+    copy."""
+    if exact:
+        return qe.SearchParams(exact=True, quantization=qe.QuantizationSearchParams(ignore=True))
+    return qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING))
 
 
 log = logging.getLogger(__name__)
@@ -160,10 +194,9 @@ LOCK_FILE = "ingest.lock"
 SHARD_DIR = "shard"
 TEMP_SEGMENTS = "temp_segments"
 _RETRIEVE_CHUNK = 1000
-#: refuse to write when the data dir's filesystem has less free space than this: the engine writes through
-#: memory-mapped files, and a page written on a full filesystem kills the process with SIGBUS (measured on a
-#: full tmpfs: "Bus error", exit 135) instead of raising an error. Env ``CLIPINDEX_MIN_FREE_MB`` overrides it.
-MIN_FREE_BYTES = 64 * 2**20
+#: writes are refused when the data dir's filesystem has less free space than
+#: :data:`~indexer.settings.DEFAULT_MIN_FREE_BYTES` (``CLIPINDEX_MIN_FREE_MB``): the engine writes through
+#: memory-mapped files, and a page written on a full filesystem kills the process with SIGBUS instead of raising.
 _COLLECTION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -232,6 +265,14 @@ def _tree_size(path: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.path.getsize(os.path.join(root, name))
     return total
+
+
+def _prefetch_limit() -> int | None:
+    """Prefetch at most a quarter of the machine's RAM: past that the pages would push each other out."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError):
+        return None
 
 
 def _atomic_write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -305,9 +346,12 @@ class EdgeStore(VectorStore):
         self.wait_s = float(wait_s)
         self.turns = StoreTurns(self.root, role=role, store=self.describe())
         if min_free_bytes is None:
-            env = os.environ.get("CLIPINDEX_MIN_FREE_MB")
-            min_free_bytes = int(float(env) * 2**20) if env else MIN_FREE_BYTES
+            min_free_bytes = min_free_bytes_from_env()
         self.min_free_bytes = min_free_bytes
+        #: read the shard's hot files sequentially before the engine maps them (:mod:`indexer.store.prefetch`)
+        self.prefetch = True
+        #: search scans float32 vectors only, skipping the int8 copy (benchmarks, and tests of recall)
+        self.exact_search = False
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -543,6 +587,7 @@ class EdgeStore(VectorStore):
         else:
             selector = False
         offset: Any = None
+        since_release = 0
         while True:
             request = qe.ScrollRequest(offset=offset, limit=page_size, with_payload=selector, with_vector=False)
             # the shard is looked up per page: a caller may hand it over to readers between two pages
@@ -551,6 +596,10 @@ class EdgeStore(VectorStore):
                 yield str(rec.id), dict(rec.payload or {})
             if offset is None:
                 return
+            since_release += len(records)
+            if since_release >= RELEASE_EVERY_POINTS:  # the pages read so far stay mapped until the shard closes
+                since_release = 0
+                self.release_memory()
 
     def _retrieve(
         self, ids: Iterable[str], *, with_payload: bool | qe.PayloadSelector, with_vector: bool
@@ -608,9 +657,24 @@ class EdgeStore(VectorStore):
             score_threshold=score_threshold,
             with_payload=qe.PayloadSelector.Exclude(list(INTERNAL_KEYS)),
             with_vector=False,
+            params=search_params(self.exact_search),
         )
         scored = self._engine("search", lambda: shard.query(request))
         return [Hit(id=str(s.id), score=float(s.score), payload=dict(s.payload or {})) for s in scored]
+
+    def segment_layout(self) -> tuple[int, int]:
+        """(sealed segments, of which hold the int8 copy search scans): a store written before clipindex kept the
+        copy has sealed segments without it until :meth:`optimize` rewrites them (module doc: Search)."""
+        sealed = quantized = 0
+        for meta in (self.shard_dir / "segments").glob("*/segment.json"):
+            if not (meta.parent / "vector_storage" / "matrix.dat").exists():
+                continue  # appendable: chunked vector storage, never quantized
+            sealed += 1
+            config = _read_json(meta) or {}
+            vectors = config.get("config", {}).get("vector_data", {}).get("", {})
+            if vectors.get("quantization_config") and (meta.parent / "vector_storage" / "quantized.data").exists():
+                quantized += 1
+        return sealed, quantized
 
     # --- status -------------------------------------------------------------------------------
 
@@ -719,6 +783,8 @@ class EdgeStore(VectorStore):
             # With the dimension known, (re)apply our configuration: a store created by an older clipindex then
             # seals segments the same way (no HNSW graph, bounded segments) from now on.
             config = edge_config(vector_dim) if vector_dim else None
+            if self.prefetch:
+                prefetch_shard(self.shard_dir, limit_bytes=_prefetch_limit())
             deadline = time.monotonic() + OPEN_RETRY_S
             while True:
                 try:

@@ -16,7 +16,9 @@ methods that talk to a server: ``import indexer.store`` stays cheap for the embe
   vector size and the ``"model"`` payload of one stored point for servers or collections without
   it. The last ingest summary goes to the same metadata (``clipindex_last_ingest``), or to a file
   in the local state folder when the server does not keep metadata.
-* ``shards``/``replicas`` are passed to ``create_collection`` (ignored in local mode).
+* ``shards``/``replicas`` are passed to ``create_collection`` (ignored in local mode), with the vector storage of
+  ``settings`` (:class:`~indexer.store.sizing.CollectionSettings`: int8 quantization in RAM, float32 originals on
+  disk, HNSW ``m=16``/``ef_construct=100`` unless overridden); searches then rescore the int8 candidates.
 * An API key sent over plain ``http://`` to a host other than localhost triggers an
   :class:`InsecureApiKeyWarning` (and ``on_warning`` when given): the key would travel in clear.
 * Tests run it on ``QdrantClient(path=...)`` or ``QdrantClient(":memory:")`` (local mode: same API,
@@ -47,7 +49,8 @@ from indexer.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from indexer.lock import default_state_dir, server_lock_path
+from indexer.lock import server_lock_path
+from indexer.settings import DEFAULT_TIMEOUT_S, default_state_dir
 from indexer.store.base import (
     DIRS_KEY,
     INDEXED_KEYS,
@@ -68,6 +71,7 @@ from indexer.store.base import (
     stored_payload,
     vectors_by_id,
 )
+from indexer.store.sizing import CollectionSettings
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient
@@ -167,10 +171,11 @@ class ServerStore(VectorStore):
         api_key: str | None = None,
         *,
         client: QdrantClient | None = None,
-        timeout_s: float = 30.0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
         request_timeout_s: float = 10.0,
         shards: int | None = None,
         replicas: int | None = None,
+        settings: CollectionSettings | None = None,
         prefer_grpc: bool = False,
         state_dir: Path | None = None,
         on_warning: Callable[[str], None] | None = None,
@@ -186,6 +191,8 @@ class ServerStore(VectorStore):
         self.timeout_s = float(timeout_s)
         self.shards = shards
         self.replicas = replicas
+        #: vector storage of a collection this store creates (quantization, HNSW; :mod:`indexer.store.sizing`)
+        self.settings = settings if settings is not None else CollectionSettings()
         self._state_dir = state_dir
         self._secret = api_key or None
         self._opened = False
@@ -431,6 +438,7 @@ class ServerStore(VectorStore):
                 score_threshold=score_threshold,
                 with_payload=models.PayloadSelectorExclude(exclude=list(INTERNAL_KEYS)),
                 with_vectors=False,
+                search_params=None if self.is_local_mode else self.settings.search_params(),
             ),
         )
         return [Hit(id=str(s.id), score=float(s.score), payload=dict(s.payload or {})) for s in response.points]
@@ -518,6 +526,8 @@ class ServerStore(VectorStore):
                 extra["shard_number"] = self.shards
             if self.replicas is not None:
                 extra["replication_factor"] = self.replicas
+            extra.update(self.settings.create_kwargs(vector_dim))
+            vectors = extra.pop("vectors_config")
         meta = self._meta(model_name, vector_dim)
 
         def create(with_meta: bool) -> Any:
