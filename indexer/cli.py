@@ -264,33 +264,6 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
     return (k, n)
 
 
-class TqdmProgress:
-    """tqdm on stderr, only when stderr is a terminal (cron logs stay clean) and not --quiet."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar: Any = None
-        self.done = 0  # advanced before start(): ingest embeds while its walk still counts the files
-
-    def start(self, total: int) -> None:
-        if self.enabled and total:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=total, initial=self.done, unit="img", file=sys.stderr, dynamic_ncols=True, desc="embedding"
-            )
-
-    def advance(self, count: int) -> None:
-        self.done += count
-        if self.bar is not None:
-            self.bar.update(count)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
 # --- ingest -----------------------------------------------------------------------------------------------
 
 
@@ -427,7 +400,7 @@ def ingest(
     from indexer.encode import Embedder
     from indexer.errors import FailedFilesError
     from indexer.locate import ensure_model
-    from indexer.output import json_line, printable
+    from indexer.output import TqdmProgress, json_line, printable
     from indexer.pipeline import FailedFile, IngestOptions
     from indexer.pipeline import ingest as run_ingest
 
@@ -845,7 +818,7 @@ def migrate(
     verification failed); 69 Qdrant server unreachable; 75 the embedded store or the target is busy.
     """
     from indexer.migrate import migrate as run_migrate
-    from indexer.output import json_line
+    from indexer.output import TqdmProgress, json_line
     from indexer.store import EdgeStore
 
     source = EdgeStore(data_dir if data_dir is not None else settings.default_data_dir(), collection, role="migrate")

@@ -1,4 +1,4 @@
-"""Terminal output: escaping, the tables the commands print, and JSON.
+"""Terminal output: escaping, the tables the commands print, JSON, and progress.
 
 Everything a command prints about files goes through :func:`printable`: file names may hold newlines, escape
 sequences or bidi overrides, and none of them reach the terminal raw.
@@ -7,8 +7,9 @@ sequences or bidi overrides, and none of them reach the terminal raw.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from indexer.search import Classification, SearchResult
@@ -66,3 +67,41 @@ def json_document(value: Any) -> str:
 def json_line(value: Any) -> str:
     """``value`` as one line of JSON (a run's summary object)."""
     return json.dumps(value)
+
+
+class Progress(Protocol):
+    """What a long run (ingest, migrate) reports its progress to."""
+
+    def start(self, total: int) -> None:
+        """The number of items to process, once known: ingest calls it after the first ``advance`` calls when
+        its walk outlasts the first batches."""
+
+    def advance(self, count: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class TqdmProgress:
+    """:class:`Progress` as a tqdm bar on stderr, when ``enabled`` (the CLI: stderr is a terminal, not --quiet)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.done = 0  # advanced before start(): ingest embeds while its walk still counts the files
+
+    def start(self, total: int) -> None:
+        if self.enabled and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, initial=self.done, unit="img", file=sys.stderr, dynamic_ncols=True, desc="embedding"
+            )
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
