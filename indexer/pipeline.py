@@ -5,21 +5,18 @@ Phases of one run (the CLI's ``clipindex ingest`` is a thin wrapper around :func
 1. **Lock** the store (:class:`indexer.lock.IngestLock`): a second concurrent ingest fails at once.
 2. **Open** the collection: created with the model's ``embedding_dim`` and cosine distance on first use; a
    collection built by another model stops the run before anything is written.
-3. **Index**: read ``size, mtime_ns, sha256`` of every stored point (payloads only, no vectors; ~0.4 KB a point
-   in memory).
+3. **Index**: read ``size, mtime_ns, sha256`` of every stored point (payloads only, no vectors).
 4. **Walk** the folder (:mod:`indexer.walk`). A file whose point exists with the same size and mtime is
    *unchanged* and costs nothing but its ``stat``. ``--shard K/N`` keeps the paths hashing to shard K. The walk
    streams: the files it finds to embed feed the next phase as it goes, so the first batch is embedded long
    before a large tree is fully walked (``Progress.start`` gets the total when the walk ends).
-5. **Embed** the rest in batches of ``batch_size``: decoding and preprocessing run on a small thread pool one
-   batch ahead of inference. A file whose content hash (sha256) is already stored, or appears earlier in the
-   same batch, reuses that vector instead of running the model (renames, duplicates).
-6. **Upsert and verify** each batch: the collection's point count must equal the count expected from the ids
-   written and deleted so far. A mismatch retries the batch once, then raises ``CountMismatchError``.
+5. **Embed** the rest in batches of ``batch_size``, decoding one batch ahead on a thread pool; then each batch's
+   named steps (:meth:`_Ingest.write_batch`): sort the items, reuse stored vectors (same sha256: renames,
+   duplicates), encode the rest, build the points,
+6. **upsert and verify**: the collection's point count must equal the count expected from the ids written and
+   deleted so far. A mismatch retries the batch once, then raises ``CountMismatchError``.
 7. **Prune** (``prune=True``), once the walk has ended: delete the points under the folder whose files are
-   gone, except under folders
-   the walk could not list. Points of files that now fail to decode are deleted too: the index holds exactly
-   the valid files.
+   gone, except under folders the walk could not list, and those of files that now fail to decode.
 8. **Finish**: exact count, flush, and the run's summary saved with the collection (``clipindex status``).
 
 Upserts are idempotent (ids derive from paths) and acknowledged writes are durable, so a run killed at any
@@ -126,7 +123,7 @@ class IngestOptions:
 
 @dataclass(frozen=True, slots=True)
 class _Stored:
-    """What a run keeps in memory per stored point: ~0.4 KB with the dict and set entries, so ~0.4 GB at 1M points.
+    """What a run keeps in memory per stored point (docs/design.md has its size at 1M points).
     No path (``--prune`` reads the paths of the points the walk did not see from the store); the sha256 as its 32
     raw bytes."""
 

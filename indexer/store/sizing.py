@@ -9,9 +9,8 @@ settings only apply when clipindex creates the collection: an existing one keeps
 
 :func:`estimate` sizes a collection with Qdrant's documented formula (capacity planning:
 ``memory = vectors * dimension * 4 bytes * 1.5``, the 1.5 covering metadata and the temporary segments of an
-optimisation) applied to each part that lives in RAM, plus this project's own per-point figures measured on a 1M-point
-store (payload ~540 B: path, ancestor folders, size, mtime, sha256, dimensions, model; keyword indexes on ``path``
-and ``dirs`` ~170 B; id tracker ~44 B). :func:`sizing_table` renders the table in docs/operations.md
+optimisation) applied to each part that lives in RAM, plus this project's own per-point figures (the constants
+below, measured on a 1M-point store). :func:`sizing_table` renders the table in docs/operations.md
 (``python -m indexer.store.sizing``).
 """
 
