@@ -39,7 +39,7 @@ from indexer.manifest import (
     reconvert_hint,
 )
 from indexer.prefetch import decode_ahead
-from indexer.settings import DEFAULT_BATCH_SIZE, cache_dir
+from indexer.settings import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_PRECISION, cache_dir
 from indexer.similarity import TopK, l2_normalise, similarity, top_k
 
 if TYPE_CHECKING:
@@ -366,8 +366,8 @@ class Embedder:
         self,
         model_dir: str | Path,
         *,
-        device: str = "auto",
-        precision: str = "fp32",
+        device: str = DEFAULT_DEVICE,
+        precision: str = DEFAULT_PRECISION,
         intra_op_threads: int | None = None,
         draft: bool | None = None,
         max_pixels: int | None = None,

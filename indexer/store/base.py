@@ -44,6 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.errors import StoreError
+from indexer.settings import DEFAULT_LIMIT
 
 #: payload key holding the ancestor directories of ``path`` (internal, indexed)
 DIRS_KEY = "dirs"
@@ -303,7 +304,7 @@ class VectorStore(ABC):
     def search(
         self,
         vector: npt.ArrayLike,
-        limit: int = 10,
+        limit: int = DEFAULT_LIMIT,
         score_threshold: float | None = None,
         path_prefix: str | None = None,
     ) -> list[Hit]:

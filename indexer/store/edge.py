@@ -43,7 +43,7 @@ from indexer.errors import (
     StoreBusyError,
     StoreError,
 )
-from indexer.settings import DEFAULT_WAIT_S, min_free_bytes_from_env
+from indexer.settings import DEFAULT_COLLECTION, DEFAULT_LIMIT, DEFAULT_WAIT_S, min_free_bytes_from_env
 from indexer.store.base import (
     DIRS_KEY,
     INDEXED_KEYS,
@@ -269,7 +269,7 @@ class EdgeStore(VectorStore):
     def __init__(
         self,
         data_dir: Path,
-        collection: str = "images",
+        collection: str = DEFAULT_COLLECTION,
         *,
         min_free_bytes: int | None = None,
         wait_s: float = DEFAULT_WAIT_S,
@@ -575,7 +575,7 @@ class EdgeStore(VectorStore):
     def search(
         self,
         vector: npt.ArrayLike,
-        limit: int = 10,
+        limit: int = DEFAULT_LIMIT,
         score_threshold: float | None = None,
         path_prefix: str | None = None,
     ) -> list[Hit]:

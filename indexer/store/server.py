@@ -50,7 +50,7 @@ from indexer.errors import (
     StoreUnavailableError,
 )
 from indexer.lock import server_lock_path
-from indexer.settings import DEFAULT_TIMEOUT_S, default_state_dir
+from indexer.settings import DEFAULT_COLLECTION, DEFAULT_LIMIT, DEFAULT_TIMEOUT_S, default_state_dir
 from indexer.store.base import (
     DIRS_KEY,
     INDEXED_KEYS,
@@ -167,7 +167,7 @@ class ServerStore(VectorStore):
     def __init__(
         self,
         url: str | None = None,
-        collection: str = "images",
+        collection: str = DEFAULT_COLLECTION,
         api_key: str | None = None,
         *,
         client: QdrantClient | None = None,
@@ -408,7 +408,7 @@ class ServerStore(VectorStore):
     def search(
         self,
         vector: npt.ArrayLike,
-        limit: int = 10,
+        limit: int = DEFAULT_LIMIT,
         score_threshold: float | None = None,
         path_prefix: str | None = None,
     ) -> list[Hit]:
