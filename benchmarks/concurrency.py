@@ -188,9 +188,9 @@ def build_store(data_dir: Path, points: int, dim: int = 512) -> None:
     """``points`` synthetic points with ingest's payloads, upserted 25 at a time, sealed every 20k (as ingest's
     periodic maintenance does)."""
     import numpy as np
+    from synthetic import synthetic_point
 
-    from indexer.points import make_payload, point_id
-    from indexer.store import EdgeStore, Point
+    from indexer.store import EdgeStore
 
     marker = data_dir / f".points-{points}"
     if marker.is_file():
@@ -206,21 +206,7 @@ def build_store(data_dir: Path, points: int, dim: int = 512) -> None:
         for start in range(0, points, 25):
             count = min(25, points - start)
             vectors = rng.standard_normal((count, dim), dtype=np.float32)
-            chunk = []
-            for offset, vector in enumerate(vectors):
-                k = start + offset
-                path = f"/photos/{k // 1000:04d}/IMG_{k:07d}.jpg"
-                payload = make_payload(
-                    path=path,
-                    size=2_000_000 + k,
-                    mtime_ns=1_700_000_000_000_000_000 + k,
-                    sha256=f"{k:064x}",
-                    width=4032,
-                    height=3024,
-                    image_format="JPEG",
-                    model="bench-model",
-                )
-                chunk.append(Point(point_id(path), vector, payload))
+            chunk = [synthetic_point(start + offset, vector, "bench-model") for offset, vector in enumerate(vectors)]
             store.upsert(chunk)
             if start % 20_000 == 20_000 - 25:
                 store.optimize()

@@ -37,8 +37,11 @@ import numpy.typing as npt
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / "_work"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "benchmarks"):  # the repository's indexer, and synthetic.py beside this file
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from synthetic import path_of  # noqa: E402
 
 DIM = 512
 CLUSTERS = 2000
@@ -86,10 +89,6 @@ def queries(count: int = 100, dim: int = DIM) -> npt.NDArray[np.float32]:
     return _normalize(c[topic] + 1.2 * noise)
 
 
-def path_of(k: int) -> str:
-    return f"/photos/{k // 1000:04d}/IMG_{k:07d}.jpg"
-
-
 def exact_top(points: int, q: npt.NDArray[np.float32], k: int = 10) -> list[set[str]]:
     """The exact float32 top-``k`` point ids of every query."""
     from indexer.points import point_id
@@ -112,8 +111,9 @@ def store_dir(points: int, tag: str) -> Path:
 
 def build(points: int, model_name: str, data_dir: Path) -> None:
     """Write ``points`` vectors into an embedded store the way ingest writes them (module doc)."""
-    from indexer.points import make_payload, point_id
-    from indexer.store import EdgeStore, Point
+    from synthetic import synthetic_point
+
+    from indexer.store import EdgeStore
 
     started = time.perf_counter()
     written = 0
@@ -121,21 +121,10 @@ def build(points: int, model_name: str, data_dir: Path) -> None:
         store.ensure_collection(DIM, model_name)
         for start, vectors in vector_chunks(points):
             for b in range(0, len(vectors), BATCH):
-                chunk = []
-                for offset, vector in enumerate(vectors[b : b + BATCH]):
-                    k = start + b + offset
-                    path = path_of(k)
-                    payload = make_payload(
-                        path=path,
-                        size=2_000_000 + k,
-                        mtime_ns=1_700_000_000_000_000_000 + k,
-                        sha256=f"{k:064x}",
-                        width=4032,
-                        height=3024,
-                        image_format="JPEG",
-                        model=model_name,
-                    )
-                    chunk.append(Point(point_id(path), vector, payload))
+                chunk = [
+                    synthetic_point(start + b + offset, vector, model_name)
+                    for offset, vector in enumerate(vectors[b : b + BATCH])
+                ]
                 store.upsert(chunk)
                 written += len(chunk)
                 if written % SEAL_EVERY < BATCH:

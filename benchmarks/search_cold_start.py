@@ -39,8 +39,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_QUERY = "a red car"
 WORK = ROOT / "benchmarks" / "_work"
-if str(ROOT) not in sys.path:  # run as a script: import the repository's indexer
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "benchmarks"):  # run as a script: the repository's indexer, and synthetic.py
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 #: run in a fresh interpreter: the steps of a text search, timed one by one (as ``clipindex search`` does them)
 _BREAKDOWN = r"""
@@ -91,10 +92,10 @@ def log(message: str) -> None:
 def build_store(data_dir: Path, model_dir: Path, points: int, *, batch: int = 25, seed: int = 0) -> None:
     """``points`` random unit vectors with ingest's payloads, in upserts of ``batch``, into ``data_dir``."""
     import numpy as np
+    from synthetic import synthetic_point
 
     from indexer.manifest import ModelManifest
-    from indexer.points import make_payload, point_id
-    from indexer.store import EdgeStore, Point
+    from indexer.store import EdgeStore
 
     manifest = ModelManifest.load(model_dir)
     rng = np.random.default_rng(seed)
@@ -105,21 +106,9 @@ def build_store(data_dir: Path, model_dir: Path, points: int, *, batch: int = 25
             count = min(batch, points - start)
             vectors = rng.standard_normal((count, manifest.embedding_dim), dtype=np.float32)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            chunk = []
-            for offset, vector in enumerate(vectors):
-                k = start + offset
-                path = f"/photos/{k // 1000:04d}/IMG_{k:07d}.jpg"
-                payload = make_payload(
-                    path=path,
-                    size=2_000_000 + k,
-                    mtime_ns=1_700_000_000_000_000_000 + k,
-                    sha256=f"{k:064x}",
-                    width=4032,
-                    height=3024,
-                    image_format="JPEG",
-                    model=manifest.model_name,
-                )
-                chunk.append(Point(point_id(path), vector, payload))
+            chunk = [
+                synthetic_point(start + offset, vector, manifest.model_name) for offset, vector in enumerate(vectors)
+            ]
             store.upsert(chunk)
             if (start // batch) % 400 == 399:
                 store.flush()  # ingest flushes every 30 s

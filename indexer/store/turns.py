@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from indexer.errors import StoreBusyError
-from indexer.lock import FileLock, remove_holder_note, wait_for_live_note, write_holder_note
+from indexer.lock import FileLock, is_locked, remove_holder_note, wait_for_live_note, write_holder_note
 from indexer.settings import DEFAULT_WAIT_S
 
 __all__ = ["DEFAULT_WAIT_S", "TURN_FILE", "WAITING_DIR", "StoreTurns"]
@@ -108,7 +108,7 @@ class StoreTurns:
         """After :meth:`let_in`: once every process in ``waiting`` has had its turn (or given up), take the turn
         back. Raises :class:`StoreBusyError` when one keeps it past ``wait_s``."""
         deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline and any(_still_waiting(p) for p in waiting):
+        while time.monotonic() < deadline and any(is_locked(p) for p in waiting):
             time.sleep(POLL_S / 2)
         self.take(wait_s)
 
@@ -138,16 +138,6 @@ class _Waiting:
         if held:
             with contextlib.suppress(OSError):
                 self.lock.path.unlink()
-
-
-def _still_waiting(path: Path) -> bool:
-    if not path.exists():
-        return False
-    probe = FileLock(path)
-    if probe.try_acquire():
-        probe.release()
-        return False
-    return True
 
 
 def _describe_holder(holder: dict[str, Any]) -> str:
