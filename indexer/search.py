@@ -1,13 +1,10 @@
 """Search and zero-shot classification: the library API behind ``clipindex search`` and ``clipindex classify``.
 
-Search
-------
-Every function takes an open-able :class:`~indexer.store.base.VectorStore` (from
+Every search function takes an open-able :class:`~indexer.store.base.VectorStore` (from
 :func:`indexer.store.open_store`) and an :class:`~indexer.encode.Embedder`, and returns :class:`SearchResult` rows,
 best first (the README's Library API section has examples).
 
-* Scores are cosine similarities between the query embedding and the stored image embeddings (CLIP's
-  ranking, unscaled).
+* Scores are cosine similarities of query and image embeddings (CLIP's ranking, unscaled).
 * The collection is opened with ``create=False``: a search never creates one. A missing or empty
   collection raises :class:`~indexer.errors.NothingIndexedError`; a collection built by another model
   (name or dimension) :class:`~indexer.errors.CollectionMismatchError`.
@@ -20,8 +17,6 @@ best first (the README's Library API section has examples).
   (77 tokens); ``on_truncate(text)`` is called when that happens. Only the tower a query needs is loaded
   (a text search never loads ``vision.onnx``), on a worker thread while the store opens.
 
-Classification
---------------
 :func:`classify` gives zero-shot label probabilities per image, as CLIP defines them:
 ``softmax(logit_scale * cosine(image, label_text))`` over the labels, with ``logit_scale`` (already
 exponentiated, 100 for the OpenAI checkpoints) from the model's manifest. No store is involved.

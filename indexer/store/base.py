@@ -20,8 +20,6 @@ One *collection* holds one point per indexed file:
 A folder filter (``path_prefix``) is an exact match on ``dirs``, so ``/a/photos`` never matches
 ``/a/photos2/z.jpg``; it may also name one file (``dirs == p OR path == p``). docs/design.md says why.
 
-Model metadata
---------------
 A collection remembers the model name and the vector dimension it was built with
 (:class:`CollectionInfo`). :meth:`VectorStore.ensure_collection` compares them with the model in
 use and raises :class:`~indexer.errors.CollectionMismatchError` *before anything is written* (the embedded store
