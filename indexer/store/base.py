@@ -1,7 +1,5 @@
 """The storage interface shared by the embedded (Qdrant Edge) and the server (qdrant-client) stores.
 
-Data model
-----------
 One *collection* holds one point per indexed file:
 
 * ``id``: a UUID string (the caller derives it, e.g. ``uuid5(namespace, path)``);
