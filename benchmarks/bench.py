@@ -6,35 +6,11 @@ Run from the repository root (the venv active)::
     python benchmarks/bench.py --rounds 5      # more rounds (medians get steadier on a noisy machine)
     python benchmarks/bench.py --quick         # dev run: 24 images, 1 round, 5k-file no-op (projected to 100k)
 
-What it does, in one run:
-
-1. **Inputs** (cached in ``benchmarks/_work/``, git-ignored): camera-like JPEGs made from the real sample photos of
-   ``tests/photos.py`` (scikit-image / scikit-learn), cropped to 4:3 (a quarter of them portrait 3:4) and upscaled
-   to 12 MP, or cropped to 16:9 and upscaled to 1920x1080, with mild sensor-like noise (sigma 3), JPEG quality 90.
-   Every file differs (noise seed, mirror, crop position), so ingest's content-hash de-duplication never kicks in.
-2. **Model**: the full-size random-weight ViT-B/32 checkpoint (``python -m convert.checkpoint --arch vit-b-32``),
-   converted with the project's own converter (``clipindex convert --quantize int8``).
-3. **Draft fidelity**: embedding cosine of the DCT-draft decode against the exact decode, per image, with the
-   full-size model (fp32), on both sets; and int8 against fp32 (exact decode).
-4. **Contenders**, alternated in every round (the order rotates each round), every one a fresh subprocess whose wall
-   time, CPU time and peak RSS (``os.wait4`` rusage of that child) are recorded:
-
-   - ``ingest fp32`` / ``ingest int8``: ``clipindex ingest SET --data-dir <fresh> --quiet --json`` end to end,
-     interpreter start and model load counted, into the embedded Qdrant Edge store; the run must index every image;
-   - ``ingest ... (draft on/off)``: the same with the non-default ``--draft``/``--no-draft`` (information only);
-   - ``plain fp32``: PIL ``open().convert("RGB")`` -> transformers ``CLIPImageProcessor`` -> PyTorch
-     ``CLIPModel.get_image_features``, batches of 25, interpreter start and model load counted;
-   - ``pure ORT fp32`` / ``pure ORT int8``: the vision tower alone on ready ``pixel_values`` (batch 25, the project's
-     own session options, after one warm-up batch; load time excluded): the ceiling.
-
-5. **No-op re-run**: a synthetic tree of tiny JPEGs (100k by default) whose points are written straight into an
-   embedded store with the payloads ingest writes (``indexer.points.make_payload``: same path, size, mtime_ns), then
-   the real ``clipindex ingest`` over it, which must find every file unchanged.
-6. **Search cold start** on that 100k-point store: ``benchmarks/search_cold_start.py`` when it exists, else
-   ``clipindex search "a red car"`` in a fresh process, else (no search command yet) the library equivalent.
-
-Results: medians (and the min-max over rounds) on stdout, ``benchmarks/results.md`` (a markdown table with the
-ratios of issue 6 and the machine described), and the raw figures in ``benchmarks/_work/raw/``.
+One run makes the inputs and the model (:mod:`harness`), measures draft and int8 fidelity, alternates the
+contenders round by round (one module each: ``contender_ingest.py``, ``contender_plain.py``,
+``contender_pure_ort.py``, ``contender_fastembed.py``; every one a fresh, timed subprocess), then times the
+no-op re-run over a large synthetic tree and the search cold start. benchmarks/README.md describes each step.
+Results: medians on stdout, ``benchmarks/results.md``, and the raw figures in ``benchmarks/_work/raw/``.
 Benchmarks are not tests: CI does not run this.
 """
 
@@ -42,44 +18,52 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness and the contenders, beside this script
 
-DEFAULT_WORK = ROOT / "benchmarks" / "_work"
-DEFAULT_RESULTS = ROOT / "benchmarks" / "results.md"
-MODEL_NAME = "clip-vit-base-patch32"
-BATCH_SIZE = 25
-JPEG_QUALITY = 90
-NOISE_SIGMA = 3.0
+import contender_fastembed
+import contender_ingest
+import contender_plain
+import contender_pure_ort
+from contender_pure_ort import PURE_PASSES
+from harness import (
+    BATCH_SIZE,
+    DEFAULT_RESULTS,
+    DEFAULT_WORK,
+    JPEG_QUALITY,
+    NOISE_SIGMA,
+    ROOT,
+    SETS,
+    ChildResult,
+    clipindex_cmd,
+    code_fingerprint,
+    describe_inputs,
+    image_files,
+    log,
+    machine,
+    make_inputs,
+    make_model,
+    median,
+    run_child,
+    timer,
+    wait_for_quiet,
+)
+
 SEARCH_QUERY = "a red car"
-FASTEMBED_MODEL = "Qdrant/clip-ViT-B-32-vision"  # fastembed's registry name of CLIP ViT-B/32's vision tower
-PURE_PASSES = 3  # steady passes over the set by the pure-model contender, after its first (cold) one
-INPUT_FORMAT = 2  # bump to regenerate cached inputs
 
-SETS: dict[str, dict[str, Any]] = {
-    # name: aspect (w/h) of the crop before upscaling, megapixels; a quarter of the images are portrait
-    "12mp": {"aspect": 4 / 3, "megapixels": 12.0, "label": "12 MP"},
-    "1080p": {"aspect": 16 / 9, "megapixels": 1920 * 1080 / 1e6, "label": "1080p"},
-}
 
 # Issue 6's targets and the ceilings it computed (12 MP / 1080p).
 TARGETS: dict[str, dict[str, float]] = {
@@ -95,137 +79,7 @@ NOOP_LIMIT_S_PER_100K = 10.0
 SEARCH_LIMIT_S = 1.5
 
 
-def log(message: str) -> None:
-    stamp = time.strftime("%H:%M:%S")
-    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
-
-
 # --- subprocesses -----------------------------------------------------------------------------------------------
-
-
-def cpu_seconds() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot, from ``/proc/stat`` (all cores summed)."""
-    try:
-        fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError, IndexError):
-        return (math.nan, math.nan)
-    hz = float(os.sysconf("SC_CLK_TCK"))
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
-    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is already in user)
-    return ((total - idle) / hz, total / hz)
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def wait_for_quiet(max_wait_s: float, busy_limit: float = 0.15) -> tuple[float, float]:
-    """Wait (at most ``max_wait_s``) until the machine is mostly idle: the other users' load spoils timings.
-
-    Returns (seconds waited, busy fraction of the last 1 s window).
-    """
-    started = time.perf_counter()
-    while True:
-        b0, t0 = cpu_seconds()
-        time.sleep(1.0)
-        b1, t1 = cpu_seconds()
-        busy = (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
-        waited = time.perf_counter() - started
-        if busy <= busy_limit or waited >= max_wait_s or math.isnan(busy):
-            return waited, busy
-
-
-@dataclass
-class ChildResult:
-    """One subprocess: wall seconds from spawn to exit, CPU seconds, peak RSS, output.
-
-    ``background`` is the CPU the *rest of the machine* used meanwhile, as a fraction of all cores
-    (other users of a shared machine): a contender that ran with 0.5 had half the machine taken away.
-    """
-
-    cmd: list[str]
-    wall_s: float
-    cpu_s: float
-    maxrss_mb: float
-    returncode: int
-    stdout: str
-    stderr: str
-    background: float = 0.0
-
-    def json(self) -> dict[str, Any]:
-        """The last stdout line that parses as a JSON object."""
-        for line in reversed(self.stdout.strip().splitlines()):
-            line = line.strip()
-            if line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    data = json.loads(line)
-                    if isinstance(data, dict):
-                        return data
-        raise RuntimeError(f"no JSON object on stdout of {' '.join(self.cmd)}:\n{self.stdout[-2000:]}")
-
-    def check(self) -> ChildResult:
-        if self.returncode != 0:
-            raise RuntimeError(
-                f"{' '.join(self.cmd)} exited {self.returncode}\nstdout: {self.stdout[-2000:]}\n"
-                f"stderr: {self.stderr[-4000:]}"
-            )
-        return self
-
-
-def child_env() -> dict[str, str]:
-    """The environment of every contender: ours, without CLIPINDEX_* settings, offline for the hub, and with
-    Python's default bytecode cache. A pip install compiles every package's ``.pyc`` (torch and transformers here
-    have theirs); this checkout is an editable install, so without the cache clipindex alone would recompile its
-    own modules (about 70 ms) in every run, which no installed user pays. ``PYTHONDONTWRITEBYTECODE``, which this
-    machine sets, is therefore dropped for every contender alike."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPINDEX_") and k != "PYTHONDONTWRITEBYTECODE"}
-    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
-def run_child(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout_s: float = 3600.0) -> ChildResult:
-    """Run ``cmd``; its own rusage (``os.wait4``) gives the peak RSS and CPU time of exactly that child."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        busy0, _ = cpu_seconds()
-        self0 = time.process_time()
-        started = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, cwd=ROOT, env=env or child_env())
-        deadline = started + timeout_s
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.005)
-        wall = time.perf_counter() - started
-        busy1, _ = cpu_seconds()
-        child_cpu = usage.ru_utime + usage.ru_stime
-        others = (busy1 - busy0) - child_cpu - (time.process_time() - self0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return ChildResult(
-            cmd=list(cmd),
-            wall_s=wall,
-            cpu_s=child_cpu,
-            maxrss_mb=usage.ru_maxrss / 1024.0,  # KiB on Linux
-            returncode=proc.returncode,
-            stdout=out.read(),
-            stderr=err.read(),
-            background=max(0.0, others) / (wall * cores()) if wall > 0 and not math.isnan(others) else 0.0,
-        )
-
-
-def clipindex_cmd() -> list[str]:
-    script = Path(sys.executable).with_name("clipindex")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "indexer"]
 
 
 def this_script(*args: str) -> list[str]:
@@ -235,257 +89,10 @@ def this_script(*args: str) -> list[str]:
 # --- inputs -----------------------------------------------------------------------------------------------------
 
 
-def _make_one(task: tuple[str, int, float, float, int]) -> tuple[str, int, int, int]:
-    """Worker: one camera-like JPEG. Returns (path, width, height, bytes)."""
-    from PIL import Image
-
-    from tests.photos import PHOTO_NAMES, camera_size, photo
-
-    out_path, index, aspect, megapixels, seed = task
-    name = PHOTO_NAMES[index % len(PHOTO_NAMES)]
-    variant = index // len(PHOTO_NAMES)
-    image = photo(name).convert("RGB")
-    if variant % 2 == 1:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    if variant % 4 == 3:
-        aspect = 1 / aspect  # portrait
-    width, height = image.size
-    slide = (variant * 0.37) % 1.0  # where the crop window sits
-    if width / height > aspect:
-        new_w = max(1, round(height * aspect))
-        left = round((width - new_w) * slide)
-        image = image.crop((left, 0, left + new_w, height))
-    else:
-        new_h = max(1, round(width / aspect))
-        top = round((height - new_h) * slide)
-        image = image.crop((0, top, width, top + new_h))
-    big = camera_size(image, megapixels=megapixels, noise_sigma=NOISE_SIGMA, seed=seed)
-    partial = Path(out_path).with_suffix(".partial")
-    big.save(partial, "JPEG", quality=JPEG_QUALITY)
-    partial.replace(out_path)
-    return out_path, big.size[0], big.size[1], Path(out_path).stat().st_size
-
-
-def make_inputs(work: Path, count: int) -> dict[str, Path]:
-    """``{set: folder}`` holding ``count`` camera-like JPEGs each (cached; regenerated when the recipe changes)."""
-    folders: dict[str, Path] = {}
-    for set_name, spec in SETS.items():
-        folder = work / "inputs" / f"{set_name}-{count}"
-        marker = folder / ".done.json"
-        recipe = {"format": INPUT_FORMAT, "count": count, "quality": JPEG_QUALITY, "noise": NOISE_SIGMA, **spec}
-        if marker.is_file() and json.loads(marker.read_text()).get("recipe") == recipe:
-            folders[set_name] = folder
-            continue
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        log(f"inputs: making {count} {spec['label']} JPEGs in {folder}")
-        tasks = [
-            (str(folder / f"img_{i:04d}.jpg"), i, float(spec["aspect"]), float(spec["megapixels"]), 1000 + i)
-            for i in range(count)
-        ]
-        with ProcessPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-            made = list(pool.map(_make_one, tasks))
-        sizes = sorted({f"{w}x{h}" for _, w, h, _ in made})
-        total = sum(b for *_, b in made)
-        marker.write_text(json.dumps({"recipe": recipe, "sizes": sizes, "bytes": total}, indent=1))
-        folders[set_name] = folder
-    return folders
-
-
-def describe_inputs(folder: Path) -> dict[str, Any]:
-    data = json.loads((folder / ".done.json").read_text())
-    files = sorted(folder.glob("*.jpg"))
-    return {"files": len(files), "sizes": data["sizes"], "mean_bytes": data["bytes"] / max(1, len(files))}
-
-
 # --- model ------------------------------------------------------------------------------------------------------
 
 
-def _stale_model(manifest: Path) -> bool:
-    """True when the cached model was converted with another export or int8 settings than the converter's now."""
-    from convert.api import INT8_SETTINGS
-    from convert.export import VISION_EXPORT
-
-    recorded = json.loads(manifest.read_text())
-    quantization = recorded.get("quantization") or {}
-    settings = {key: quantization.get(key) for key in INT8_SETTINGS}
-    return bool(settings != INT8_SETTINGS or recorded.get("vision_export") != VISION_EXPORT)
-
-
-def make_model(work: Path) -> tuple[Path, Path]:
-    """(checkpoint folder, converted model folder with int8 files); both cached."""
-    checkpoint = work / "checkpoint" / MODEL_NAME
-    model_dir = work / "models" / MODEL_NAME
-    if not (checkpoint / "model.safetensors").is_file():
-        log(f"model: writing the random-weight ViT-B/32 checkpoint to {checkpoint}")
-        if checkpoint.exists():
-            shutil.rmtree(checkpoint)
-        run_child([sys.executable, "-m", "convert.checkpoint", str(checkpoint), "--arch", "vit-b-32"]).check()
-    manifest = model_dir / "manifest.json"
-    if not manifest.is_file() or not (model_dir / "vision.int8.onnx").is_file() or _stale_model(manifest):
-        log(f"model: converting with `clipindex convert --quantize int8` into {model_dir} (a few minutes)")
-        cmd = [*clipindex_cmd(), "convert", "--model", str(checkpoint), "--output", str(model_dir)]
-        run_child([*cmd, "--quantize", "int8", "--force"]).check()
-    return checkpoint, model_dir
-
-
 # --- child processes: plain pipeline, pure ORT, fidelity, search fallback --------------------------------------
-
-
-def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".jpg")
-
-
-def child_plain(folder: Path, checkpoint: Path, batch_size: int) -> dict[str, Any]:
-    """The plain way (seed 003): PIL -> CLIPImageProcessor -> CLIPModel.get_image_features, in batches."""
-    t0 = time.perf_counter()
-    import warnings
-
-    import numpy as np
-    import torch
-    from PIL import Image
-    from transformers import CLIPImageProcessor, CLIPModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    warnings.filterwarnings("ignore")
-    t_import = time.perf_counter()
-    model = CLIPModel.from_pretrained(str(checkpoint)).eval()
-    processor = CLIPImageProcessor.from_pretrained(str(checkpoint))
-    t_load = time.perf_counter()
-    files = image_files(folder)
-    decode_s = process_s = model_s = 0.0
-    rows: list[Any] = []
-    with torch.inference_mode():
-        for start in range(0, len(files), batch_size):
-            a = time.perf_counter()
-            images = [Image.open(f).convert("RGB") for f in files[start : start + batch_size]]
-            b = time.perf_counter()
-            inputs = processor(images=images, return_tensors="pt")
-            c = time.perf_counter()
-            out = model.get_image_features(pixel_values=inputs["pixel_values"])
-            features = out if isinstance(out, torch.Tensor) else out.pooler_output
-            features = features / features.norm(dim=-1, keepdim=True)
-            rows.append(features.numpy())
-            d = time.perf_counter()
-            decode_s += b - a
-            process_s += c - b
-            model_s += d - c
-    vectors = np.concatenate(rows)
-    end = time.perf_counter()
-    return {
-        "images": int(vectors.shape[0]),
-        "import_s": t_import - t0,
-        "load_s": t_load - t_import,
-        "decode_s": decode_s,
-        "processor_s": process_s,
-        "model_s": model_s,
-        "in_process_s": end - t0,
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
-def child_pure(folder: Path, model_file: Path, batch_size: int) -> dict[str, Any]:
-    """The ceiling: the vision tower alone (the project's session options) on ready pixel_values."""
-    import numpy as np
-
-    from indexer.encode import CPU, OnnxTower
-    from indexer.preprocess import CLIP_DEFAULT, load_and_preprocess
-
-    files = image_files(folder)
-    # Ready tensors: preprocess a few real images once and tile them (the pixel values do not change the speed).
-    t_prep = time.perf_counter()
-    sample = np.stack([load_and_preprocess(f, CLIP_DEFAULT, draft=True) for f in files[: min(8, len(files))]])
-    pixels = np.ascontiguousarray(np.resize(sample, (len(files), *sample.shape[1:])), dtype=np.float32)
-    t0 = time.perf_counter()
-    tower = OnnxTower(model_file, [CPU])
-    load_s = time.perf_counter() - t0
-    # The first pass is the cold one (ONNX Runtime allocates its buffers on the first run); the median of the
-    # others is the steady state, the ceiling.
-    passes: list[float] = []
-    for _ in range(1 + PURE_PASSES):
-        t1 = time.perf_counter()
-        for start in range(0, len(pixels), batch_size):
-            tower.run(pixels[start : start + batch_size])
-        passes.append(time.perf_counter() - t1)
-    infer_s = statistics.median(passes[1:])
-    return {
-        "images": len(pixels),
-        "load_s": load_s,
-        "first_pass_s": passes[0],
-        "prep_s": t0 - t_prep,
-        "infer_s": infer_s,
-        "passes_s": passes,
-        "img_per_s": len(pixels) / infer_s,
-    }
-
-
-def child_fastembed(folder: Path, model_dir: Path, batch_size: int) -> dict[str, Any]:
-    """fastembed's ``ImageEmbedding``, as a Qdrant user would run it: the registry's CLIP ViT-B/32 vision model,
-    pointed offline at the converted ``vision.onnx`` through ``specific_model_path``, batches of 25. fastembed
-    opens each file with PIL and decodes it in full (no draft), with no EXIF orientation."""
-    t0 = time.perf_counter()
-    import numpy as np
-    from fastembed import ImageEmbedding
-
-    t_import = time.perf_counter()
-    model = ImageEmbedding(FASTEMBED_MODEL, specific_model_path=str(model_dir))
-    t_load = time.perf_counter()
-    files = [str(f) for f in image_files(folder)]
-    vectors = np.stack(list(model.embed(files, batch_size=batch_size)))
-    end = time.perf_counter()
-    return {
-        "images": int(vectors.shape[0]),
-        "import_s": t_import - t0,
-        "load_s": t_load - t_import,
-        "embed_s": end - t_load,
-        "in_process_s": end - t0,
-    }
-
-
-def make_fastembed_model(work: Path, model_dir: Path) -> Path:
-    """The folder fastembed's ``specific_model_path`` wants: ``model.onnx`` (a link to the converted vision tower,
-    which fits as is) and the ``preprocessor_config.json`` of fastembed's own ``Qdrant/clip-ViT-B-32-vision``
-    (CLIPImageProcessor: shortest edge and centre crop at the model's size, its mean and std)."""
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    folder = work / "fastembed-model"
-    folder.mkdir(parents=True, exist_ok=True)
-    link = folder / "model.onnx"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to((model_dir / "vision.onnx").resolve())
-    size = int(manifest["image_size"])
-    config = {
-        "crop_size": {"height": size, "width": size},
-        "do_center_crop": True,
-        "do_convert_rgb": True,
-        "do_normalize": True,
-        "do_rescale": True,
-        "do_resize": True,
-        "image_mean": manifest["image_mean"],
-        "image_processor_type": "CLIPImageProcessor",
-        "image_std": manifest["image_std"],
-        "resample": 3,
-        "rescale_factor": 1 / 255,
-        "size": {"shortest_edge": size},
-    }
-    (folder / "preprocessor_config.json").write_text(json.dumps(config, indent=2))
-    return folder
-
-
-def fastembed_python(work: Path) -> str | None:
-    """An interpreter that has fastembed: ``$FASTEMBED_PYTHON``, this one, or ``_work/fastembed-venv`` (a separate
-    venv keeps fastembed's ``huggingface-hub<2`` pin out of the dev venv); None: the contender is skipped."""
-    import importlib.util
-
-    explicit = os.environ.get("FASTEMBED_PYTHON")
-    if explicit:
-        return explicit
-    if importlib.util.find_spec("fastembed") is not None:
-        return sys.executable
-    venv = work / "fastembed-venv" / "bin" / "python"
-    return str(venv) if venv.exists() else None
 
 
 def child_fidelity(folders: dict[str, Path], model_dir: Path) -> dict[str, Any]:
@@ -780,54 +387,24 @@ def run_contender(
     round_no: int,
     quiet_wait_s: float,
 ) -> Sample:
-    files = len(image_files(folder))
+    """One timed run of ``contender`` over ``folder``, by its module (``contender_*.py``)."""
     waited, _ = wait_for_quiet(quiet_wait_s) if quiet_wait_s > 0 else (0.0, 0.0)
     if contender.kind == "ingest":
-        runs = work / "runs"
-        runs.mkdir(parents=True, exist_ok=True)
-        data_dir = Path(tempfile.mkdtemp(prefix=f"{set_name}-{contender.key}-", dir=runs))
-        try:
-            cmd = [*clipindex_cmd(), "ingest", str(folder), "--model-dir", str(model_dir), "--data-dir", str(data_dir)]
-            cmd += ["--precision", contender.precision, "--quiet", "--json", *contender.extra]
-            result = run_child(cmd).check()
-        finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
-        report = result.json()
-        failed = report.get("failed")
-        if report.get("indexed") != files or failed:
-            raise RuntimeError(f"{contender.label}: indexed {report.get('indexed')} of {files}, failed {failed}")
-        detail: dict[str, Any] = {"in_run_s": report.get("seconds")}
-        timed_s, images = result.wall_s, files
+        result, detail, timed_s, images = contender_ingest.measure(
+            folder,
+            model_dir,
+            work,
+            precision=contender.precision,
+            extra=contender.extra,
+            name=f"{set_name}-{contender.key}",
+            label=contender.label,
+        )
     elif contender.kind == "fastembed":
-        python = fastembed_python(work)
-        if python is None:
-            raise RuntimeError("fastembed is not installed (pip install fastembed, or set FASTEMBED_PYTHON)")
-        folder_fe = make_fastembed_model(work, model_dir)
-        cmd = [python, str(Path(__file__).resolve()), "_fastembed", "--images", str(folder)]
-        cmd += ["--model-dir", str(folder_fe)]
-        result = run_child(cmd).check()
-        detail = result.json()
-        if detail["images"] != files:
-            raise RuntimeError(f"fastembed embedded {detail['images']} of {files}")
-        timed_s, images = result.wall_s, files
+        result, detail, timed_s, images = contender_fastembed.measure(folder, model_dir, work)
     elif contender.kind == "plain":
-        cmd = this_script("_plain", "--images", str(folder), "--checkpoint", str(checkpoint))
-        result = run_child(cmd).check()
-        detail = result.json()
-        if detail["images"] != files:
-            raise RuntimeError(f"plain pipeline embedded {detail['images']} of {files}")
-        timed_s, images = result.wall_s, files
+        result, detail, timed_s, images = contender_plain.measure(folder, checkpoint)
     else:
-        name = "vision.int8.onnx" if contender.precision == "int8" else "vision.onnx"
-        result = run_child(this_script("_pure", "--images", str(folder), "--model", str(model_dir / name))).check()
-        detail = result.json()
-        timed_s, images = detail["infer_s"], detail["images"]
-        # The same model with everything a real run pays counted: the whole process (interpreter, imports,
-        # session load) and its first, cold pass over the set; only the tensor preparation and the steady
-        # passes after it are taken out.
-        loaded_s = result.wall_s - detail["prep_s"] - sum(detail["passes_s"][1:])
-        detail["loaded_s"] = loaded_s
-        detail["loaded_img_per_s"] = images / loaded_s
+        result, detail, timed_s, images = contender_pure_ort.measure(folder, model_dir, contender.precision)
     return Sample(
         set_name=set_name,
         key=contender.key,
@@ -844,69 +421,6 @@ def run_contender(
 
 
 # --- report -----------------------------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    flags: set[str] = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == "unknown":
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    ram_gb = 0.0
-    with contextlib.suppress(ImportError):
-        import psutil
-
-        ram_gb = psutil.virtual_memory().total / 2**30
-    versions: dict[str, str] = {"python": platform.python_version()}
-    for dist in ("clipindex", "onnxruntime", "torch", "transformers", "pillow", "numpy", "qdrant-edge-py"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = "-"
-    git = {}
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "indexer", "convert"], cwd=ROOT, capture_output=True, text=True
-        )
-        git = {"head": head.stdout.strip(), "dirty": [line[3:] for line in dirty.stdout.splitlines()]}
-    return {
-        "cpu": cpu,
-        "simd": simd,
-        "cores": cores,
-        "ram_gb": ram_gb,
-        "kernel": platform.release(),
-        "versions": versions,
-        "git": git,
-    }
-
-
-def code_fingerprint() -> str:
-    """git HEAD plus a hash of the package sources as they are on disk (uncommitted edits included)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for package in ("indexer", "convert"):
-        for path in sorted((ROOT / package).rglob("*.py")):
-            digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
-    head = ""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-    return f"{head}+{digest.hexdigest()[:12]}"
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else math.nan
 
 
 def summarise(samples: Sequence[Sample]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -1286,13 +800,6 @@ def print_table(summary: dict[str, dict[str, dict[str, Any]]], rat: dict[str, di
 # --- main -------------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def timer(label: str) -> Iterator[None]:
-    t0 = time.perf_counter()
-    yield
-    log(f"{label}: {time.perf_counter() - t0:.1f} s")
-
-
 def run_benchmark(args: argparse.Namespace) -> int:
     from indexer import preprocess
 
@@ -1447,9 +954,9 @@ def child_main(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     args = parser.parse_args(argv[1:])
     modes: dict[str, Callable[[], dict[str, Any]]] = {
-        "_plain": lambda: child_plain(args.images, args.checkpoint, args.batch_size),
-        "_pure": lambda: child_pure(args.images, args.model, args.batch_size),
-        "_fastembed": lambda: child_fastembed(args.images, args.model_dir, args.batch_size),
+        "_plain": lambda: contender_plain.child(args.images, args.checkpoint, args.batch_size),
+        "_pure": lambda: contender_pure_ort.child(args.images, args.model, args.batch_size),
+        "_fastembed": lambda: contender_fastembed.child(args.images, args.model_dir, args.batch_size),
         "_fidelity": lambda: child_fidelity(dict(parse_set(s) for s in args.set), args.model_dir),
         "_search": lambda: child_search(args.model_dir, args.data_dir, SEARCH_QUERY),
     }

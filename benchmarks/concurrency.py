@@ -38,7 +38,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-import bench  # noqa: E402  (the inputs, the model, the machine description and the child environment)
+import harness  # noqa: E402  (the inputs, the model, the machine description and the child environment)
 
 IMAGES = ROOT / "images"
 BEGIN, END = "<!-- concurrency:begin -->", "<!-- concurrency:end -->"
@@ -58,7 +58,7 @@ def log(message: str) -> None:
 
 
 def clipindex(*args: str | Path) -> list[str]:
-    return [*bench.clipindex_cmd(), *map(str, args)]
+    return [*harness.clipindex_cmd(), *map(str, args)]
 
 
 def seed_store(data_dir: Path, model_dir: Path) -> None:
@@ -69,7 +69,7 @@ def seed_store(data_dir: Path, model_dir: Path) -> None:
         shutil.rmtree(data_dir)
     result = subprocess.run(
         clipindex("ingest", IMAGES, "--model-dir", model_dir, "--data-dir", data_dir, "-q"),
-        env=bench.child_env(),
+        env=harness.child_env(),
         capture_output=True,
         text=True,
     )
@@ -80,7 +80,7 @@ def seed_store(data_dir: Path, model_dir: Path) -> None:
 def timed_search(model_dir: Path, data_dir: Path) -> tuple[float, float, int]:
     """(wall seconds from process start to exit, its CPU seconds, hits) of one ``clipindex search``."""
     cmd = clipindex("search", "a red car", "--model-dir", model_dir, "--data-dir", data_dir, "--json", "--wait", "600")
-    result = bench.run_child(cmd)
+    result = harness.run_child(cmd)
     if result.returncode != 0:
         raise RuntimeError(result.stderr)
     return result.wall_s, result.cpu_s, len(json.loads(result.stdout))
@@ -94,7 +94,7 @@ def ingest_run(model_dir: Path, data_dir: Path, folder: Path, every_s: float | N
     cpu: list[float] = []
     threads: list[threading.Thread] = []
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=bench.child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=harness.child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def one() -> None:
         latency, cpu_s, hits = timed_search(model_dir, data_dir)
@@ -138,8 +138,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def search_during_ingest(work: Path, images: int, rounds: int, cadences: list[float]) -> dict[str, Any]:
-    _, model_dir = bench.make_model(work)
-    folder = bench.make_inputs(work, images)["12mp"]
+    _, model_dir = harness.make_model(work)
+    folder = harness.make_inputs(work, images)["12mp"]
     data_dir = work / "concurrency" / "store"
     # warm-up: page cache, ONNX Runtime's optimised-model cache, bytecode
     ingest_run(model_dir, data_dir, folder, None)
@@ -156,7 +156,7 @@ def search_during_ingest(work: Path, images: int, rounds: int, cadences: list[fl
     for every, runs in shared.items():
         latencies = [x for run in runs for x in run["latencies"]]
         # were the searches' own CPU time the only cost, the ingest would take this much longer (on all cores)
-        cpu_bound = statistics.median(alone_wall / (alone_wall + run["search_cpu_s"] / bench.cores()) for run in runs)
+        cpu_bound = statistics.median(alone_wall / (alone_wall + run["search_cpu_s"] / harness.cores()) for run in runs)
         rows.append(
             {
                 "every_s": every,
@@ -234,7 +234,7 @@ def handoff_cost(work: Path, points: int, repeats: int) -> dict[str, Any]:
         checks.append(time.perf_counter() - t)
     times = []
     for _ in range(repeats):
-        reader = subprocess.Popen([sys.executable, "-c", READER, str(store.root)], env=bench.child_env())
+        reader = subprocess.Popen([sys.executable, "-c", READER, str(store.root)], env=harness.child_env())
         while not store.turns.waiting_readers():  # the reader has registered (and locked its waiting file)
             time.sleep(0.005)
         t = time.perf_counter()
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--handoff-points", type=int, nargs="*", default=None, help="default: 100000 1000000")
     parser.add_argument("--repeats", type=int, default=7, help="handoffs timed per store size")
     parser.add_argument("--skip-search", action="store_true")
-    parser.add_argument("--work", type=Path, default=bench.DEFAULT_WORK)
+    parser.add_argument("--work", type=Path, default=harness.DEFAULT_WORK)
     parser.add_argument("--out", type=Path, default=None, help="markdown file (default benchmarks/results.md)")
     args = parser.parse_args(argv)
     images = args.images or (24 if args.quick else 96)
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         args.handoff_points if args.handoff_points is not None else ([20_000] if args.quick else [100_000, 1_000_000])
     )
     started = time.time()
-    data: dict[str, Any] = {"argv": sys.argv[1:] if argv is None else argv, "machine": bench.machine()}
+    data: dict[str, Any] = {"argv": sys.argv[1:] if argv is None else argv, "machine": harness.machine()}
     if not args.skip_search:
         data["search"] = search_during_ingest(args.work, images, rounds, args.every)
         log(json.dumps(data["search"]))

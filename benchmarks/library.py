@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench  # benchmarks/bench.py: inputs, model, timed children, machine facts
+import harness  # benchmarks/harness.py: inputs, model, timed children, machine facts
 
 BEGIN = "<!-- library.py -->"
 END = "<!-- /library.py -->"
@@ -41,7 +41,7 @@ def child_encode(folder: Path, model_dir: Path, precision: str, batch_size: int)
     started = time.perf_counter()
     from indexer.encode import Embedder
 
-    paths = bench.image_files(folder)
+    paths = harness.image_files(folder)
     embedder = Embedder(model_dir, device="cpu", precision=precision)
     vectors = embedder.encode_images(paths, batch_size=batch_size)
     print(
@@ -55,13 +55,13 @@ def child_encode(folder: Path, model_dir: Path, precision: str, batch_size: int)
     )
 
 
-def run_ingest(folder: Path, model_dir: Path, precision: str, work: Path) -> bench.ChildResult:
+def run_ingest(folder: Path, model_dir: Path, precision: str, work: Path) -> harness.ChildResult:
     runs = work / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     data_dir = Path(tempfile.mkdtemp(prefix="library-ingest-", dir=runs))
     try:
         cmd = [
-            *bench.clipindex_cmd(),
+            *harness.clipindex_cmd(),
             "ingest",
             str(folder),
             "--model-dir",
@@ -70,20 +70,20 @@ def run_ingest(folder: Path, model_dir: Path, precision: str, work: Path) -> ben
             str(data_dir),
         ]
         cmd += ["--precision", precision, "--device", "cpu", "--draft", "--quiet", "--json"]
-        result = bench.run_child(cmd).check()
+        result = harness.run_child(cmd).check()
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     report = result.json()
-    if report.get("indexed") != len(bench.image_files(folder)) or report.get("failed"):
+    if report.get("indexed") != len(harness.image_files(folder)) or report.get("failed"):
         raise RuntimeError(f"ingest indexed {report.get('indexed')}, failed {report.get('failed')}")
     return result
 
 
-def run_library(folder: Path, model_dir: Path, precision: str) -> bench.ChildResult:
+def run_library(folder: Path, model_dir: Path, precision: str) -> harness.ChildResult:
     cmd = [sys.executable, str(Path(__file__).resolve()), "_encode", "--images", str(folder)]
     cmd += ["--model-dir", str(model_dir), "--precision", precision]
-    result = bench.run_child(cmd).check()
-    if result.json()["images"] != len(bench.image_files(folder)):
+    result = harness.run_child(cmd).check()
+    if result.json()["images"] != len(harness.image_files(folder)):
         raise RuntimeError(f"the library embedded {result.json()['images']} images")
     return result
 
@@ -102,12 +102,12 @@ def cpu_flags() -> list[str]:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     work: Path = args.work
-    folders = bench.make_inputs(work, args.images)
-    _, model_dir = bench.make_model(work)
+    folders = harness.make_inputs(work, args.images)
+    _, model_dir = harness.make_model(work)
     folder = folders[args.set]
-    files = len(bench.image_files(folder))
+    files = len(harness.image_files(folder))
     contenders = [(kind, precision) for precision in args.precision for kind in ("ingest", "library")]
-    bench.log("warm-up (page cache, ONNX Runtime's optimised-model cache; not timed)")
+    harness.log("warm-up (page cache, ONNX Runtime's optimised-model cache; not timed)")
     for kind, precision in contenders:
         run_ingest(folder, model_dir, precision, work) if kind == "ingest" else run_library(
             folder, model_dir, precision
@@ -117,7 +117,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     for round_no in range(args.rounds):
         shift = round_no % len(contenders)
         for kind, precision in contenders[shift:] + contenders[:shift]:
-            bench.wait_for_quiet(args.quiet_wait)
+            harness.wait_for_quiet(args.quiet_wait)
             if kind == "ingest":
                 result = run_ingest(folder, model_dir, precision, work)
             else:
@@ -133,16 +133,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "background": result.background,
             }
             samples.append(sample)
-            bench.log(
+            harness.log(
                 f"round {round_no + 1} {kind} {precision}: {sample['img_per_s']:.2f} img/s ({result.wall_s:.1f} s)"
             )
     return {
         "set": args.set,
         "files": files,
-        "inputs": bench.describe_inputs(folder),
+        "inputs": harness.describe_inputs(folder),
         "rounds": args.rounds,
         "samples": samples,
-        "machine": bench.machine(),
+        "machine": harness.machine(),
         "flags": cpu_flags(),
         "load_before": load_before,
         "load_after": os.getloadavg()[0],
@@ -186,7 +186,7 @@ def summarise(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 def markdown(data: dict[str, Any]) -> str:
     m = data["machine"]
-    label = bench.SETS[data["set"]]["label"]
+    label = harness.SETS[data["set"]]["label"]
     lines = [
         BEGIN,
         "## Library vs CLI (issue 14)",
@@ -237,18 +237,20 @@ def main(argv: list[str]) -> int:
         parser.add_argument("--images", type=Path, required=True)
         parser.add_argument("--model-dir", type=Path, required=True)
         parser.add_argument("--precision", default="fp32")
-        parser.add_argument("--batch-size", type=int, default=bench.BATCH_SIZE)
+        parser.add_argument("--batch-size", type=int, default=harness.BATCH_SIZE)
         args = parser.parse_args(argv[1:])
         child_encode(args.images, args.model_dir, args.precision, args.batch_size)
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=3, help="alternation rounds (default 3)")
     parser.add_argument("--images", type=int, default=96, help="images in the set (default 96, as bench.py)")
-    parser.add_argument("--set", choices=sorted(bench.SETS), default="12mp", help="input set (default 12mp)")
+    parser.add_argument("--set", choices=sorted(harness.SETS), default="12mp", help="input set (default 12mp)")
     parser.add_argument("--precision", nargs="+", choices=["fp32", "int8"], default=["fp32", "int8"])
-    parser.add_argument("--work", type=Path, default=bench.DEFAULT_WORK, help="cache folder (default benchmarks/_work)")
     parser.add_argument(
-        "--out", type=Path, default=bench.DEFAULT_RESULTS, help="markdown (default benchmarks/results.md)"
+        "--work", type=Path, default=harness.DEFAULT_WORK, help="cache folder (default benchmarks/_work)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=harness.DEFAULT_RESULTS, help="markdown (default benchmarks/results.md)"
     )
     parser.add_argument("--quiet-wait", type=float, default=10.0, help="max seconds to wait for an idle machine")
     args = parser.parse_args(argv)

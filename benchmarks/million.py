@@ -359,7 +359,7 @@ def noop(model_dir: Path, files: int, baseline_code: Path, *, rounds: int = 2, n
     ``clipindex optimize`` (untimed); then a cron-like run that finds ``new_photos`` new files (fp32 model load),
     on each side's copy. Wall, peak RSS (``wait4``)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    import bench
+    import bench  # the no-op tree and store
 
     tree, data_dir = bench.make_noop_store(WORK, model_dir, files)
     copies = {"before": data_dir.parent / "data-before", "after": data_dir.parent / "data-after"}

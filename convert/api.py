@@ -28,19 +28,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import indexer
+from convert.errors import ConvertError, MissingExtraError, SourceUnavailableError
 from convert.export import OPSET, VISION_EXPORT, export_towers, text_pooling_rule
-from indexer.errors import ConvertError, MissingExtraError, SourceUnavailableError
-from indexer.manifest import (
+from indexer.model_format import (
+    DEFAULT_MODEL_ID,
     FORMAT_VERSION,
     MANIFEST_NAME,
+    RUNTIME_VERSION,
     TEXT_FILE,
     TOKENIZER_FILE,
     VISION_FILE,
+    default_model_dir,
     quantized_name,
 )
 
-DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 QUANTIZATIONS = ("int8",)
 _RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
@@ -97,9 +98,7 @@ def model_name_for(source: str) -> str:
 
 def default_output(source: str | None = None) -> Path:
     """Where ``convert`` writes unless told: the per-user model folder that ingest, search and status read
-    (:func:`indexer.locate.default_model_dir`), whatever the source and the current folder."""
-    from indexer.locate import default_model_dir
-
+    (:func:`indexer.model_format.default_model_dir`), whatever the source and the current folder."""
     return default_model_dir()
 
 
@@ -456,7 +455,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def convert_model(
-    source: str = DEFAULT_MODEL,
+    source: str = DEFAULT_MODEL_ID,
     output: Path | None = None,
     *,
     quantize: str | None = None,
@@ -464,7 +463,7 @@ def convert_model(
     progress: Progress | None = None,
 ) -> ConvertResult:
     """Convert ``source`` into a verified model folder at ``output`` (default: the per-user model folder,
-    :func:`indexer.locate.default_model_dir`, where ingest looks)."""
+    :func:`indexer.model_format.default_model_dir`, where ingest looks)."""
     say: Progress = progress or (lambda _msg: None)
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ConvertError(f"--quantize {quantize!r} is not supported; use one of {', '.join(QUANTIZATIONS)}")
@@ -555,7 +554,7 @@ def convert_model(
             "parity": parity,
             "quantization": quantization,
             "converter": {
-                "clipindex": indexer.__version__,
+                "clipindex": RUNTIME_VERSION,
                 "torch": _version("torch"),
                 "transformers": _version("transformers"),
                 "onnx": _version("onnx"),

@@ -1,4 +1,7 @@
-"""Random-weight CLIP checkpoints in the Hugging Face hub's exact layout, for offline tests and benchmarks.
+"""A tool, not part of the conversion: random-weight CLIP checkpoints in the Hugging Face hub's layout.
+
+Tests, benchmarks and the README's offline trial use it (``python -m convert.checkpoint OUT_DIR``); nothing in
+``convert.api`` or the runtime imports it. Its one setting, ``CLIPINDEX_BPE_VOCAB``, is read here only.
 
 No package ships real CLIP weights and the hub is not always reachable, so tests and benchmarks build a
 checkpoint folder that looks exactly like ``openai/clip-vit-base-patch32`` on the hub::
@@ -31,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import ConvertError
+from convert.errors import ConvertError
 
 BPE_VOCAB_NAME = "bpe_simple_vocab_16e6.txt.gz"
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]

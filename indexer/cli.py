@@ -1,14 +1,13 @@
 """The ``clipindex`` command line: thin Click wrappers over the library API.
 
-Only this module turns :class:`indexer.errors.ClipIndexError` into one-line messages and exit codes.
-Options read, in order: the flag, then its environment variable (shown in ``--help``), then the default.
+Only this module turns :class:`indexer.errors.ClipIndexError` into one-line messages and exit codes. The options
+are :mod:`indexer.options`' shared decorators; their defaults live in :mod:`indexer.settings`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -17,23 +16,37 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from indexer import __version__
+from indexer import __version__, settings
 from indexer.errors import ClipIndexError, StoreBusyError
+from indexer.options import (
+    api_key_file_option,
+    collection_option,
+    collection_settings_options,
+    data_dir_option,
+    device_options,
+    json_option,
+    max_pixels_option,
+    model_dir_option,
+    new_collection_options,
+    quiet_option,
+    source_model_option,
+    store_options,
+    timeout_option,
+    wait_option,
+)
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from indexer.locate import ModelLocation
     from indexer.store.base import VectorStore
+    from indexer.store.sizing import CollectionSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-DEFAULT_MODEL_ID = "openai/clip-vit-base-patch32"
-DEFAULT_COLLECTION = "images"
-
 
 def fail(message: str, code: int = 1, hints: tuple[str, ...] = ()) -> None:
-    from indexer.search import printable  # file names may hold newlines or escape sequences
+    from indexer.output import printable  # file names may hold newlines or escape sequences
 
     click.echo(f"Error: {printable(message)}", err=True)
     for hint in hints:  # the ways forward, one per line under the error
@@ -70,22 +83,6 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class DeviceType(click.ParamType):
-    """``--device``: auto, cpu, cuda or cuda:N (checked by :func:`indexer.encode.parse_device`)."""
-
-    name = "[auto|cpu|cuda|cuda:N]"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        from indexer.encode import parse_device
-        from indexer.errors import DeviceError
-
-        try:
-            parse_device(str(value))
-        except DeviceError:
-            self.fail(f"{value!r} is not one of auto, cpu, cuda or cuda:N (N the GPU's index)", param, ctx)
-        return str(value).strip().lower()
-
-
 def info(message: str) -> None:
     click.echo(message, err=True)
 
@@ -107,21 +104,17 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("source_arg", metavar="[SOURCE]", required=False, default=None)
-@click.option(
+@source_model_option(
     "--model",
     "source",
-    envvar="CLIPINDEX_SOURCE_MODEL",
-    show_envvar=True,
-    default=DEFAULT_MODEL_ID,
-    show_default=True,
-    help="Hugging Face model id, or a local checkpoint folder in the hub's layout (config.json, weights, "
-    "preprocessor_config.json, tokenizer files). Offline, pass a local folder. Same as the SOURCE argument.",
+    help="Hugging Face model id, or a local checkpoint folder in the hub's layout. Offline, pass a local folder. "
+    "Same as the SOURCE argument.",
 )
 @click.option(
     "--output",
     "-o",
     type=click.Path(file_okay=False, path_type=Path),
-    envvar="CLIPINDEX_MODEL_DIR",
+    envvar=settings.ENV_MODEL_DIR,
     show_envvar=True,
     default=None,
     help="Folder to write the model into.  [default: $XDG_DATA_HOME/clipindex/models/default, where ingest, "
@@ -148,7 +141,7 @@ def convert(source_arg: str | None, source: str, output: Path | None, quantize: 
     """
     from click.core import ParameterSource
 
-    from convert.api import convert_model, require_convert_extra
+    from indexer.locate import run_converter
 
     if source_arg is not None:  # the positional SOURCE; an explicit --model must name the same checkpoint
         given, positional = Path(source).expanduser(), Path(source_arg).expanduser()
@@ -157,8 +150,7 @@ def convert(source_arg: str | None, source: str, output: Path | None, quantize: 
         if from_command_line and not same:
             raise click.UsageError(f"SOURCE {source_arg!r} and --model {source!r} differ; give the checkpoint once")
         source = source_arg
-    require_convert_extra()
-    result = convert_model(source, output, quantize=quantize, force=force, progress=info)
+    result = run_converter(source, output, quantize=quantize, force=force, progress=info)
     manifest = result.manifest
     next_command = next_ingest_command(result.output)
     click.echo(f"Converted {manifest['source_model']} -> {result.output}  (embedding_dim {manifest['embedding_dim']})")
@@ -183,26 +175,12 @@ def next_ingest_command(output: Path) -> str:
     """The command that indexes with the model just converted (no --model-dir for the default folder)."""
     import shlex
 
-    from indexer.locate import default_model_dir
-
-    if os.path.abspath(output) == os.path.abspath(default_model_dir()):
+    if os.path.abspath(output) == os.path.abspath(settings.default_model_dir()):
         return "clipindex ingest /path/to/photos"
     return f"clipindex ingest --model-dir {shlex.quote(os.path.abspath(output))} /path/to/photos"
 
 
 # --- shared options ---------------------------------------------------------------------------------------
-
-
-def model_dir_option(func: F) -> F:
-    return click.option(
-        "--model-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        envvar="CLIPINDEX_MODEL_DIR",
-        show_envvar=True,
-        default=None,
-        help="Converted model folder (manifest.json, vision.onnx, text.onnx, tokenizer.json).  [default: the "
-        "model that built the collection, else $XDG_DATA_HOME/clipindex/models/default]",
-    )(func)
 
 
 def locate_model(model_dir: Path | None, store: VectorStore | None = None) -> ModelLocation:
@@ -228,95 +206,6 @@ def locate_model(model_dir: Path | None, store: VectorStore | None = None) -> Mo
     return resolve_model_dir(model_dir, origin, summary)
 
 
-def store_options(func: F) -> F:
-    """--data-dir, --qdrant-url, --api-key-file, --collection, --timeout: where the vectors live."""
-    options = [
-        click.option(
-            "--data-dir",
-            type=click.Path(file_okay=False, path_type=Path),
-            envvar="CLIPINDEX_DATA_DIR",
-            show_envvar=True,
-            default=None,
-            help="Folder of the embedded Qdrant (Edge) store.  [default: $XDG_DATA_HOME/clipindex]",
-        ),
-        click.option(
-            "--qdrant-url",
-            envvar="CLIPINDEX_QDRANT_URL",
-            show_envvar=True,
-            default=None,
-            help="Use a Qdrant server (http://host:6333, https://...) instead of the embedded store. "
-            "The API key is read from $QDRANT_API_KEY or --api-key-file, never from the command line.",
-        ),
-        click.option(
-            "--api-key-file",
-            type=click.Path(dir_okay=False, path_type=Path),
-            envvar="CLIPINDEX_API_KEY_FILE",
-            show_envvar=True,
-            default=None,
-            help="File holding the Qdrant API key (else $QDRANT_API_KEY).",
-        ),
-        click.option(
-            "--collection",
-            envvar="CLIPINDEX_COLLECTION",
-            show_envvar=True,
-            default=DEFAULT_COLLECTION,
-            show_default=True,
-            help="Collection name; created on first ingest with the model's dimension and cosine distance.",
-        ),
-        timeout_option,
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _remember_timeout(ctx: click.Context, param: click.Parameter, value: float) -> float:
-    ctx.meta[TIMEOUT_META_KEY] = value
-    return value
-
-
-TIMEOUT_META_KEY = "clipindex.timeout_s"
-DEFAULT_TIMEOUT_S = 30.0
-#: --timeout (CLIPINDEX_TIMEOUT): read by make_store() from the click context, so commands need no parameter
-timeout_option = click.option(
-    "--timeout",
-    type=click.FloatRange(min=0.1),
-    envvar="CLIPINDEX_TIMEOUT",
-    show_envvar=True,
-    default=DEFAULT_TIMEOUT_S,
-    show_default=True,
-    expose_value=False,
-    callback=_remember_timeout,
-    help="Server only: seconds to keep retrying (with backoff) an unreachable Qdrant server before giving up "
-    "with exit code 69; the wait is said on stderr at once. A host name that does not resolve or a TLS "
-    "certificate that does not verify fails at once.",
-)
-
-
-#: --wait (CLIPINDEX_WAIT): how long a command waits for the embedded store while another process has it open
-DEFAULT_WAIT_S = 60.0
-
-
-def wait_option(func: F) -> F:
-    return click.option(
-        "--wait",
-        "wait_s",
-        type=click.FloatRange(min=0),
-        envvar="CLIPINDEX_WAIT",
-        show_envvar=True,
-        default=DEFAULT_WAIT_S,
-        show_default=True,
-        help="Embedded store only: seconds to wait for the store while another process has it open (a search, "
-        "or an ingest, which lets waiting commands in after its current batch); past that, exit 75.",
-    )(func)
-
-
-def store_timeout() -> float:
-    """The --timeout of the running command (30 s outside a command)."""
-    ctx = click.get_current_context(silent=True)
-    return float(ctx.meta.get(TIMEOUT_META_KEY, DEFAULT_TIMEOUT_S)) if ctx is not None else DEFAULT_TIMEOUT_S
-
-
 def read_api_key(api_key_file: Path | None) -> str | None:
     """The Qdrant API key: from --api-key-file, else $QDRANT_API_KEY. Never printed."""
     if api_key_file is not None:
@@ -327,7 +216,7 @@ def read_api_key(api_key_file: Path | None) -> str | None:
                 f"{api_key_file}: cannot read ({exc.strerror})", param_hint="--api-key-file"
             ) from None
         return key or None
-    return os.environ.get("QDRANT_API_KEY") or None
+    return settings.api_key_from_env()
 
 
 def make_store(
@@ -338,10 +227,12 @@ def make_store(
     *,
     shards: int | None = None,
     replicas: int | None = None,
-    settings: Any = None,
-    wait_s: float = DEFAULT_WAIT_S,
+    collection_settings: CollectionSettings | None = None,
+    timeout_s: float = settings.DEFAULT_TIMEOUT_S,
+    wait_s: float = settings.DEFAULT_WAIT_S,
     role: str = "clipindex",
 ) -> Any:
+    """The store the options name (:func:`indexer.store.open_store`), warnings and waits told on stderr."""
     from indexer.store import open_store
 
     return open_store(
@@ -349,61 +240,15 @@ def make_store(
         qdrant_url,
         collection,
         read_api_key(api_key_file),
-        timeout_s=store_timeout(),
+        timeout_s=timeout_s,
         shards=shards,
         replicas=replicas,
-        settings=settings,
+        settings=collection_settings,
         on_warning=lambda message: info(f"Warning: {message}"),
         on_wait=info,
         wait_s=wait_s,
         role=role,
     )
-
-
-def collection_settings_options(func: F) -> F:
-    """--quantization, --hnsw-m, --hnsw-ef-construct: a new server collection's vector storage, passed on as
-    ``settings`` (:class:`indexer.store.sizing.CollectionSettings`; docs/operations.md has the sizing table)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, quantization: str, hnsw_m: int, hnsw_ef_construct: int, **kwargs: Any) -> Any:
-        from indexer.store.sizing import CollectionSettings
-
-        kwargs["settings"] = CollectionSettings(quantization, hnsw_m, hnsw_ef_construct)  # type: ignore[arg-type]
-        return func(*args, **kwargs)
-
-    options = [
-        click.option(
-            "--quantization",
-            type=click.Choice(["int8", "none"]),
-            envvar="CLIPINDEX_QUANTIZATION",
-            show_envvar=True,
-            default="int8",
-            show_default=True,
-            help="Server only, a new collection: int8 keeps a scalar-quantized copy of the vectors in RAM and the "
-            "float32 originals on disk (4x less RAM; results rescored in float32); none keeps float32 in RAM.",
-        ),
-        click.option(
-            "--hnsw-m",
-            type=click.IntRange(0, 128),
-            envvar="CLIPINDEX_HNSW_M",
-            show_envvar=True,
-            default=16,
-            show_default=True,
-            help="Server only, a new collection: HNSW edges per node (0: no graph, exact search).",
-        ),
-        click.option(
-            "--hnsw-ef-construct",
-            type=click.IntRange(4, 4096),
-            envvar="CLIPINDEX_HNSW_EF_CONSTRUCT",
-            show_envvar=True,
-            default=100,
-            show_default=True,
-            help="Server only, a new collection: HNSW candidates while building the graph.",
-        ),
-    ]
-    for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper  # type: ignore[return-value]
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:
@@ -417,79 +262,6 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
     if not 1 <= k <= n:
         raise click.BadParameter(f"{value!r}: K must be between 1 and N", param_hint="--shard")
     return (k, n)
-
-
-class TqdmProgress:
-    """tqdm on stderr, only when stderr is a terminal (cron logs stay clean) and not --quiet."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar: Any = None
-        self.done = 0  # advanced before start(): ingest embeds while its walk still counts the files
-
-    def start(self, total: int) -> None:
-        if self.enabled and total:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=total, initial=self.done, unit="img", file=sys.stderr, dynamic_ncols=True, desc="embedding"
-            )
-
-    def advance(self, count: int) -> None:
-        self.done += count
-        if self.bar is not None:
-            self.bar.update(count)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def require_model(location: ModelLocation) -> ModelLocation:
-    """``location``, unless it is the default folder and holds no model yet: then say what makes one (the
-    other folders get :class:`~indexer.manifest.ModelManifest`'s own message)."""
-    from indexer.errors import ModelNotFoundError
-    from indexer.locate import ModelOrigin
-    from indexer.manifest import MANIFEST_NAME
-
-    if location.origin == ModelOrigin.DEFAULT and not (location.path / MANIFEST_NAME).exists():
-        raise ModelNotFoundError(
-            f"no model yet (none in {location.path}, the default model folder): `clipindex ingest DIR` converts "
-            "one first, or run `clipindex convert` (or pass --model-dir / set CLIPINDEX_MODEL_DIR)"
-        )
-    return location
-
-
-def ensure_model(location: ModelLocation, source_model: str, quiet: bool) -> None:
-    """Convert the model first when the default folder has none (the README's one-command start). A folder the
-    user named (--model-dir, CLIPINDEX_MODEL_DIR) is never converted into: a typo must not become a model."""
-    import shlex
-
-    from indexer.errors import ModelNotFoundError
-    from indexer.locate import ModelOrigin
-    from indexer.manifest import MANIFEST_NAME, missing_manifest_message
-
-    model_dir: Path = location.path
-    if (model_dir / MANIFEST_NAME).is_file():
-        return
-    if location.origin != ModelOrigin.DEFAULT:
-        if model_dir.exists():
-            raise ModelNotFoundError(missing_manifest_message(model_dir))
-        raise ModelNotFoundError(
-            f"{model_dir}: no such model folder ({location.origin.value}); convert a model into it with "
-            f"`clipindex convert --output {shlex.quote(str(model_dir))}`, or leave {location.origin.value} out to "
-            "use the default model folder"
-        )
-    empty_dir = model_dir.is_dir() and not any(model_dir.iterdir())
-    if model_dir.exists() and not empty_dir:  # never convert over someone's files
-        raise ModelNotFoundError(missing_manifest_message(model_dir))
-    from convert.api import convert_model, require_convert_extra
-
-    require_convert_extra()
-    if not quiet:
-        info(f"No model in {model_dir}: converting {source_model} first (clipindex convert)")
-    convert_model(source_model, model_dir, force=empty_dir, progress=None if quiet else info)
 
 
 # --- ingest -----------------------------------------------------------------------------------------------
@@ -525,16 +297,6 @@ def quiet_c_stderr() -> AbstractContextManager[None]:
     return capture_c_stderr()
 
 
-max_pixels_option = click.option(
-    "--max-pixels",
-    type=click.IntRange(0),
-    envvar="CLIPINDEX_MAX_PIXELS",
-    show_envvar=True,
-    default=None,
-    help="Refuse images declaring more pixels than this (decompression bombs); 0: no limit.  [default: 178956970]",
-)
-
-
 @cli.command()
 @click.argument("directory", type=click.Path(path_type=Path))
 @model_dir_option
@@ -542,35 +304,18 @@ max_pixels_option = click.option(
 @click.option(
     "--batch-size",
     type=click.IntRange(1, 4096),
-    envvar="CLIPINDEX_BATCH_SIZE",
+    envvar=settings.ENV_BATCH_SIZE,
     show_envvar=True,
-    default=25,
+    default=settings.DEFAULT_BATCH_SIZE,
     show_default=True,
     help="Images per inference batch (and per verified upsert).",
 )
-@click.option(
-    "--device",
-    type=DeviceType(),
-    envvar="CLIPINDEX_DEVICE",
-    show_envvar=True,
-    default="auto",
-    show_default=True,
-    help="ONNX Runtime execution provider; auto takes CUDA when onnxruntime-gpu sees a GPU; cuda:N picks GPU N.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "int8"]),
-    envvar="CLIPINDEX_PRECISION",
-    show_envvar=True,
-    default="fp32",
-    show_default=True,
-    help="int8 uses vision.int8.onnx from `convert --quantize int8` (faster on CPU, cosine ~0.999 vs fp32).",
-)
+@device_options(settings.DEFAULT_DEVICE)
 @click.option("--prune", is_flag=True, help="Delete points of files that are gone from under DIRECTORY (only there).")
 @click.option(
     "--shard",
     metavar="K/N",
-    envvar="CLIPINDEX_SHARD",
+    envvar=settings.ENV_SHARD,
     show_envvar=True,
     default=None,
     help="Only index the paths hashing to shard K of N, so N machines split one tree without overlap.",
@@ -578,7 +323,7 @@ max_pixels_option = click.option(
 @click.option(
     "--workers",
     type=click.IntRange(1, 256),
-    envvar="CLIPINDEX_WORKERS",
+    envvar=settings.ENV_WORKERS,
     show_envvar=True,
     default=None,
     help="Decode/preprocess threads.  [default: the CPU cores]",
@@ -586,26 +331,19 @@ max_pixels_option = click.option(
 @max_pixels_option
 @click.option(
     "--draft/--no-draft",
-    envvar="CLIPINDEX_DRAFT",
+    envvar=settings.ENV_DRAFT,
     show_envvar=True,
     default=None,
-    help="DCT-scaled JPEG decoding: ~5x faster on camera photos, embedding cosine >= 0.99999 vs exact "
-    "(measured). --no-draft decodes exactly, bit-identical to transformers.  [default: --draft]",
+    help="DCT-scaled JPEG decoding: much faster on camera photos, the same embeddings to within rounding. "
+    "--no-draft decodes exactly, bit-identical to transformers.  [default: --draft]",
 )
-@click.option(
+@source_model_option(
     "--source-model",
-    envvar="CLIPINDEX_SOURCE_MODEL",
-    show_envvar=True,
-    default=DEFAULT_MODEL_ID,
-    show_default=True,
-    help="When no model is named (--model-dir, CLIPINDEX_MODEL_DIR) and the default model folder holds none, "
-    "convert this checkpoint (hub id or local folder) into it first (needs the [convert] extra). Offline, point it "
-    "at a local checkpoint folder. A folder you name is never converted into.",
+    "source_model",
+    help="When no model is named and the default model folder holds none, convert this checkpoint (hub id or "
+    "local folder) into it first (the [convert] extra). A folder you name is never converted into.",
 )
-@click.option("--shards", type=click.IntRange(1), default=None, help="Server only: shards of a new collection.")
-@click.option(
-    "--replicas", type=click.IntRange(1), default=None, help="Server only: replication factor of a new collection."
-)
+@new_collection_options
 @wait_option
 @click.option("--strict", is_flag=True, help="Exit 1 when any file failed (default: report them and exit 0).")
 @click.option(
@@ -614,10 +352,8 @@ max_pixels_option = click.option(
     help="Decode again the files that failed before and have not changed since (they are skipped otherwise; "
     "a changed file is always retried). See `clipindex status --failed`.",
 )
-@click.option(
-    "--quiet", "-q", is_flag=True, help="No progress bar and no start line; failed files and the summary still print."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the run's figures on stdout.")
+@quiet_option("No progress bar and no start line; failed files and the summary still print.")
+@json_option("the run's figures as one object")
 @collection_settings_options
 @handle_errors
 def ingest(
@@ -627,6 +363,7 @@ def ingest(
     qdrant_url: str | None,
     api_key_file: Path | None,
     collection: str,
+    timeout_s: float,
     batch_size: int,
     device: str,
     precision: str,
@@ -643,7 +380,7 @@ def ingest(
     retry_failed: bool,
     quiet: bool,
     as_json: bool,
-    settings: Any,
+    collection_settings: CollectionSettings,
 ) -> None:
     """Index every image under DIRECTORY into Qdrant.
 
@@ -662,9 +399,10 @@ def ingest(
     """
     from indexer.encode import Embedder
     from indexer.errors import FailedFilesError
+    from indexer.locate import ensure_model
+    from indexer.output import TqdmProgress, json_line, printable
     from indexer.pipeline import FailedFile, IngestOptions
     from indexer.pipeline import ingest as run_ingest
-    from indexer.search import printable
 
     shard_spec = parse_shard(shard)
     check_ingest_directory(directory)
@@ -675,12 +413,13 @@ def ingest(
         collection,
         shards=shards,
         replicas=replicas,
-        settings=settings,
+        collection_settings=collection_settings,
+        timeout_s=timeout_s,
         wait_s=wait_s,
         role="ingest",
     )
     location = locate_model(model_dir, store)
-    ensure_model(location, source_model, quiet or as_json)
+    ensure_model(location, source_model, progress=None if quiet or as_json else info)
     embedder = Embedder(location.path, device=device, precision=precision, draft=draft, max_pixels=max_pixels)
     embedder.tower_path("vision")  # fail fast on a missing model file; the session loads at the first batch
     provider = embedder.planned_provider
@@ -698,7 +437,7 @@ def ingest(
     with store, quiet_c_stderr():
         report = run_ingest(directory, embedder, store, options=options, on_failed=on_failed, progress=progress)
     if as_json:
-        click.echo(json.dumps(report.as_json()))
+        click.echo(json_line(report.as_json()))
     else:
         line = report.summary_line()
         click.echo(line if sys.stdout.isatty() else f"{timestamp()} {line}")
@@ -707,38 +446,6 @@ def ingest(
 
 
 # --- search, classify, status -----------------------------------------------------------------------------
-
-
-def query_device_options(default_device: str) -> Callable[[F], F]:
-    """--device and --precision for the commands that run a query's tower (search, classify)."""
-
-    def decorate(func: F) -> F:
-        func = click.option(
-            "--precision",
-            type=click.Choice(["fp32", "int8"]),
-            envvar="CLIPINDEX_PRECISION",
-            show_envvar=True,
-            default="fp32",
-            show_default=True,
-            help="int8 runs the *.int8.onnx towers from `convert --quantize int8` (cosine ~0.999 vs fp32, in "
-            "convert's report).",
-        )(func)
-        return click.option(
-            "--device",
-            type=DeviceType(),
-            envvar="CLIPINDEX_DEVICE",
-            show_envvar=True,
-            default=default_device,
-            show_default=True,
-            help="ONNX Runtime execution provider; auto takes CUDA when onnxruntime-gpu sees a GPU; cuda:N picks GPU N"
-            + (" (one query runs faster on CPU than CUDA takes to start)." if default_device == "cpu" else "."),
-        )(func)
-
-    return decorate
-
-
-def json_option(what: str) -> Callable[[F], F]:
-    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON on stdout.")
 
 
 @cli.command()
@@ -751,7 +458,14 @@ def json_option(what: str) -> Callable[[F], F]:
     default=None,
     help='Search by image instead of text ("more like this"): the file is decoded and preprocessed as ingest does.',
 )
-@click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=10, show_default=True, help="Number of results.")
+@click.option(
+    "--limit",
+    "-n",
+    type=click.IntRange(1, 10_000),
+    default=settings.DEFAULT_LIMIT,
+    show_default=True,
+    help="Number of results.",
+)
 @click.option(
     "--threshold",
     type=click.FloatRange(-1.0, 1.0),
@@ -776,7 +490,7 @@ def json_option(what: str) -> Callable[[F], F]:
     help="Also write a self-contained HTML contact sheet (embedded thumbnails, scores, paths) to FILE.",
 )
 @max_pixels_option
-@query_device_options("cpu")
+@device_options(settings.DEFAULT_QUERY_DEVICE)
 @wait_option
 @handle_errors
 def search(
@@ -786,6 +500,7 @@ def search(
     qdrant_url: str | None,
     api_key_file: Path | None,
     collection: str,
+    timeout_s: float,
     image: Path | None,
     limit: int,
     threshold: float | None,
@@ -799,8 +514,8 @@ def search(
 ) -> None:
     """Find the indexed images that best match a text QUERY, or an image (--image).
 
-    Scores are CLIP's cosine similarities between the query and each image (higher is closer; a good text
-    match scores around 0.25 to 0.35 with the OpenAI models, an image finds itself at 1.0). A text query runs
+    Scores are CLIP's cosine similarities between the query and each image (higher is closer; an image finds
+    itself at 1.0). A text query runs
     only the text tower; text past the model's 77 tokens is truncated, with a warning. Prints a table (rank,
     score, path) or, with --json, one JSON array; --html writes a contact sheet to look at.
 
@@ -810,7 +525,9 @@ def search(
     stayed in use by other processes for --wait seconds (a running ingest lets searches in between batches).
     """
     from indexer.encode import Embedder
-    from indexer.search import format_results, search_image, search_text
+    from indexer.locate import require_model
+    from indexer.output import format_results, json_document
+    from indexer.search import search_image, search_text
 
     if (query is None) == (image is None):
         raise click.UsageError("give a text QUERY or --image PATH (one of them)")
@@ -820,7 +537,9 @@ def search(
         raise click.BadParameter("must not be empty", param_hint="--path-prefix")
     if threshold is not None and threshold != threshold:  # NaN passes FloatRange
         raise click.BadParameter("must be a number between -1 and 1", param_hint="--threshold")
-    store = make_store(data_dir, qdrant_url, api_key_file, collection, wait_s=wait_s, role="search")
+    store = make_store(
+        data_dir, qdrant_url, api_key_file, collection, timeout_s=timeout_s, wait_s=wait_s, role="search"
+    )
     location = require_model(locate_model(model_dir, store))
     embedder = Embedder(location.path, device=device, precision=precision, max_pixels=max_pixels)
 
@@ -838,35 +557,36 @@ def search(
             assert image is not None
             results = search_image(store, embedder, image, **where)
         if as_json:
-            click.echo(json.dumps([r.as_json() for r in results], indent=2))
+            click.echo(json_document([r.as_json() for r in results]))
         elif results:
             click.echo(format_results(results))
         else:
             scoring = f" scoring {threshold} or more" if threshold is not None else ""
             info(f"No results{scoring}" + (f" under {path_prefix}" if path_prefix is not None else ""))
         if html_file is not None:
-            from indexer.html import write_contact_sheet
+            from indexer.contact_sheet import write_contact_sheet
 
             title = query if query is not None else f"more like {image}"
             written = write_contact_sheet(
                 html_file, results, query=title, query_image=image, model=embedder.model_name, store=store.describe()
             )
             info(f"Wrote {written} ({len(results)} result{'s' if len(results) != 1 else ''})")
-        exit_now_if_main()
+        exit_now_if_cli()
     finally:
         store.close()
 
 
-def exit_now_if_main() -> None:
+#: set by :func:`main`: this process is the ``clipindex`` command (not a caller running a command in-process)
+_standalone = False
+
+
+def exit_now_if_cli() -> None:
     """End a finished read-only command's process at once, skipping the teardown of the store and the model.
 
-    Every query is a new process: closing the Qdrant Edge shard (it frees its in-memory indexes and
-    mappings) and freeing the ONNX Runtime session cost ~0.2-0.3 s at 100k points, after the results are
-    out. Nothing was written, so nothing is lost (the engine's lock goes with the process). Only when this
-    process *is* the CLI (``clipindex`` or ``python -m indexer``: their ``__main__`` imported ``main``),
-    never when a caller runs the command in-process (CliRunner, scripts).
+    Nothing was written, so nothing is lost (the engine's lock goes with the process). Only when this process is
+    the ``clipindex`` command (:func:`main`), never when a caller runs a command in-process (CliRunner, scripts).
     """
-    if getattr(sys.modules.get("__main__"), "main", None) is not main:
+    if not _standalone:
         return
     try:
         sys.stdout.flush()
@@ -894,7 +614,7 @@ def exit_now_if_main() -> None:
 )
 @json_option("the results as one array of {image, labels: [{label, probability, similarity}]}")
 @max_pixels_option
-@query_device_options("auto")
+@device_options(settings.DEFAULT_DEVICE)
 @handle_errors
 def classify(
     images: tuple[Path, ...],
@@ -918,8 +638,10 @@ def classify(
     """
     from indexer.encode import Embedder
     from indexer.errors import FailedFilesError, ImageError
+    from indexer.locate import require_model
+    from indexer.output import format_classifications, json_document, printable
     from indexer.search import classify as run_classify
-    from indexer.search import format_classifications, label_texts, parse_labels, printable
+    from indexer.search import label_texts, parse_labels
 
     try:
         names = parse_labels(labels)
@@ -936,7 +658,7 @@ def classify(
 
     results = run_classify(embedder, list(images), names, template=template, on_error=on_error)
     if as_json:
-        click.echo(json.dumps([r.as_json() for r in results], indent=2))
+        click.echo(json_document([r.as_json() for r in results]))
     elif results:
         click.echo(format_classifications(results))
     if failed:
@@ -961,6 +683,7 @@ def status(
     qdrant_url: str | None,
     api_key_file: Path | None,
     collection: str,
+    timeout_s: float,
     as_json: bool,
     list_failed: bool,
     wait_s: float,
@@ -979,10 +702,12 @@ def status(
     """
     from indexer.encode import ort_cache_dir
     from indexer.failures import FailureMemory
-    from indexer.search import printable
+    from indexer.output import aligned, json_document, printable
     from indexer.status import collect_status
 
-    store = make_store(data_dir, qdrant_url, api_key_file, collection, wait_s=wait_s, role="status")
+    store = make_store(
+        data_dir, qdrant_url, api_key_file, collection, timeout_s=timeout_s, wait_s=wait_s, role="status"
+    )
     location = locate_model(model_dir, store)
     with store:
         report = collect_status(location.path, store)
@@ -992,7 +717,7 @@ def status(
     cache_bytes = tree_bytes(cache / "ort") if cache is not None else 0
     if list_failed:
         if as_json:
-            click.echo(json.dumps([{"path": e.path, "reason": e.reason} for e in failed], indent=2))
+            click.echo(json_document([{"path": e.path, "reason": e.reason} for e in failed]))
         else:
             for entry in failed:
                 click.echo(printable(f"{entry.path}: {entry.reason}"))
@@ -1004,10 +729,13 @@ def status(
         data["model_dir_from"] = location.origin.value
         data["failed_files"] = len(failed)
         data["model_cache"] = {"dir": str(cache) if cache is not None else None, "bytes": cache_bytes}
-        click.echo(json.dumps(data, indent=2, sort_keys=False))
+        click.echo(json_document(data))
     else:
-        text = report.format()
-        width = max(len(line.split("  ", 1)[0]) for line in text.splitlines())
+        lines: list[tuple[str, str]] = []
+        for key, value in report.rows():
+            if key == "model dir":  # which rule chose it (--model-dir, the environment, the collection, the default)
+                value = f"{value}  (from {location.origin.value})"
+            lines.append((key, printable(value)))
         more = [
             (
                 "failed files",
@@ -1018,18 +746,8 @@ def status(
             ),
             ("model cache", f"{cache_bytes / 1e6:.1f} MB in {cache} (safe to delete)" if cache else "off"),
         ]
-        width = max(width, *(len(k) for k, _ in more))
-        rows = []
-        for line in text.splitlines():
-            if "  " not in line:
-                rows.append(line)
-                continue
-            key, value = line.split("  ", 1)
-            if key == "model dir":  # which rule chose it (--model-dir, the environment, the collection, the default)
-                value = f"{value.lstrip()}  (from {location.origin.value})"
-            rows.append(f"{key:<{width}}  {value.lstrip()}")
-        rows += [f"{key:<{width}}  {printable(value)}" for key, value in more]
-        click.echo("\n".join(rows))
+        lines += [(key, printable(value)) for key, value in more]
+        click.echo(aligned(lines))
     if report.busy:  # everything else was shown; the exit code says the store could not be read
         sys.exit(StoreBusyError.exit_code)
 
@@ -1052,50 +770,26 @@ def tree_bytes(folder: Path) -> int:
     "--to",
     "to_url",
     required=True,
-    envvar="CLIPINDEX_MIGRATE_TO",
+    envvar=settings.ENV_MIGRATE_TO,
     show_envvar=True,
     help="Qdrant server URL to copy into (http://host:6333, https://...). "
-    "The API key is read from $QDRANT_API_KEY or --api-key-file.",
+    f"The API key is read from ${settings.ENV_API_KEY} or --api-key-file.",
 )
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="CLIPINDEX_DATA_DIR",
-    show_envvar=True,
-    default=None,
-    help="Folder of the embedded store to copy from.  [default: $XDG_DATA_HOME/clipindex]",
-)
-@click.option(
-    "--collection",
-    envvar="CLIPINDEX_COLLECTION",
-    show_envvar=True,
-    default=DEFAULT_COLLECTION,
-    show_default=True,
-    help="Embedded collection to copy.",
-)
+@data_dir_option("Folder of the embedded store to copy from.")
+@collection_option("Embedded collection to copy.")
 @click.option("--to-collection", default=None, help="Collection on the server.  [default: --collection]")
-@click.option(
-    "--api-key-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="CLIPINDEX_API_KEY_FILE",
-    show_envvar=True,
-    default=None,
-    help="File holding the Qdrant API key (else $QDRANT_API_KEY).",
-)
+@api_key_file_option
 @click.option(
     "--batch-size",
     type=click.IntRange(1, 10000),
-    default=256,
+    default=settings.DEFAULT_MIGRATE_BATCH_SIZE,
     show_default=True,
     help="Points per page read and per upsert.",
 )
-@click.option("--shards", type=click.IntRange(1), default=None, help="Shards of the server collection, if created.")
-@click.option(
-    "--replicas", type=click.IntRange(1), default=None, help="Replication factor of the server collection, if created."
-)
+@new_collection_options
 @timeout_option
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar; only errors and the summary.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the figures on stdout.")
+@quiet_option("No progress bar; only errors and the summary.")
+@json_option("the figures as one object")
 @collection_settings_options
 @handle_errors
 def migrate(
@@ -1107,9 +801,10 @@ def migrate(
     batch_size: int,
     shards: int | None,
     replicas: int | None,
+    timeout_s: float,
     quiet: bool,
     as_json: bool,
-    settings: Any,
+    collection_settings: CollectionSettings,
 ) -> None:
     """Copy the embedded collection to a Qdrant server: same ids, vectors and payloads, no re-embedding.
 
@@ -1123,11 +818,19 @@ def migrate(
     verification failed); 69 Qdrant server unreachable; 75 the embedded store or the target is busy.
     """
     from indexer.migrate import migrate as run_migrate
-    from indexer.store import EdgeStore, default_data_dir
+    from indexer.output import TqdmProgress, json_line
+    from indexer.store import EdgeStore
 
-    source = EdgeStore(data_dir if data_dir is not None else default_data_dir(), collection, role="migrate")
+    source = EdgeStore(data_dir if data_dir is not None else settings.default_data_dir(), collection, role="migrate")
     target = make_store(
-        None, to_url, api_key_file, to_collection or collection, shards=shards, replicas=replicas, settings=settings
+        None,
+        to_url,
+        api_key_file,
+        to_collection or collection,
+        shards=shards,
+        replicas=replicas,
+        collection_settings=collection_settings,
+        timeout_s=timeout_s,
     )
     progress = TqdmProgress(enabled=not quiet and not as_json and sys.stderr.isatty())
     with source, target:
@@ -1138,7 +841,7 @@ def migrate(
             progress=progress,
             on_created=None if quiet or as_json else lambda where: info(f"created {where}"),
         )
-    click.echo(json.dumps(report.as_json()) if as_json else report.summary_line())
+    click.echo(json_line(report.as_json()) if as_json else report.summary_line())
 
 
 # --- optimize ---------------------------------------------------------------------------------------------
@@ -1154,6 +857,7 @@ def optimize(
     qdrant_url: str | None,
     api_key_file: Path | None,
     collection: str,
+    timeout_s: float,
     as_json: bool,
     wait_s: float,
 ) -> None:
@@ -1169,16 +873,22 @@ def optimize(
     holds the store, or other processes kept it for --wait seconds (try again later).
     """
     from indexer.optimize import optimize_collection
+    from indexer.output import json_line
 
-    store = make_store(data_dir, qdrant_url, api_key_file, collection, wait_s=wait_s, role="optimize")
+    store = make_store(
+        data_dir, qdrant_url, api_key_file, collection, timeout_s=timeout_s, wait_s=wait_s, role="optimize"
+    )
     with store:
         report = optimize_collection(store)
-    click.echo(json.dumps(report.as_json()) if as_json else report.format())
+    click.echo(json_line(report.as_json()) if as_json else report.format())
 
 
 def main() -> None:
+    """The ``clipindex`` command (also ``python -m indexer``)."""
     import warnings
 
+    global _standalone
+    _standalone = True
     # Pillow warns (e.g. "Corrupt EXIF data") about files it still decodes; ingest reports real failures itself.
     warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
     cli(prog_name="clipindex")

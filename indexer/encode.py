@@ -39,6 +39,7 @@ from indexer.manifest import (
     reconvert_hint,
 )
 from indexer.prefetch import decode_ahead
+from indexer.settings import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_PRECISION, cache_dir
 from indexer.similarity import TopK, l2_normalise, similarity, top_k
 
 if TYPE_CHECKING:
@@ -158,25 +159,16 @@ def _session_options(intra_op_threads: int | None) -> Any:
 
 
 def ort_cache_dir() -> Path | None:
-    """Where optimised models are cached: ``$CLIPINDEX_CACHE_DIR``, else ``$XDG_CACHE_HOME/clipindex``.
-
-    ``CLIPINDEX_CACHE_DIR=off`` disables the cache.
-    """
-    explicit = os.environ.get("CLIPINDEX_CACHE_DIR")
-    if explicit == "off":
-        return None
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "clipindex"
+    """Where optimised models are cached (:func:`indexer.settings.cache_dir`); ``None``: no cache."""
+    return cache_dir()
 
 
 def _cached_session(path: Path, options: Any, verify: Callable[[], None], sha256: str | None = None) -> Any:
     """A CPU session from a cached, already optimised copy of ``path`` whose weights sit in an external file.
 
-    ONNX Runtime loads a model whose initializers are inline in the protobuf by copying them (about 0.6 s for
-    ViT-B/32's 250 MB text tower here); from external data it takes about 0.16 s, which matters for
-    ``clipindex search``, a new process per query. The copy is ORT's own ``optimized_model_filepath`` output
+    ONNX Runtime loads a model whose initializers are inline in the protobuf by copying them, and one with
+    external data several times faster, which matters for ``clipindex search``, a new process per query
+    (docs/design.md). The copy is ORT's own ``optimized_model_filepath`` output
     (level EXTENDED, portable across CPUs; layout-specific optimisations still run at load), written once per
     model *content* (``sha256``, from the manifest: every copy of one model shares one entry) and ONNX Runtime
     version. ``verify`` (the sha256 check against the manifest) runs before an entry is written or first used
@@ -374,8 +366,8 @@ class Embedder:
         self,
         model_dir: str | Path,
         *,
-        device: str = "auto",
-        precision: str = "fp32",
+        device: str = DEFAULT_DEVICE,
+        precision: str = DEFAULT_PRECISION,
         intra_op_threads: int | None = None,
         draft: bool | None = None,
         max_pixels: int | None = None,
@@ -487,7 +479,7 @@ class Embedder:
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from indexer.tokenize import TextTokenizer
+            from indexer.tokens import TextTokenizer
 
             with self._lazy_lock:
                 if self._tokenizer is None:
@@ -530,7 +522,7 @@ class Embedder:
         self,
         images: ImageInput | Iterable[ImageInput],
         *,
-        batch_size: int = 25,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         errors: ErrorMode = "raise",
         progress: bool = False,
         allow_urls: bool | None = None,
@@ -566,7 +558,7 @@ class Embedder:
         self,
         images: ImageInput | Iterable[ImageInput],
         *,
-        batch_size: int = 25,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         progress: bool = False,
         allow_urls: bool | None = None,
     ) -> list[EncodedImage]:
@@ -639,7 +631,7 @@ class Embedder:
         self,
         images: ImageInput | Iterable[ImageInput],
         *,
-        batch_size: int = 25,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         errors: ErrorMode = "raise",
         progress: bool = False,
         allow_urls: bool | None = None,
@@ -662,7 +654,7 @@ class Embedder:
         self,
         images: ImageInput | Iterable[ImageInput],
         *,
-        batch_size: int = 25,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         progress: bool = False,
         allow_urls: bool | None = None,
     ) -> list[EncodedImage]:
@@ -701,7 +693,7 @@ class Embedder:
         *,
         template: str | None = None,
         on_error: Callable[[ImageError], None] | None = None,
-        batch_size: int = 25,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> list[Classification]:
         """Zero-shot labels per image, no store needed: :func:`indexer.search.classify` (what ``clipindex
         classify`` runs), returning :class:`~indexer.search.Classification` rows."""

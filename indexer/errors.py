@@ -1,6 +1,7 @@
 """Typed exceptions raised by the clipindex library.
 
 Library code raises these; only :mod:`indexer.cli` turns them into one-line messages and exit codes.
+Conversion's errors (:mod:`convert.errors`) derive from :class:`ClipIndexError` too.
 Every message is meant to be shown to a user as is: it names the file (or URL) at fault and the fix.
 """
 
@@ -16,33 +17,7 @@ class ClipIndexError(Exception):
     hints: tuple[str, ...] = ()
 
 
-# --- models and conversion -------------------------------------------------------------------------
-
-
-class ConvertError(ClipIndexError):
-    """The conversion could not run (bad source, missing extra, output exists...)."""
-
-
-class MissingExtraError(ClipIndexError):
-    """An optional dependency group is not installed."""
-
-
-class SourceUnavailableError(ConvertError):
-    """The checkpoint to convert could not be downloaded (offline) and is not cached; ``hints`` say the two ways
-    forward (a local checkpoint, or a random-weight trial)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.hints = (
-            "real weights: pass a local checkpoint folder: `clipindex convert /path/to/checkpoint` "
-            "(ingest: --source-model /path/to/checkpoint, or CLIPINDEX_SOURCE_MODEL=/path/to/checkpoint)",
-            "a trial without them: `python -m convert.checkpoint /tmp/clip-trial` writes a random-weight CLIP, then "
-            "`clipindex convert /tmp/clip-trial` (random weights: the rankings are meaningless)",
-        )
-
-
-class ParityError(ConvertError):
-    """The exported ONNX model diverges from the PyTorch reference; nothing was written."""
+# --- models -------------------------------------------------------------------------
 
 
 class ModelNotFoundError(ClipIndexError):

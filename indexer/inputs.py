@@ -14,36 +14,15 @@ binary file-like object (has ``read()``)      its remaining bytes (``open(path, 
 ============================================  ==========================================================
 
 Bytes of every origin (bytes, file-like, base64, data URI, URL) go through
-:func:`indexer.preprocess.load_image_bytes`: the decoder, pixel limit, draft rule and EXIF orientation of a file,
+:func:`indexer.decode.load_image_bytes`: the decoder, pixel limit, draft rule and EXIF orientation of a file,
 so the same bytes give the same vector as ingest gives the file. A PIL image that ``Image.open`` returned and
 nothing has decoded yet is decoded from its file (or the bytes of its file object) the same way
 (:meth:`indexer.preprocess.Preprocessor.load_decoded`). Decoded pixels (a loaded or computed PIL image, an array)
 get the pixel limit, EXIF orientation (a PIL image that still carries the tag) and the RGB conversion
-(:func:`indexer.preprocess.prepare_decoded_image`), but no draft decoding; an RGBA array is composited onto white
+(:func:`indexer.decode.prepare_decoded_image`), but no draft decoding; an RGBA array is composited onto white
 like an RGBA file.
 
-Strings
--------
-One rule, in this order:
-
-1. ``data:`` (any case) starts a data URI: ``data:image/png;base64,iVBOR...`` (or percent-encoded without
-   ``;base64``);
-2. ``http://`` or ``https://`` (any case) starts a URL, fetched with the standard library (see below);
-3. a string of at least :data:`BASE64_MIN_CHARS` characters that uses only the base64 alphabet (``A-Z a-z 0-9
-   + /``, ``=`` padding at the end, whitespace ignored), with a length that is a multiple of 4, is base64;
-4. anything else is a path.
-
-A file name with an extension has a ``.``, so it never passes rule 3; to be explicit anyway, pass a
-``pathlib.Path`` (always a path) or a data URI (always data).
-
-URLs
-----
-Fetched with ``urllib`` (proxies from the environment apply): at most ``max_bytes`` bytes
-(:data:`DEFAULT_MAX_URL_BYTES`); ``timeout_s`` (:data:`DEFAULT_URL_TIMEOUT_S`) is the deadline for connecting and
-downloading, checked between reads, and a connect or read that stalls times out after it too (the name lookup is the
-system's); redirects are followed to ``http(s)`` only. With ``allow_urls=False`` a URL is refused (an
-:class:`~indexer.errors.ImageError`, like an unreadable image), which services that embed user-supplied strings
-should set. Errors name a URL without its query string (which may hold a token).
+Strings (data URI, URL, base64 or path) and URLs follow the rules in :func:`load_input`.
 """
 
 from __future__ import annotations
@@ -68,14 +47,13 @@ from PIL import Image
 
 from indexer.errors import ImageError
 from indexer.preprocess import Preprocessor
+from indexer.settings import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT_S
 
 #: Anything :func:`load_input` accepts.
 ImageInput: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes] | Image.Image | np.ndarray"
 
 #: A string this long or longer, of the base64 alphabet only, is base64 (the smallest real image is longer).
 BASE64_MIN_CHARS = 64
-DEFAULT_URL_TIMEOUT_S = 10.0
-DEFAULT_MAX_URL_BYTES = 64 * 1024 * 1024
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/\s]+={0,2}\s*")
 _WHITESPACE = re.compile(r"\s+")
@@ -145,6 +123,29 @@ def load_input(item: Any, preprocessor: Preprocessor, *, name: str, urls: UrlPol
 
     Raises :class:`~indexer.errors.ImageError` naming ``name`` when the item cannot be read or decoded, is of no
     supported kind, or is a URL while ``urls.allow`` is false.
+
+    Strings
+    -------
+    One rule, in this order:
+
+    1. ``data:`` (any case) starts a data URI: ``data:image/png;base64,iVBOR...`` (or percent-encoded without
+       ``;base64``);
+    2. ``http://`` or ``https://`` (any case) starts a URL, fetched with the standard library (see below);
+    3. a string of at least :data:`BASE64_MIN_CHARS` characters that uses only the base64 alphabet (``A-Z a-z 0-9
+       + /``, ``=`` padding at the end, whitespace ignored), with a length that is a multiple of 4, is base64;
+    4. anything else is a path.
+
+    A file name with an extension has a ``.``, so it never passes rule 3; to be explicit anyway, pass a
+    ``pathlib.Path`` (always a path) or a data URI (always data).
+
+    URLs
+    ----
+    Fetched with ``urllib`` (proxies from the environment apply): at most ``max_bytes`` bytes
+    (:data:`DEFAULT_MAX_URL_BYTES`); ``timeout_s`` (:data:`DEFAULT_URL_TIMEOUT_S`) is the deadline for connecting and
+    downloading, checked between reads, and a connect or read that stalls times out after it too (the name lookup is the
+    system's); redirects are followed to ``http(s)`` only. With ``allow_urls=False`` a URL is refused (an
+    :class:`~indexer.errors.ImageError`, like an unreadable image), which services that embed user-supplied strings
+    should set. Errors name a URL without its query string (which may hold a token).
     """
     if isinstance(item, Image.Image):
         return preprocessor.load_decoded(item, name=name)

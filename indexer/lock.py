@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 import filelock
 
 from indexer.errors import LockHeldError, StoreError
+from indexer.settings import default_state_dir
 
 #: how long a refused ingest waits for the lock holder's note (pid, since) before reporting what it read
 HOLDER_NOTE_WAIT_S = 1.0
@@ -52,17 +53,6 @@ __all__ = [
     "server_lock_path",
     "write_holder_note",
 ]
-
-
-def default_state_dir() -> Path:
-    """Local state folder: ``$CLIPINDEX_STATE_DIR``, ``$XDG_STATE_HOME/clipindex`` or
-    ``~/.local/state/clipindex``."""
-    explicit = os.environ.get("CLIPINDEX_STATE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_STATE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "state"
-    return base / "clipindex"
 
 
 def _normalized_url(url: str) -> str:

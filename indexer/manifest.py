@@ -1,15 +1,6 @@
-"""The model folder's ``manifest.json``: what ``clipindex convert`` wrote and everything the runtime needs.
+"""The model folder's ``manifest.json``, read and checked: what the runtime needs from a converted model.
 
-A model folder holds exactly::
-
-    vision.onnx        pixel_values float32 [batch, 3, S, S]  ->  image_embeds float32 [batch, D]
-    text.onnx          input_ids    int64   [batch, T<=context_length] ->  text_embeds float32 [batch, D]
-    tokenizer.json     a `tokenizers` fast tokenizer (truncation/padding are set by the runtime)
-    manifest.json      this file
-    vision.int8.onnx, text.int8.onnx   optional, from ``convert --quantize int8``
-
-Embeddings leave the ONNX graphs *unnormalised* (exactly ``get_image_features``/``get_text_features``);
-the runtime L2-normalises them.
+The folder's layout is :mod:`indexer.model_format`'s contract.
 """
 
 from __future__ import annotations
@@ -21,18 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from indexer.errors import ModelNotFoundError
+from indexer.model_format import FORMAT_VERSION, MANIFEST_NAME, TEXT_FILE, TOKENIZER_FILE, VISION_FILE, quantized_name
 
-MANIFEST_NAME = "manifest.json"
-VISION_FILE = "vision.onnx"
-TEXT_FILE = "text.onnx"
-TOKENIZER_FILE = "tokenizer.json"
-FORMAT_VERSION = 1
-
-
-def quantized_name(onnx_file: str) -> str:
-    """``vision.onnx`` -> ``vision.int8.onnx``."""
-    stem = onnx_file.removesuffix(".onnx")
-    return f"{stem}.int8.onnx"
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "TEXT_FILE",
+    "TOKENIZER_FILE",
+    "VISION_FILE",
+    "ModelManifest",
+    "missing_manifest_message",
+    "quantized_name",
+    "reconvert_hint",
+]
 
 
 @dataclass(frozen=True)

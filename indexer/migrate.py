@@ -27,26 +27,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from indexer.errors import CountMismatchError, StoreError
 from indexer.lock import IngestLock
+from indexer.output import Progress
+from indexer.settings import DEFAULT_MIGRATE_BATCH_SIZE
 from indexer.store.base import Point, VectorStore
 
 __all__ = ["DEFAULT_BATCH_SIZE", "MigrateReport", "migrate"]
 
-DEFAULT_BATCH_SIZE = 256
+DEFAULT_BATCH_SIZE = DEFAULT_MIGRATE_BATCH_SIZE
 #: vectors read back from the target and compared with the source
 VERIFY_SAMPLE = 256
 VECTOR_TOLERANCE = 1e-6
-
-
-class Progress(Protocol):
-    def start(self, total: int) -> None: ...
-    def advance(self, count: int) -> None: ...
-    def close(self) -> None: ...
 
 
 @dataclass

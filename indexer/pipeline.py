@@ -5,21 +5,18 @@ Phases of one run (the CLI's ``clipindex ingest`` is a thin wrapper around :func
 1. **Lock** the store (:class:`indexer.lock.IngestLock`): a second concurrent ingest fails at once.
 2. **Open** the collection: created with the model's ``embedding_dim`` and cosine distance on first use; a
    collection built by another model stops the run before anything is written.
-3. **Index**: read ``size, mtime_ns, sha256`` of every stored point (payloads only, no vectors; ~0.4 KB a point
-   in memory).
+3. **Index**: read ``size, mtime_ns, sha256`` of every stored point (payloads only, no vectors).
 4. **Walk** the folder (:mod:`indexer.walk`). A file whose point exists with the same size and mtime is
    *unchanged* and costs nothing but its ``stat``. ``--shard K/N`` keeps the paths hashing to shard K. The walk
    streams: the files it finds to embed feed the next phase as it goes, so the first batch is embedded long
    before a large tree is fully walked (``Progress.start`` gets the total when the walk ends).
-5. **Embed** the rest in batches of ``batch_size``: decoding and preprocessing run on a small thread pool one
-   batch ahead of inference. A file whose content hash (sha256) is already stored, or appears earlier in the
-   same batch, reuses that vector instead of running the model (renames, duplicates).
-6. **Upsert and verify** each batch: the collection's point count must equal the count expected from the ids
-   written and deleted so far. A mismatch retries the batch once, then raises ``CountMismatchError``.
+5. **Embed** the rest in batches of ``batch_size``, decoding one batch ahead on a thread pool; then each batch's
+   named steps (:meth:`_Ingest.write_batch`): sort the items, reuse stored vectors (same sha256: renames,
+   duplicates), encode the rest, build the points,
+6. **upsert and verify**: the collection's point count must equal the count expected from the ids written and
+   deleted so far. A mismatch retries the batch once, then raises ``CountMismatchError``.
 7. **Prune** (``prune=True``), once the walk has ended: delete the points under the folder whose files are
-   gone, except under folders
-   the walk could not list. Points of files that now fail to decode are deleted too: the index holds exactly
-   the valid files.
+   gone, except under folders the walk could not list, and those of files that now fail to decode.
 8. **Finish**: exact count, flush, and the run's summary saved with the collection (``clipindex status``).
 
 Upserts are idempotent (ids derive from paths) and acknowledged writes are durable, so a run killed at any
@@ -35,24 +32,25 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from indexer import cstderr
+from indexer.decode import DecodedFile, decode_file
 from indexer.encode import Embedder, available_cores
 from indexer.errors import CountMismatchError, ImageError, StoreUnavailableError
 from indexer.failures import FailureMemory, Remembered, new_entry
 from indexer.live import LiveProgress, progress_path
 from indexer.locate import model_record
 from indexer.lock import IngestLock
+from indexer.output import Progress
 from indexer.points import INDEX_FIELDS, absolute, absolute_point_id, display_path, in_shard, make_payload
 from indexer.prefetch import decode_ahead
-from indexer.preprocess import DecodedFile, decode_file
+from indexer.settings import DEFAULT_BATCH_SIZE
 from indexer.store.base import PATH_KEY, Point, VectorStore
 from indexer.walk import iter_image_entries
 
-DEFAULT_BATCH_SIZE = 25
 #: how often (seconds) the embedded store is flushed during a run; it is flushed at the end too
 FLUSH_INTERVAL_S = 30.0
 PRUNE_CHUNK = 1000
@@ -66,17 +64,6 @@ INDEX_PAGE_SIZE = 5000
 WALK_SHARE = 0.5
 #: outside the batch loop (index read, walk, prune), the store checks for waiting readers this often (seconds)
 YIELD_CHECK_S = 0.2
-
-
-class Progress(Protocol):
-    """What :func:`ingest` reports progress to (the CLI adapts tqdm to it)."""
-
-    def start(self, total: int) -> None:
-        """The number of files to embed, once the walk has counted them: after the first ``advance`` calls when
-        the walk outlasts the first batches."""
-
-    def advance(self, count: int) -> None: ...
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -136,7 +123,7 @@ class IngestOptions:
 
 @dataclass(frozen=True, slots=True)
 class _Stored:
-    """What a run keeps in memory per stored point: ~0.4 KB with the dict and set entries, so ~0.4 GB at 1M points.
+    """What a run keeps in memory per stored point (docs/design.md has its size at 1M points).
     No path (``--prune`` reads the paths of the points the walk did not see from the store); the sha256 as its 32
     raw bytes."""
 
@@ -162,6 +149,17 @@ class _Prepared:
     pixels: np.ndarray | None = None
     reuse_from: str | None = None
     error: str | None = None
+
+
+@dataclass
+class _Batch:
+    """One batch, sorted (:meth:`_Ingest.sort_batch`): what to encode, what reuses a stored vector, what copies
+    an earlier item of the batch, and the ids of stored points whose files became unreadable."""
+
+    to_encode: list[_Prepared] = field(default_factory=list)
+    to_reuse: list[_Prepared] = field(default_factory=list)
+    duplicates: list[_Prepared] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
 
 
 class _Ingest:
@@ -351,56 +349,88 @@ class _Ingest:
             self.write_batch(prepared)
 
     def write_batch(self, prepared: list[_Prepared]) -> None:
-        points: list[Point] = []
-        stale: list[str] = []
-        to_encode: list[_Prepared] = []
+        """One batch, in named steps: sort the items, reuse stored vectors, encode the rest, build the points,
+        upsert and verify them (and delete the points of files that became unreadable)."""
+        batch = self.sort_batch(prepared)
+        vectors: dict[str, np.ndarray] = {}
+        self.reuse_stored_vectors(batch, vectors)
+        self.encode_batch(batch, vectors)
+        points = self.build_points(batch, vectors)
+        if points:
+            self.upsert_verified(points)
+        if batch.stale:
+            self.delete(batch.stale)
+        if self.progress is not None:
+            self.progress.advance(len(prepared))
+        if time.monotonic() - self.last_flush >= self.options.flush_interval_s:
+            self.maintain()
+        if self.live is not None:
+            self.live.update(done=self.live.done + len(prepared))
+        self.batches_done += 1
+        self.maybe_yield(now=True)  # this batch is upserted and verified: waiting searches will see it
+
+    def sort_batch(self, prepared: list[_Prepared]) -> _Batch:
+        """Failed items are reported (their stored points become stale); the first item of each content hash is
+        encoded, or reuses a stored vector when it was not decoded; later items of the same hash copy it."""
+        batch = _Batch()
         first_of_hash: dict[str, _Prepared] = {}
-        duplicates: list[tuple[_Prepared, _Prepared]] = []
-        needs_stored: list[_Prepared] = []
         for item in prepared:
             if item.error is not None:
                 self.fail(item.pending.path, item.error, pending=item.pending)
                 if item.pending.point_id in self.present:
-                    stale.append(item.pending.point_id)  # the file changed into something unreadable
+                    batch.stale.append(item.pending.point_id)  # the file changed into something unreadable
                 continue
             assert item.decoded is not None
             sha = item.decoded.sha256
             if sha in first_of_hash:
-                duplicates.append((item, first_of_hash[sha]))
+                batch.duplicates.append(item)
             elif item.pixels is not None:
                 first_of_hash[sha] = item
-                to_encode.append(item)
+                batch.to_encode.append(item)
             else:
                 first_of_hash[sha] = item
-                needs_stored.append(item)
-        vectors: dict[str, np.ndarray] = {}
-        if needs_stored:
-            stored = self.store.get_vectors([i.reuse_from for i in needs_stored if i.reuse_from])
-            for item in needs_stored:
-                assert item.decoded is not None
-                vector = stored.get(item.reuse_from or "")
-                if vector is None:  # the point we meant to copy is gone: decode after all
-                    redone = self.prepare(item.pending, reuse=False)
-                    if redone.error is not None:
-                        self.fail(item.pending.path, redone.error, pending=item.pending)
-                        continue
-                    item.pixels = redone.pixels
-                    to_encode.append(item)
-                else:
-                    vectors[item.decoded.sha256] = vector
-                    self.report.reused += 1
-        if to_encode:
-            pixels = np.stack([i.pixels for i in to_encode if i.pixels is not None])
-            with self.store.lend_to_readers() as lending:  # searches that come meanwhile get in at once
-                encoded = self.embedder.encode_pixels(pixels)
-            if lending.processes:
-                self.count_handoff()
-            for item, vector in zip(to_encode, encoded, strict=True):
-                assert item.decoded is not None
+                batch.to_reuse.append(item)
+        return batch
+
+    def reuse_stored_vectors(self, batch: _Batch, vectors: dict[str, np.ndarray]) -> None:
+        """Copy the stored vector of each item whose content is already stored; an item whose stored point is
+        gone meanwhile is decoded after all (and encoded with the others)."""
+        if not batch.to_reuse:
+            return
+        stored = self.store.get_vectors([i.reuse_from for i in batch.to_reuse if i.reuse_from])
+        for item in batch.to_reuse:
+            assert item.decoded is not None
+            vector = stored.get(item.reuse_from or "")
+            if vector is None:  # the point we meant to copy is gone: decode after all
+                redone = self.prepare(item.pending, reuse=False)
+                if redone.error is not None:
+                    self.fail(item.pending.path, redone.error, pending=item.pending)
+                    continue
+                item.pixels = redone.pixels
+                batch.to_encode.append(item)
+            else:
                 vectors[item.decoded.sha256] = vector
-                item.pixels = None
-        self.report.reused += len(duplicates)
-        for item in [*to_encode, *needs_stored, *(dup for dup, _ in duplicates)]:
+                self.report.reused += 1
+
+    def encode_batch(self, batch: _Batch, vectors: dict[str, np.ndarray]) -> None:
+        """Run the vision tower on the items to encode, letting waiting searches in meanwhile."""
+        if not batch.to_encode:
+            return
+        pixels = np.stack([i.pixels for i in batch.to_encode if i.pixels is not None])
+        with self.store.lend_to_readers() as lending:  # searches that come meanwhile get in at once
+            encoded = self.embedder.encode_pixels(pixels)
+        if lending.processes:
+            self.count_handoff()
+        for item, vector in zip(batch.to_encode, encoded, strict=True):
+            assert item.decoded is not None
+            vectors[item.decoded.sha256] = vector
+            item.pixels = None
+
+    def build_points(self, batch: _Batch, vectors: dict[str, np.ndarray]) -> list[Point]:
+        """One point per item: its id, its content's vector and its payload (duplicates count as reused)."""
+        self.report.reused += len(batch.duplicates)
+        points: list[Point] = []
+        for item in [*batch.to_encode, *batch.to_reuse, *batch.duplicates]:
             decoded = item.decoded
             assert decoded is not None
             pending = item.pending
@@ -415,18 +445,7 @@ class _Ingest:
                 model=self.embedder.model_name,
             )
             points.append(Point(pending.point_id, vectors[decoded.sha256], payload))
-        if points:
-            self.upsert_verified(points)
-        if stale:
-            self.delete(stale)
-        if self.progress is not None:
-            self.progress.advance(len(prepared))
-        if time.monotonic() - self.last_flush >= self.options.flush_interval_s:
-            self.maintain()
-        if self.live is not None:
-            self.live.update(done=self.live.done + len(prepared))
-        self.batches_done += 1
-        self.maybe_yield(now=True)  # this batch is upserted and verified: waiting searches will see it
+        return points
 
     def maintain(self) -> None:
         """Every flush interval: the store's due maintenance (the embedded store seals its appendable segment into

@@ -1,22 +1,10 @@
 """Search and zero-shot classification: the library API behind ``clipindex search`` and ``clipindex classify``.
 
-Search
-------
-Every function takes an open-able :class:`~indexer.store.base.VectorStore` (from
-:func:`indexer.store.open_store`) and returns :class:`SearchResult` rows, best first::
+Every search function takes an open-able :class:`~indexer.store.base.VectorStore` (from
+:func:`indexer.store.open_store`) and an :class:`~indexer.encode.Embedder`, and returns :class:`SearchResult` rows,
+best first (the README's Library API section has examples).
 
-    from indexer.encode import Embedder
-    from indexer.search import search_text, search_image, search_vector
-    from indexer.store import open_store
-
-    embedder = Embedder("models/clip-vit-base-patch32")
-    with open_store(None, None, "images") as store:
-        for hit in search_text(store, embedder, "a red car", limit=5):
-            print(hit.rank, f"{hit.score:.4f}", hit.path)
-        more_like_this = search_image(store, embedder, "photos/car.jpg", path_prefix="photos/2024")
-
-* Scores are cosine similarities between the query embedding and the stored image embeddings (CLIP's
-  ranking, unscaled).
+* Scores are cosine similarities of query and image embeddings (CLIP's ranking, unscaled).
 * The collection is opened with ``create=False``: a search never creates one. A missing or empty
   collection raises :class:`~indexer.errors.NothingIndexedError`; a collection built by another model
   (name or dimension) :class:`~indexer.errors.CollectionMismatchError`.
@@ -27,12 +15,8 @@ Every function takes an open-able :class:`~indexer.store.base.VectorStore` (from
   path (see :mod:`indexer.store.base`), so ``/a/photos`` never matches ``/a/photos2``.
 * Text queries are tokenized like transformers' ``CLIPTokenizer`` and truncated at the model's context
   (77 tokens); ``on_truncate(text)`` is called when that happens. Only the tower a query needs is loaded
-  (a text search never loads ``vision.onnx``), and it loads on a worker thread while the store opens
-  (Qdrant Edge's load holds the GIL, ONNX Runtime's session creation releases it), which is most of a
-  cold start.
+  (a text search never loads ``vision.onnx``), on a worker thread while the store opens.
 
-Classification
---------------
 :func:`classify` gives zero-shot label probabilities per image, as CLIP defines them:
 ``softmax(logit_scale * cosine(image, label_text))`` over the labels, with ``logit_scale`` (already
 exponentiated, 100 for the OpenAI checkpoints) from the model's manifest. No store is involved.
@@ -60,6 +44,7 @@ from indexer.errors import (
 )
 from indexer.inputs import ImageInput, as_items, describe, load_input
 from indexer.points import absolute, display_path
+from indexer.settings import DEFAULT_BATCH_SIZE, DEFAULT_LIMIT
 from indexer.similarity import similarity, zero_shot_probabilities
 from indexer.store.base import CollectionInfo, Hit, VectorStore
 
@@ -68,8 +53,6 @@ __all__ = [
     "LabelScore",
     "SearchResult",
     "classify",
-    "format_classifications",
-    "format_results",
     "open_collection",
     "parse_labels",
     "resolve_path_prefix",
@@ -81,7 +64,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-DEFAULT_LIMIT = 10
 INGEST_HINT = "run `clipindex ingest DIR` first"
 
 
@@ -369,7 +351,7 @@ def classify(
     *,
     template: str | None = None,
     on_error: Callable[[ImageError], None] | None = None,
-    batch_size: int = 25,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> list[Classification]:
     """Zero-shot labels for each image: probabilities from a softmax over ``labels``, most probable first.
 
@@ -405,44 +387,3 @@ def classify(
         scores = tuple(LabelScore(names[i], float(probs[i]), float(sims[i])) for i in order)
         results.append(Classification(image=name, labels=scores))
     return results
-
-
-# --- terminal output ----------------------------------------------------------------------------------------
-
-
-def printable(text: str) -> str:
-    """``text`` safe for a terminal: control and other non-printable characters as ``\\x``/``\\u`` escapes.
-
-    File names may hold newlines, escape sequences or bidi overrides; none of them reach the terminal raw.
-    """
-    if text.isprintable():
-        return text
-    out: list[str] = []
-    for ch in text:
-        code = ord(ch)
-        if ch.isprintable():
-            out.append(ch)
-        elif code < 0x100:
-            out.append(f"\\x{code:02x}")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    return "".join(out)
-
-
-def format_results(results: Sequence[SearchResult]) -> str:
-    """The readable table ``clipindex search`` prints: rank, score, path (one line per hit)."""
-    lines = [f"{'rank':>4}  {'score':>6}  path"]
-    lines += [f"{r.rank:>4}  {r.score:6.4f}  {printable(r.path)}" for r in results]
-    return "\n".join(lines)
-
-
-def format_classifications(results: Sequence[Classification]) -> str:
-    """What ``clipindex classify`` prints: per image its path, then one ``probability  label`` line per label."""
-    blocks: list[str] = []
-    for result in results:
-        lines = [printable(result.image)]
-        lines += [f"  {s.probability:7.2%}  {printable(s.label)}" for s in result.labels]
-        blocks.append("\n".join(lines))
-    return "\n".join(blocks)

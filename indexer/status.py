@@ -17,7 +17,7 @@ from typing import Any
 
 from indexer.errors import CollectionNotFoundError, ModelNotFoundError, StoreBusyError, StoreError
 from indexer.live import read_live_progress
-from indexer.search import printable
+from indexer.output import aligned, printable
 from indexer.store.base import UNKNOWN_MODEL, VectorStore
 
 __all__ = ["Status", "collect_status"]
@@ -63,6 +63,10 @@ class Status:
 
     def format(self) -> str:
         """Readable ``key  value`` lines."""
+        return aligned([(key, printable(value)) for key, value in self.rows()])
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The ``(key, value)`` pairs :meth:`format` prints, in order (values not yet escaped)."""
         rows: list[tuple[str, str]] = []
         if self.model is not None:
             rows.append(("model", f"{self.model} ({self.embedding_dim}-d, from {self.source_model})"))
@@ -91,8 +95,7 @@ class Status:
                     )
                 )
         rows.append(("last ingest", _ingest_line(self.last_ingest)))
-        width = max(len(key) for key, _ in rows)
-        return "\n".join(f"{key:<{width}}  {printable(value)}" for key, value in rows)
+        return rows
 
 
 def _ingest_line(summary: Mapping[str, Any] | None) -> str:

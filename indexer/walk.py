@@ -6,29 +6,7 @@ call is one ``stat`` (following symlinks) for the files it yields, which also gi
 mtime that ingest uses to skip unchanged files. Directories cost one ``stat`` (for loop detection)
 and one ``scandir`` each.
 
-Rules
------
-* Order: depth first, entries of each directory sorted by the *bytes* of their names
-  (``os.fsencode(name)``), files and sub-directories interleaved in that order. Two runs over the
-  same tree yield the same sequence, whatever the locale or the file system's own order.
-* Extensions are matched case-insensitively against :func:`supported_extensions` (or the
-  ``extensions`` argument): ``jpg jpeg png webp bmp gif tif tiff`` and ``avif`` (Pillow >= 11.3
-  decodes it natively), plus ``heic heif`` (and ``avif``) when the optional ``pillow_heif`` plugin
-  is installed (``pip install 'clipindex[heif]'``), which is then registered with Pillow.
-* Hidden entries (name starts with ``.``) are skipped, files and folders alike. The root itself is
-  walked even if its own name starts with a dot.
-* Symlinks are followed, to files and to folders. Every folder is walked at most once (tracked by
-  ``(st_dev, st_ino)``), so symlink loops end and a folder linked twice is not indexed twice. Two kinds of
-  folder links are reported and skipped instead: one to a folder that contains the root (a link to ``/``
-  or ``~`` would otherwise walk, and index, everything above), and one into a virtual file system
-  (:data:`VIRTUAL_FILESYSTEMS`: ``/proc``, ``/sys``, ``/dev``).
-* Nothing stops the walk: a folder that cannot be listed (permission denied, removed meanwhile), a
-  dangling or looping symlink, or an image-named entry that is not a regular file (FIFO, socket,
-  device such as a link to ``/dev/zero``) is reported to ``on_error(path, reason)`` and skipped.
-  Without ``on_error`` these are skipped silently.
-* Names that are not valid UTF-8 work end to end: paths are ``str`` with the bytes kept by
-  Python's ``surrogateescape`` (``os.fsencode(str(path))`` gives the original bytes back), which
-  ``open``/``os.stat``/:func:`indexer.preprocess.load_image` accept as is.
+The rules (order, extensions, hidden entries, symlinks, errors, names) are :func:`iter_image_files`'.
 """
 
 from __future__ import annotations
@@ -163,8 +141,32 @@ def iter_image_files(
     extensions: frozenset[str] | None = None,
     on_error: OnError | None = None,
 ) -> Iterator[FoundFile]:
-    """Yield every image file under ``root`` (recursively) as a :class:`FoundFile`; see the module doc and
-    :func:`iter_image_entries`."""
+    """Yield every image file under ``root`` (recursively) as a :class:`FoundFile` (:func:`iter_image_entries`).
+
+    Rules:
+
+    * Order: depth first, entries of each directory sorted by the *bytes* of their names
+      (``os.fsencode(name)``), files and sub-directories interleaved in that order. Two runs over the
+      same tree yield the same sequence, whatever the locale or the file system's own order.
+    * Extensions are matched case-insensitively against :func:`supported_extensions` (or the
+      ``extensions`` argument): ``jpg jpeg png webp bmp gif tif tiff`` and ``avif`` (Pillow >= 11.3
+      decodes it natively), plus ``heic heif`` (and ``avif``) when the optional ``pillow_heif`` plugin
+      is installed (``pip install 'clipindex[heif]'``), which is then registered with Pillow.
+    * Hidden entries (name starts with ``.``) are skipped, files and folders alike. The root itself is
+      walked even if its own name starts with a dot.
+    * Symlinks are followed, to files and to folders. Every folder is walked at most once (tracked by
+      ``(st_dev, st_ino)``), so symlink loops end and a folder linked twice is not indexed twice. Two kinds of
+      folder links are reported and skipped instead: one to a folder that contains the root (a link to ``/``
+      or ``~`` would otherwise walk, and index, everything above), and one into a virtual file system
+      (:data:`VIRTUAL_FILESYSTEMS`: ``/proc``, ``/sys``, ``/dev``).
+    * Nothing stops the walk: a folder that cannot be listed (permission denied, removed meanwhile), a
+      dangling or looping symlink, or an image-named entry that is not a regular file (FIFO, socket,
+      device such as a link to ``/dev/zero``) is reported to ``on_error(path, reason)`` and skipped.
+      Without ``on_error`` these are skipped silently.
+    * Names that are not valid UTF-8 work end to end: paths are ``str`` with the bytes kept by
+      Python's ``surrogateescape`` (``os.fsencode(str(path))`` gives the original bytes back), which
+      ``open``/``os.stat``/:func:`indexer.preprocess.load_image` accept as is.
+    """
     for path, size, mtime_ns in iter_image_entries(root, extensions=extensions, on_error=on_error):
         yield FoundFile(Path(path), size, mtime_ns)
 
@@ -176,7 +178,8 @@ def iter_image_entries(
     on_error: OnError | None = None,
 ) -> Iterator[tuple[str, int, int]]:
     """Yield every image file under ``root`` (recursively) as ``(path, size, mtime_ns)``, the path a string (``root``
-    joined with the names: absolute and normalised when ``root`` is); see the module doc. This is what ingest walks
+    joined with the names: absolute and normalised when ``root`` is), by :func:`iter_image_files`' rules. This is what
+    ingest walks
     (no ``Path`` object per file: a no-op run at 1M files makes a million of them).
 
     ``extensions``: lower-case extensions without the dot; default :func:`supported_extensions`.

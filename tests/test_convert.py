@@ -18,10 +18,10 @@ from reference import cosine_rows, features, image_features, normalise
 
 from convert.api import convert_model
 from convert.checkpoint import write_random_checkpoint
+from convert.errors import ParityError
 from convert.export import export_towers
 from convert.verify import verify_towers
 from indexer.cli import cli
-from indexer.errors import ParityError
 from indexer.manifest import ModelManifest
 
 EXPECTED_FILES = {
@@ -530,7 +530,7 @@ def test_preprocessor_flags_match_transformers(
     from transformers import CLIPImageProcessorPil
 
     from convert.api import preprocessing_rules
-    from indexer.errors import ConvertError
+    from convert.errors import ConvertError
     from indexer.preprocess import Preprocessor
 
     images = list(sample_photos.values())
@@ -562,7 +562,7 @@ def test_preprocessor_flags_match_transformers(
 def test_paths_are_never_taken_for_hub_ids(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from indexer.errors import ConvertError
+    from convert.errors import ConvertError
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)

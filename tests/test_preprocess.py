@@ -118,7 +118,7 @@ def test_elongated_images_resize_only_the_crop_bit_for_bit(
 ) -> None:
     """Past RESIZE_PIXEL_BUDGET only the crop's rows and columns are resampled (Pillow's two passes, in Pillow's
     order: (700, 2400) shrinks its height first): still transformers' result exactly."""
-    import indexer.preprocess as pp
+    import indexer.crop_resize as pp
 
     rng = np.random.default_rng(size[0] * 7 + size[1])
     image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
@@ -477,7 +477,7 @@ def test_special_files_refused_with_reason(tmp_path: Path) -> None:
 
 # Measured on these fixtures (DRAFT_OVERSAMPLE = 1.5: a 1/8 DCT scale for the 12 MP rocket, 1/4 for the 4 MP
 # astronaut): 8-bit max |diff| 10 and 5, mean 0.38 and 0.35 levels; pixel_values max |diff| 0.142 and 0.075.
-# On 7 photos at 12 MP: at most 14 levels, 0.21 in pixel_values (indexer/preprocess.py, DRAFT_OVERSAMPLE).
+# On 7 photos at 12 MP: at most 14 levels, 0.21 in pixel_values (indexer/decode.py, DRAFT_OVERSAMPLE; docs/design.md).
 DRAFT_MAX_LEVELS = 12
 DRAFT_MEAN_LEVELS = 0.5
 DRAFT_MAX_PIXEL_VALUES = 0.18

@@ -22,9 +22,10 @@ from reference import image_features, text_features
 from indexer.cli import cli
 from indexer.encode import Embedder
 from indexer.errors import CollectionMismatchError, NothingIndexedError
+from indexer.output import printable
 from indexer.pipeline import ingest
 from indexer.points import point_id
-from indexer.search import SearchResult, printable, search_image, search_text, search_vector
+from indexer.search import SearchResult, search_image, search_text, search_vector
 from indexer.store import EdgeStore
 from indexer.store.base import Point
 

@@ -15,8 +15,8 @@ import pytest
 from hostile import NOT_REGULAR, call_with_deadline, make_hostile_files
 from PIL import Image
 
+from indexer.decode import load_image
 from indexer.errors import ImageError, WalkError
-from indexer.preprocess import load_image
 from indexer.walk import BASE_EXTENSIONS, FoundFile, iter_image_files, supported_extensions
 
 NOBODY = 65534

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from indexer.settings import DEFAULT_TIMEOUT_S, DEFAULT_WAIT_S, default_data_dir
 from indexer.store.base import CollectionInfo, Hit, Point, VectorStore, ancestor_dirs
 from indexer.store.edge import EdgeStore, cleanup_orphan_temp_segments
 from indexer.store.server import InsecureApiKeyWarning, ServerStore
 from indexer.store.sizing import CollectionSettings
-from indexer.store.turns import DEFAULT_WAIT_S
 
 __all__ = [
     "DEFAULT_WAIT_S",
@@ -33,25 +33,13 @@ __all__ = [
 ]
 
 
-def default_data_dir() -> Path:
-    """Where the embedded store lives unless told: ``$CLIPINDEX_DATA_DIR``, else
-    ``$XDG_DATA_HOME/clipindex``, else ``~/.local/share/clipindex``."""
-    import os
-
-    explicit = os.environ.get("CLIPINDEX_DATA_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_DATA_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share") / "clipindex"
-
-
 def open_store(
     data_dir: Path | None,
     qdrant_url: str | None,
     collection: str,
     api_key: str | None = None,
     *,
-    timeout_s: float = 30.0,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
     shards: int | None = None,
     replicas: int | None = None,
     settings: CollectionSettings | None = None,

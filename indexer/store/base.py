@@ -1,7 +1,5 @@
 """The storage interface shared by the embedded (Qdrant Edge) and the server (qdrant-client) stores.
 
-Data model
-----------
 One *collection* holds one point per indexed file:
 
 * ``id``: a UUID string (the caller derives it, e.g. ``uuid5(namespace, path)``);
@@ -17,25 +15,13 @@ One *collection* holds one point per indexed file:
     ``"/a/photos"`` for ``/a/photos/x.jpg``). Computed by :meth:`VectorStore.upsert`, indexed as a
     keyword, hidden from :meth:`search` hits and from :meth:`iter_payloads` unless asked for.
 
-Why ``"dirs"`` for ``path_prefix`` (and not ``MatchPrefix``)
-------------------------------------------------------------
-Qdrant's classic keyword index only does exact matches. A folder filter is therefore an exact
-``MatchValue`` on the ``dirs`` array: a point matches when *any* element equals the folder, so
-``/a/photos`` matches ``/a/photos/x.jpg`` and ``/a/photos/2024/y.jpg`` but never
-``/a/photos2/z.jpg`` (a plain string-prefix test would). It works on every Qdrant server version and
-in qdrant-client's local mode, is served by an ordinary keyword index, and costs one short string
-per path component. (Qdrant Edge 0.9 / qdrant-client 1.20 also know ``MatchPrefix`` with a
-``prefix`` keyword index, but older servers do not, and it still needs the trailing-``/`` care.)
-``path_prefix`` may also name a file exactly: the filter is ``dirs == p OR path == p``.
+A folder filter (``path_prefix``) is an exact match on ``dirs``, so ``/a/photos`` never matches
+``/a/photos2/z.jpg``; it may also name one file (``dirs == p OR path == p``). docs/design.md says why.
 
-Model metadata
---------------
 A collection remembers the model name and the vector dimension it was built with
 (:class:`CollectionInfo`). :meth:`VectorStore.ensure_collection` compares them with the model in
-use and raises :class:`~indexer.errors.CollectionMismatchError` *before anything is written*. The
-embedded store keeps them in a sidecar ``collection.json``; the server store in Qdrant's
-collection-level ``metadata`` (Qdrant >= 1.16; local mode keeps it too) with a fall-back on the
-vector size of the collection config and the ``"model"`` payload of a stored point.
+use and raises :class:`~indexer.errors.CollectionMismatchError` *before anything is written* (the embedded store
+keeps them in ``collection.json``, the server store in the collection's ``metadata``).
 """
 
 from __future__ import annotations
@@ -54,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.errors import StoreError
+from indexer.settings import DEFAULT_LIMIT
 
 #: payload key holding the ancestor directories of ``path`` (internal, indexed)
 DIRS_KEY = "dirs"
@@ -250,7 +237,7 @@ class VectorStore(ABC):
         """Give back memory the engine holds for what was read so far; the store stays open.
 
         For the embedded store: a full read of the payloads (ingest's index) leaves the pages it touched mapped
-        into the process, about 0.5 GB at 1M points, counted in its RSS although the kernel could reclaim them.
+        into the process, counted in its RSS although the kernel could reclaim them.
         Closing and reopening the shard unmaps them. Ingest calls it when it has images to embed, before the
         model loads. Nothing to do for a server.
         """
@@ -313,7 +300,7 @@ class VectorStore(ABC):
     def search(
         self,
         vector: npt.ArrayLike,
-        limit: int = 10,
+        limit: int = DEFAULT_LIMIT,
         score_threshold: float | None = None,
         path_prefix: str | None = None,
     ) -> list[Hit]:

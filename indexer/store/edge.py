@@ -1,72 +1,14 @@
-"""The embedded store: one Qdrant Edge shard per collection (``qdrant-edge-py`` 0.9, module
-``qdrant_edge``), in-process, no server.
+"""The embedded store: one Qdrant Edge shard per collection (``qdrant-edge-py`` 0.9, module ``qdrant_edge``),
+in-process, no server.
 
-What we use of the qdrant_edge API (learned from its ``.pyi`` stubs, qdrant.tech/documentation/edge
-and experiments with 0.9.0)
----------------------------------------------------------------------------------------------------
-* Create / open: ``EdgeShard.create(path, EdgeConfig(vectors=EdgeVectorParams(size=D,
-  distance=Distance.Cosine)))`` makes ``path/{edge_config.json, segments/, wal/}`` and fails if
-  ``segments/`` already holds a segment; ``EdgeShard.load(path, config=None)`` reopens it (config is
-  read back from ``edge_config.json``; a given config is checked against the segments). Only one
-  ``EdgeShard`` may have a directory open: ``load`` takes ``flock(LOCK_EX|LOCK_NB)`` on the ``wal``
-  directory and a second opener (any process) fails with ``... Can't init WAL: Kind(WouldBlock)``.
-  Every engine error is a bare ``Exception`` with a message; ids come back as ``uuid.UUID``.
-* Write: ``shard.update(UpdateOperation.upsert_points([Point(id, vector_list, payload)]))``, same
-  for ``delete_points(ids)`` and ``create_field_index(key, PayloadSchemaType.Keyword |
-  KeywordIndexParams(...))``. Cosine vectors are stored L2-normalised.
-* Count: ``shard.count(CountRequest(exact=True))`` is exact (deduplicates ids across segments,
-  ~15 ms at 100k points); ``shard.info().points_count`` is instant but sums segments, so it
-  over-counts while an optimisation's old and new segments coexist (e.g. 200k for 100k points after
-  a crash between ``optimize()`` and ``flush()``). ``info()`` also gives ``segments_count``,
-  ``indexed_vectors_count`` and ``payload_schema`` (key -> PayloadIndexInfo).
-* Read: ``shard.scroll(ScrollRequest(offset, limit, with_payload=PayloadSelector.Include([...]),
-  with_vector=False))`` returns ``(records, next_offset)`` (None at the end);
-  ``shard.retrieve(ids, with_payload, with_vector)`` returns the existing ones;
-  ``shard.query(QueryRequest(limit, query=Query.Nearest(vec), filter=Filter(must=/should=[
-  FieldCondition(key, match=MatchValue(v))]), score_threshold, with_payload=PayloadSelector.Exclude(
-  [...])))`` returns ``ScoredPoint(id, score, payload)`` best first. A ``MatchValue`` on an array
-  payload matches when any element equals it. (``MatchPrefix`` with ``KeywordIndexParams(prefix=
-  True)`` exists too; see :mod:`indexer.store.base` for why we filter on ``dirs`` instead.)
-* Durability: with the WAL on (the default, fixed at creation) an ``update`` is appended to the
-  memory-mapped WAL before it returns, so it survives the process being SIGKILLed without
-  ``flush``/``close``: ``load`` replays the WAL. Replay is what makes a reopen slow: 100k unflushed
-  512-d points take ~6 s to come back, against ~0.4 s to reopen after a flush, so an ingest should
-  flush every few thousand points. ``flush()`` fsyncs WAL and segments (also what protects against
-  a power cut; ~1 s at 100k points) and lets the WAL drop what the segments now hold; ``close()``
-  flushes and releases the directory (a closed shard raises "Shard is not initialized").
-* Memory: points first land in one *appendable* segment, whose keyword payload indexes and id tracker
-  live in RAM whatever their ``on_disk`` (at 1M points in one appendable segment, opening the shard took
-  1.16 GB anonymous memory plus 0.8 GB of mapped files). ``optimize()`` seals it into an immutable segment
-  whose vectors, payloads, payload indexes and id tracker are all memory-mapped: the same 1M points then
-  open in 0.28 s with 19 MB anonymous memory, and a no-op ingest only pages in the payloads it scrolls.
-  :func:`edge_config` is what clipindex creates and re-applies on every open: vectors ``on_disk``
-  (``ChunkedMmap``, not loaded into RAM at open), keyword indexes ``on_disk``, payload and id tracker
-  ``Memory.Cold``, and no HNSW graph (``HnswIndexConfig(m=0)``): search is exact brute force over the
-  memory-mapped vectors (~20 ms warm at 100k points, 0.11 s at 1M once paged in, 0.8 s for the first
-  query of a process at 1M), and sealing costs ~5 s per 100k points instead of the ~2 min an HNSW build
-  takes. The optimizers seal an appendable segment past :data:`INDEXING_THRESHOLD_KB` and keep segments
-  under :data:`MAX_SEGMENT_KB`, which bounds one optimisation's memory (sealing 1M points at once peaked at
-  8.7 GB RSS). Ingest calls ``optimize()`` at every periodic flush and at the end of a run. A segment's
-  storage type is fixed when it is written: a store created by an older clipindex keeps its existing
-  segments as they are until they are optimised. Without the keyword indexes a filtered query scans every
-  payload (1.1 s at 100k points, against 1 ms).
-* Search (issue 16): sealed segments also hold an int8 copy of their vectors (``ScalarQuantizationConfig(Int8,
-  quantile)`` in the config; ``vector_storage/quantized.data``, 1 byte a dimension, memory-mapped with
-  ``Memory.Cold``). ``SearchParams(quantization=QuantizationSearchParams(rescore=True, oversampling=k))`` scans it
-  and rescores ``k * limit`` candidates per segment with the float32 vectors, so scores stay exact cosines;
-  without ``oversampling`` too few candidates are rescored to keep recall near 1. The appendable segment is
-  scanned in float32. Quantization, like the rest of a segment's
-  storage, is fixed when the segment is written; the config is stored per segment (``segment.json``), and a shard
-  loaded with a config whose quantization differs has every sealed segment rewritten by the next ``optimize()``
-  (the upgrade of an older store; figures in benchmarks/results.md). A process faulting the memory-mapped int8
-  copy in 4 KB at a time from a cold page cache is slow; a plain sequential read first
-  (:mod:`indexer.store.prefetch`) makes the faults cheap.
-* Optimisation is never automatic: ``optimize()`` builds new segments under
-  ``path/temp_segments/segment_builder_*`` and swaps them in; the old segment is deleted at the next
-  flush (``EdgeStore.optimize`` flushes at once). A process killed mid-optimisation leaves its builder
-  folder behind (hundreds of MB) and ``load`` does not remove it:
-  :func:`cleanup_orphan_temp_segments` does, when no process has the shard open.
-* The calls hold the GIL while they run (a Python thread does not run during ``optimize()``).
+Promises: acknowledged writes survive the process being killed (the engine's write-ahead log); one process at a
+time has a store open, the others wait their turn (:mod:`indexer.store.turns`); writes are refused, not crashed
+on, when the filesystem is nearly full; search scans an int8 copy of the sealed segments' vectors and rescores
+the best candidates in float32, so scores are exact cosines; a folder filter uses the ``dirs`` keyword index.
+:func:`edge_config` is what clipindex creates and re-applies on every open (memory-mapped vectors, payloads and
+indexes; no HNSW graph; int8 scalar quantization); ingest calls ``optimize()`` at every periodic flush and at
+the end of a run. docs/design.md records what we use of the qdrant_edge API and the measurements behind these
+choices.
 
 Layout of ``data_dir/<collection>/``
 ------------------------------------
@@ -101,6 +43,7 @@ from indexer.errors import (
     StoreBusyError,
     StoreError,
 )
+from indexer.settings import DEFAULT_COLLECTION, DEFAULT_LIMIT, DEFAULT_WAIT_S, min_free_bytes_from_env
 from indexer.store.base import (
     DIRS_KEY,
     INDEXED_KEYS,
@@ -123,7 +66,7 @@ from indexer.store.base import (
     vectors_by_id,
 )
 from indexer.store.prefetch import prefetch_shard
-from indexer.store.turns import DEFAULT_WAIT_S, StoreTurns
+from indexer.store.turns import StoreTurns
 
 if TYPE_CHECKING:
     from qdrant_edge import ConditionType
@@ -193,10 +136,9 @@ LOCK_FILE = "ingest.lock"
 SHARD_DIR = "shard"
 TEMP_SEGMENTS = "temp_segments"
 _RETRIEVE_CHUNK = 1000
-#: refuse to write when the data dir's filesystem has less free space than this: the engine writes through
-#: memory-mapped files, and a page written on a full filesystem kills the process with SIGBUS (measured on a
-#: full tmpfs: "Bus error", exit 135) instead of raising an error. Env ``CLIPINDEX_MIN_FREE_MB`` overrides it.
-MIN_FREE_BYTES = 64 * 2**20
+#: writes are refused when the data dir's filesystem has less free space than
+#: :data:`~indexer.settings.DEFAULT_MIN_FREE_BYTES` (``CLIPINDEX_MIN_FREE_MB``): the engine writes through
+#: memory-mapped files, and a page written on a full filesystem kills the process with SIGBUS instead of raising.
 _COLLECTION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -327,7 +269,7 @@ class EdgeStore(VectorStore):
     def __init__(
         self,
         data_dir: Path,
-        collection: str = "images",
+        collection: str = DEFAULT_COLLECTION,
         *,
         min_free_bytes: int | None = None,
         wait_s: float = DEFAULT_WAIT_S,
@@ -346,8 +288,7 @@ class EdgeStore(VectorStore):
         self.wait_s = float(wait_s)
         self.turns = StoreTurns(self.root, role=role, store=self.describe())
         if min_free_bytes is None:
-            env = os.environ.get("CLIPINDEX_MIN_FREE_MB")
-            min_free_bytes = int(float(env) * 2**20) if env else MIN_FREE_BYTES
+            min_free_bytes = min_free_bytes_from_env()
         self.min_free_bytes = min_free_bytes
         #: read the shard's hot files sequentially before the engine maps them (:mod:`indexer.store.prefetch`)
         self.prefetch = True
@@ -634,7 +575,7 @@ class EdgeStore(VectorStore):
     def search(
         self,
         vector: npt.ArrayLike,
-        limit: int = 10,
+        limit: int = DEFAULT_LIMIT,
         score_threshold: float | None = None,
         path_prefix: str | None = None,
     ) -> list[Hit]:

@@ -49,7 +49,8 @@ from indexer.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from indexer.lock import default_state_dir, server_lock_path
+from indexer.lock import server_lock_path
+from indexer.settings import DEFAULT_COLLECTION, DEFAULT_LIMIT, DEFAULT_TIMEOUT_S, default_state_dir
 from indexer.store.base import (
     DIRS_KEY,
     INDEXED_KEYS,
@@ -166,11 +167,11 @@ class ServerStore(VectorStore):
     def __init__(
         self,
         url: str | None = None,
-        collection: str = "images",
+        collection: str = DEFAULT_COLLECTION,
         api_key: str | None = None,
         *,
         client: QdrantClient | None = None,
-        timeout_s: float = 30.0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
         request_timeout_s: float = 10.0,
         shards: int | None = None,
         replicas: int | None = None,
@@ -407,7 +408,7 @@ class ServerStore(VectorStore):
     def search(
         self,
         vector: npt.ArrayLike,
-        limit: int = 10,
+        limit: int = DEFAULT_LIMIT,
         score_threshold: float | None = None,
         path_prefix: str | None = None,
     ) -> list[Hit]:

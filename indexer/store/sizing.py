@@ -9,9 +9,8 @@ settings only apply when clipindex creates the collection: an existing one keeps
 
 :func:`estimate` sizes a collection with Qdrant's documented formula (capacity planning:
 ``memory = vectors * dimension * 4 bytes * 1.5``, the 1.5 covering metadata and the temporary segments of an
-optimisation) applied to each part that lives in RAM, plus this project's own per-point figures measured on a 1M-point
-store (payload ~540 B: path, ancestor folders, size, mtime, sha256, dimensions, model; keyword indexes on ``path``
-and ``dirs`` ~170 B; id tracker ~44 B). :func:`sizing_table` renders the table in docs/operations.md
+optimisation) applied to each part that lives in RAM, plus this project's own per-point figures (the constants
+below, measured on a 1M-point store). :func:`sizing_table` renders the table in docs/operations.md
 (``python -m indexer.store.sizing``).
 """
 
@@ -20,6 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from indexer.settings import DEFAULT_HNSW_EF_CONSTRUCT, DEFAULT_HNSW_M, DEFAULT_QUANTIZATION
 
 __all__ = ["CollectionSettings", "Estimate", "estimate", "sizing_table"]
 
@@ -45,9 +46,9 @@ POINTS_PER_SHARD = 10_000_000
 class CollectionSettings:
     """Vector storage of a new server collection (module doc)."""
 
-    quantization: Quantization = "int8"
-    hnsw_m: int = 16
-    hnsw_ef_construct: int = 100
+    quantization: Quantization = DEFAULT_QUANTIZATION
+    hnsw_m: int = DEFAULT_HNSW_M
+    hnsw_ef_construct: int = DEFAULT_HNSW_EF_CONSTRUCT
 
     def __post_init__(self) -> None:
         if self.quantization not in ("int8", "none"):
@@ -96,7 +97,12 @@ class Estimate:
 
 
 def estimate(
-    points: int, vector_dim: int = 512, *, quantization: Quantization = "int8", hnsw_m: int = 16, replicas: int = 1
+    points: int,
+    vector_dim: int = 512,
+    *,
+    quantization: Quantization = DEFAULT_QUANTIZATION,
+    hnsw_m: int = DEFAULT_HNSW_M,
+    replicas: int = 1,
 ) -> Estimate:
     """Size a collection of ``points`` (module doc). RAM: what must stay resident for fast search (the int8 copy, or
     the float32 vectors without quantization; the HNSW graph; payload indexes; id tracker), times

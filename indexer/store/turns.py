@@ -27,13 +27,12 @@ from typing import Any
 
 from indexer.errors import StoreBusyError
 from indexer.lock import FileLock, is_locked, remove_holder_note, wait_for_live_note, write_holder_note
+from indexer.settings import DEFAULT_WAIT_S
 
 __all__ = ["DEFAULT_WAIT_S", "TURN_FILE", "WAITING_DIR", "StoreTurns"]
 
 TURN_FILE = "store.lock"
 WAITING_DIR = "waiting"
-#: how long a process waits for its turn unless told (``--wait``, ``CLIPINDEX_WAIT``)
-DEFAULT_WAIT_S = 60.0
 #: a waiting file nobody holds is left alone this long (its owner may be about to lock it), then removed
 STALE_WAITER_S = 10.0
 #: seconds between two tries for a turn

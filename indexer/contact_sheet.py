@@ -31,7 +31,8 @@ from pathlib import Path
 from PIL import Image
 
 from indexer.errors import ImageError, OutputError
-from indexer.search import SearchResult, printable
+from indexer.output import printable
+from indexer.search import SearchResult
 
 __all__ = ["THUMB_SIZE", "Thumbnail", "card_box", "render_contact_sheet", "thumbnail", "write_contact_sheet"]
 

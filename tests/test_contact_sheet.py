@@ -19,8 +19,15 @@ from PIL import Image
 from test_search import COLLECTION, HOSTILE, Indexed, make_index
 
 from indexer.cli import cli
+from indexer.contact_sheet import (
+    THUMB_SIZE,
+    card_box,
+    columns_for,
+    render_contact_sheet,
+    thumbnail,
+    write_contact_sheet,
+)
 from indexer.encode import Embedder
-from indexer.html import THUMB_SIZE, card_box, columns_for, render_contact_sheet, thumbnail, write_contact_sheet
 from indexer.search import SearchResult, search_text
 from indexer.store import EdgeStore
 

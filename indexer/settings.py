@@ -1,0 +1,128 @@
+"""Every default, environment variable name and per-user folder of clipindex, in one place.
+
+The CLI's options (:mod:`indexer.options`) and the library's keyword defaults both read from here, so a default
+changes in one line. Folders follow the XDG base directories: data (the embedded store, the default model),
+cache (optimised ONNX models) and state (ingest locks). Imports nothing heavy: ``clipindex --help`` loads it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Final
+
+APP = "clipindex"
+
+# --- environment variable names -------------------------------------------------------------------------------
+
+ENV_SOURCE_MODEL = "CLIPINDEX_SOURCE_MODEL"
+ENV_MODEL_DIR = "CLIPINDEX_MODEL_DIR"
+ENV_DATA_DIR = "CLIPINDEX_DATA_DIR"
+ENV_CACHE_DIR = "CLIPINDEX_CACHE_DIR"
+ENV_STATE_DIR = "CLIPINDEX_STATE_DIR"
+ENV_QDRANT_URL = "CLIPINDEX_QDRANT_URL"
+ENV_API_KEY_FILE = "CLIPINDEX_API_KEY_FILE"
+ENV_API_KEY = "QDRANT_API_KEY"
+ENV_COLLECTION = "CLIPINDEX_COLLECTION"
+ENV_TIMEOUT = "CLIPINDEX_TIMEOUT"
+ENV_WAIT = "CLIPINDEX_WAIT"
+ENV_BATCH_SIZE = "CLIPINDEX_BATCH_SIZE"
+ENV_DEVICE = "CLIPINDEX_DEVICE"
+ENV_PRECISION = "CLIPINDEX_PRECISION"
+ENV_SHARD = "CLIPINDEX_SHARD"
+ENV_WORKERS = "CLIPINDEX_WORKERS"
+ENV_MAX_PIXELS = "CLIPINDEX_MAX_PIXELS"
+ENV_DRAFT = "CLIPINDEX_DRAFT"
+ENV_MIGRATE_TO = "CLIPINDEX_MIGRATE_TO"
+ENV_MIN_FREE_MB = "CLIPINDEX_MIN_FREE_MB"
+ENV_QUANTIZATION = "CLIPINDEX_QUANTIZATION"
+ENV_HNSW_M = "CLIPINDEX_HNSW_M"
+ENV_HNSW_EF_CONSTRUCT = "CLIPINDEX_HNSW_EF_CONSTRUCT"
+
+# --- defaults -------------------------------------------------------------------------------------------------
+
+#: the checkpoint ``convert`` (and ingest's first-run auto-conversion) converts unless told
+DEFAULT_MODEL_ID = "openai/clip-vit-base-patch32"
+DEFAULT_COLLECTION = "images"
+#: images per inference batch, and per verified upsert
+DEFAULT_BATCH_SIZE = 25
+#: points per page read and per upsert when migrating
+DEFAULT_MIGRATE_BATCH_SIZE = 256
+#: seconds to keep retrying an unreachable Qdrant server
+DEFAULT_TIMEOUT_S = 30.0
+#: seconds a command waits for the embedded store while another process has it open
+DEFAULT_WAIT_S = 60.0
+#: search results
+DEFAULT_LIMIT = 10
+DEFAULT_DEVICE = "auto"
+#: search and classify run one query's tower: the CPU is ready sooner than CUDA
+DEFAULT_QUERY_DEVICE = "cpu"
+DEFAULT_PRECISION = "fp32"
+PRECISIONS = ("fp32", "int8")
+#: twice Pillow's ``Image.MAX_IMAGE_PIXELS`` (Pillow's own refusal threshold)
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+#: DCT-scaled JPEG decoding (docs/design.md)
+DEFAULT_DRAFT = True
+#: free space the embedded store keeps before it writes (``CLIPINDEX_MIN_FREE_MB`` overrides it)
+DEFAULT_MIN_FREE_BYTES = 64 * 2**20
+#: a new server collection's vector storage: int8 copy in RAM (``none``: float32 in RAM), Qdrant's HNSW defaults
+DEFAULT_QUANTIZATION: Final = "int8"
+DEFAULT_HNSW_M = 16
+DEFAULT_HNSW_EF_CONSTRUCT = 100
+#: image inputs given as URLs: seconds per request, and bytes at most
+DEFAULT_URL_TIMEOUT_S = 10.0
+DEFAULT_MAX_URL_BYTES = 64 * 1024 * 1024
+
+# --- per-user folders -----------------------------------------------------------------------------------------
+
+
+def _xdg(variable: str, fallback: str) -> Path:
+    value = os.environ.get(variable)
+    return Path(value).expanduser() if value else Path.home() / fallback
+
+
+def default_data_dir() -> Path:
+    """The embedded store: ``$CLIPINDEX_DATA_DIR``, else ``$XDG_DATA_HOME/clipindex``, else
+    ``~/.local/share/clipindex``."""
+    explicit = os.environ.get(ENV_DATA_DIR)
+    if explicit:
+        return Path(explicit).expanduser()
+    return _xdg("XDG_DATA_HOME", ".local/share") / APP
+
+
+def default_model_dir() -> Path:
+    """The per-user model folder: ``$XDG_DATA_HOME/clipindex/models/default``, else
+    ``~/.local/share/clipindex/models/default``. Independent of ``CLIPINDEX_DATA_DIR`` (the store)."""
+    return _xdg("XDG_DATA_HOME", ".local/share") / APP / "models" / "default"
+
+
+def default_state_dir() -> Path:
+    """Local state (ingest locks): ``$CLIPINDEX_STATE_DIR``, ``$XDG_STATE_HOME/clipindex`` or
+    ``~/.local/state/clipindex``."""
+    explicit = os.environ.get(ENV_STATE_DIR)
+    if explicit:
+        return Path(explicit).expanduser()
+    return _xdg("XDG_STATE_HOME", ".local/state") / APP
+
+
+def cache_dir() -> Path | None:
+    """Optimised models: ``$CLIPINDEX_CACHE_DIR``, else ``$XDG_CACHE_HOME/clipindex``; ``None`` when
+    ``CLIPINDEX_CACHE_DIR=off``."""
+    explicit = os.environ.get(ENV_CACHE_DIR)
+    if explicit == "off":
+        return None
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / APP
+
+
+def api_key_from_env() -> str | None:
+    """``$QDRANT_API_KEY``, or ``None`` when unset or empty."""
+    return os.environ.get(ENV_API_KEY) or None
+
+
+def min_free_bytes_from_env() -> int:
+    """``$CLIPINDEX_MIN_FREE_MB`` in bytes, else :data:`DEFAULT_MIN_FREE_BYTES`."""
+    value = os.environ.get(ENV_MIN_FREE_MB)
+    return int(float(value) * 2**20) if value else DEFAULT_MIN_FREE_BYTES
