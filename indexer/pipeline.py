@@ -376,9 +376,7 @@ class _Ingest:
         first_of_hash: dict[str, _Prepared] = {}
         for item in prepared:
             if item.error is not None:
-                self.fail(item.pending.path, item.error, pending=item.pending)
-                if item.pending.point_id in self.present:
-                    batch.stale.append(item.pending.point_id)  # the file changed into something unreadable
+                self.fail_item(item, item.error, batch)  # a stored file that changed into something unreadable
                 continue
             assert item.decoded is not None
             sha = item.decoded.sha256
@@ -398,19 +396,35 @@ class _Ingest:
         if not batch.to_reuse:
             return
         stored = self.store.get_vectors([i.reuse_from for i in batch.to_reuse if i.reuse_from])
+        reused: list[_Prepared] = []
+        failed: dict[str, str] = {}  # content hash -> why its decode failed
         for item in batch.to_reuse:
             assert item.decoded is not None
             vector = stored.get(item.reuse_from or "")
             if vector is None:  # the point we meant to copy is gone: decode after all
                 redone = self.prepare(item.pending, reuse=False)
                 if redone.error is not None:
-                    self.fail(item.pending.path, redone.error, pending=item.pending)
+                    failed[item.decoded.sha256] = redone.error
+                    self.fail_item(item, redone.error, batch)
                     continue
                 item.pixels = redone.pixels
-                batch.to_encode.append(item)
+                batch.to_encode.append(item)  # encoded with the others; no longer a reuse
             else:
                 vectors[item.decoded.sha256] = vector
                 self.report.reused += 1
+                reused.append(item)
+        batch.to_reuse = reused
+        if failed:  # copies of content that turned out unreadable fail with it
+            for item in [d for d in batch.duplicates if d.decoded is not None and d.decoded.sha256 in failed]:
+                assert item.decoded is not None
+                self.fail_item(item, failed[item.decoded.sha256], batch)
+                batch.duplicates.remove(item)
+
+    def fail_item(self, item: _Prepared, reason: str, batch: _Batch) -> None:
+        """Report a file of this batch that cannot be indexed; its stored point, if any, becomes stale."""
+        self.fail(item.pending.path, reason, pending=item.pending)
+        if item.pending.point_id in self.present:
+            batch.stale.append(item.pending.point_id)
 
     def encode_batch(self, batch: _Batch, vectors: dict[str, np.ndarray]) -> None:
         """Run the vision tower on the items to encode, letting waiting searches in meanwhile."""

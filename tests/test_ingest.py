@@ -484,3 +484,42 @@ def test_rerun_on_a_large_store_releases_its_pages_before_embedding(
         embedder = Embedder(tiny_model_dir)
         assert ingest(photo_dir, embedder, store).unchanged == 8
         assert embedder._towers == {}
+
+
+def test_a_vanished_stored_vector_is_encoded_once_and_an_unreadable_copy_fails_cleanly(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Decode threads hash a batch ahead of its write; the stored point whose vector a file was to reuse can be
+    deleted meanwhile (the previous batch found its file unreadable). The file is then decoded after all and indexed
+    once, its copy in the batch reuses that vector; a file whose full decode fails then fails with its copies, and
+    the batch goes on."""
+    import hashlib
+
+    from indexer.pipeline import _Ingest, _Pending
+
+    embedder = Embedder(tiny_model_dir)
+    root = tmp_path / "photos"
+    root.mkdir()
+    good = (Path(__file__).resolve().parent.parent / "images" / "chelsea.jpg").read_bytes()
+    truncated = good[: len(good) // 2]  # its header reads fine; its full decode fails
+    for name, data in (("a.jpg", good), ("b.jpg", good), ("t1.jpg", truncated), ("t2.jpg", truncated)):
+        (root / name).write_bytes(data)
+    store = EdgeStore(tmp_path / "data", "images")
+    store.ensure_collection(embedder.dimension, embedder.model_name)
+    run = _Ingest(root, embedder, store, IngestOptions(), None, None)
+    gone = point_id(str(tmp_path / "deleted.jpg"))  # known content, but its point is no longer stored
+    for data in (good, truncated):
+        run.hash_to_id[hashlib.sha256(data).digest()] = gone
+    names = ("a.jpg", "b.jpg", "t1.jpg", "t2.jpg")
+    stats = {n: (root / n).stat() for n in names}
+    pending = [_Pending(str(root / n), stats[n].st_size, stats[n].st_mtime_ns, point_id(str(root / n))) for n in names]
+    prepared = [run.prepare(p) for p in pending]
+    assert all(p.pixels is None and p.reuse_from == gone for p in prepared)  # hashed only: meant to reuse
+    run.write_batch(prepared)
+    assert run.report.indexed == 2 and run.report.reused == 1  # a encoded once, b copies its vector
+    assert sorted(Path(f.path).name for f in run.report.failed) == ["t1.jpg", "t2.jpg"]
+    assert store.count(exact=True) == 2
+    vectors = store.get_vectors([point_id(str(root / "a.jpg")), point_id(str(root / "b.jpg"))])
+    a, b = vectors.values()
+    assert np.allclose(a, b) and np.allclose(a, embedder.encode_images([root / "a.jpg"])[0], atol=1e-5)
+    store.close()
