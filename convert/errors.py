@@ -5,7 +5,7 @@ They derive from :class:`indexer.errors.ClipIndexError`, so the CLI prints them 
 
 from __future__ import annotations
 
-from indexer.errors import ClipIndexError
+from indexer.model_format import ClipIndexError
 
 __all__ = ["ConvertError", "MissingExtraError", "ParityError", "SourceUnavailableError"]
 

@@ -7,15 +7,7 @@ Every message is meant to be shown to a user as is: it names the file (or URL) a
 
 from __future__ import annotations
 
-
-class ClipIndexError(Exception):
-    """Base class for every error clipindex raises on purpose."""
-
-    #: process exit code the CLI uses for this error
-    exit_code: int = 1
-    #: lines the CLI prints under the one-line message (ways forward), one per line
-    hints: tuple[str, ...] = ()
-
+from indexer.model_format import ClipIndexError  # the base class is part of the contract with ``convert``
 
 # --- models -------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@
 
 Embeddings leave the graphs unnormalised (exactly ``get_image_features``/``get_text_features``); the runtime
 L2-normalises them. :class:`indexer.manifest.ModelManifest` reads the manifest. ``convert`` imports this module
-(and :mod:`indexer.tokens` to verify the tokenizer), nothing else of the runtime.
+(and :mod:`indexer.tokens` to verify the tokenizer), nothing else of the runtime; its errors derive from
+:class:`ClipIndexError`, defined here, so that the CLI gives them their exit codes.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "TEXT_FILE",
     "TOKENIZER_FILE",
     "VISION_FILE",
+    "ClipIndexError",
     "default_model_dir",
     "quantized_name",
 ]
@@ -38,6 +40,15 @@ TOKENIZER_FILE = "tokenizer.json"
 FORMAT_VERSION = 1
 #: the clipindex version a converter records in the manifest
 RUNTIME_VERSION = __version__
+
+
+class ClipIndexError(Exception):
+    """Base class for every error clipindex raises on purpose (``indexer.errors`` and ``convert.errors``)."""
+
+    #: process exit code the CLI uses for this error
+    exit_code: int = 1
+    #: lines the CLI prints under the one-line message (ways forward), one per line
+    hints: tuple[str, ...] = ()
 
 
 def quantized_name(onnx_file: str) -> str:
