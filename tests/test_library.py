@@ -508,6 +508,19 @@ def test_devices_with_onnxruntime_gpu_and_no_usable_gpu(tiny_model_dir: Path, mo
     assert len(notices) == 1 and "runs on the CPU" in str(notices[0].message)
 
 
+def _read_all(fd: int) -> str:
+    """Everything written to the terminal so far: a pty hands it over in chunks."""
+    import select
+
+    data = b""
+    while select.select([fd], [], [], 0.2)[0]:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace")
+
+
 def test_progress_bar_only_on_a_terminal(
     embedder: Embedder, photo_dir: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -520,7 +533,7 @@ def test_progress_bar_only_on_a_terminal(
         monkeypatch.setattr("sys.stderr", tty)
         embedder.encode_images(items, progress=True, batch_size=2)
         tty.flush()
-        shown = os.read(controller, 65536).decode(errors="replace")
+        shown = _read_all(controller)
     os.close(controller)
     assert "4/4" in shown and "img" in shown
 
