@@ -184,37 +184,19 @@ def search_during_ingest(work: Path, images: int, rounds: int, cadences: list[fl
     }
 
 
-def build_store(data_dir: Path, points: int, dim: int = 512) -> None:
-    """``points`` synthetic points with ingest's payloads, upserted 25 at a time, sealed every 20k (as ingest's
-    periodic maintenance does)."""
-    import numpy as np
-    from synthetic import synthetic_point
+def build_store(data_dir: Path, points: int) -> None:
+    """``points`` synthetic 512-d points written the way ingest writes them (``million.py``'s store, cached)."""
+    import shutil
 
-    from indexer.store import EdgeStore
+    from million import build
 
     marker = data_dir / f".points-{points}"
     if marker.is_file():
         return
     if data_dir.exists():
-        import shutil
-
         shutil.rmtree(data_dir)
-    rng = np.random.default_rng(0)
-    started = time.perf_counter()
-    with EdgeStore(data_dir, "images") as store:
-        store.ensure_collection(dim, "bench-model")
-        for start in range(0, points, 25):
-            count = min(25, points - start)
-            vectors = rng.standard_normal((count, dim), dtype=np.float32)
-            chunk = [synthetic_point(start + offset, vector, "bench-model") for offset, vector in enumerate(vectors)]
-            store.upsert(chunk)
-            if start % 20_000 == 20_000 - 25:
-                store.optimize()
-                store.flush()
-                log(f"  {start + 25:,} points ({time.perf_counter() - started:.0f} s)")
-        store.optimize()
+    build(points, "bench-model", data_dir)
     marker.write_text(str(points))
-    log(f"made a store of {points:,} points in {time.perf_counter() - started:.0f} s")
 
 
 def handoff_cost(work: Path, points: int, repeats: int) -> dict[str, Any]:
@@ -304,16 +286,6 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="24 images, 1 round, a 20k-point handoff")
@@ -347,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     section = render(data)
     print(section)
     out = args.out or (args.work / "results-concurrency-quick.md" if args.quick else HERE / "results.md")
-    write_section(out, section)
+    harness.write_section(out, section, BEGIN, END)
     (args.work / "raw").mkdir(parents=True, exist_ok=True)
     (args.work / "raw" / "concurrency.json").write_text(json.dumps(data, indent=1))
     log(f"wrote {out}")

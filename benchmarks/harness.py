@@ -333,6 +333,26 @@ def code_fingerprint() -> str:
     return f"{head}+{digest.hexdigest()[:12]}"
 
 
+def write_section(path: Path, section: str, begin: str, end: str) -> None:
+    """Put ``section`` (which starts with ``begin`` and ends with ``end``) into ``path`` in place of the one
+    between those markers, or append it; the rest of the file is left as it is. Every script that writes a part
+    of results.md uses this."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    section = section.rstrip("\n")
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text, encoding="utf-8")
+
+
+def cpu_description() -> str:
+    """``model (SIMD flags), N cores``: what to name beside every figure."""
+    m = machine()
+    return f"{m['cpu']} ({', '.join(m['simd'])}), {m['cores']} cores"
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else math.nan
 

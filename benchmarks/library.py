@@ -88,18 +88,6 @@ def run_library(folder: Path, model_dir: Path, precision: str) -> harness.ChildR
     return result
 
 
-def cpu_flags() -> list[str]:
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    return sorted(f for f in flags if f == "avx2" or f.startswith("avx512") or "vnni" in f or f == "amx_int8")
-
-
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     work: Path = args.work
     folders = harness.make_inputs(work, args.images)
@@ -143,7 +131,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": args.rounds,
         "samples": samples,
         "machine": harness.machine(),
-        "flags": cpu_flags(),
+        "flags": harness.machine()["simd"],
         "load_before": load_before,
         "load_after": os.getloadavg()[0],
         "finished_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -220,17 +208,6 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of ``path`` (or append it), leaving the rest as it is."""
-    text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "_encode":
         parser = argparse.ArgumentParser(prog="library.py _encode")
@@ -259,7 +236,7 @@ def main(argv: list[str]) -> int:
     raw.mkdir(parents=True, exist_ok=True)
     (raw / f"library-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(data, indent=1))
     section = markdown(data)
-    write_section(args.out, section)
+    harness.write_section(args.out, section, BEGIN, END)
     print(section)
     return 0
 

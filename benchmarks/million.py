@@ -41,6 +41,7 @@ for _path in (ROOT, ROOT / "benchmarks"):  # the repository's indexer, and synth
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from harness import cpu_description, write_section  # noqa: E402
 from synthetic import path_of  # noqa: E402
 
 DIM = 512
@@ -171,21 +172,10 @@ def timed_search(
     """One fresh ``clipindex search`` process: wall, CPU, peak RSS (``wait4``), hits."""
     if cold:
         evict(data_dir, model_dir, code / "indexer", *_site_packages())
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPINDEX_")}
-    env["PYTHONPATH"] = str(code)
     cmd = [sys.executable, "-m", "indexer", "search", query, "--model-dir", str(model_dir)]
     cmd += ["--data-dir", str(data_dir), "--json"]
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=code)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - started
-        out.seek(0)
-        err.seek(0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise RuntimeError(f"search exited {status}: {err.read()[-2000:]}")
-        hits = json.loads(out.read())
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_bytes": usage.ru_maxrss * 1024, "hits": hits}
+    figures, stdout = _run_timed(cmd, code)
+    return {**figures, "hits": json.loads(stdout)}
 
 
 def run_search(model_dir: Path, data_dir: Path, *, repeats: int = 5, code: Path = ROOT) -> dict[str, Any]:
@@ -330,14 +320,15 @@ def run_all(model_dir: Path, points: int, baseline_code: Path, out: Path) -> dic
         "load_avg_before": load_before,
         "load_avg_after": os.getloadavg()[0],
         "minutes": (time.time() - started) / 60,
-        "cpu_flags": cpu_flags(),
+        "cpu_flags": cpu_description(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     return result
 
 
-def _timed_child(cmd: list[str], code: Path) -> dict[str, Any]:
+def _run_timed(cmd: list[str], code: Path) -> tuple[dict[str, float], str]:
+    """Run ``cmd`` on the clipindex tree ``code``: its wall, CPU and peak RSS (``wait4``), and its stdout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPINDEX_")}
     env["PYTHONPATH"] = str(code)
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -349,8 +340,14 @@ def _timed_child(cmd: list[str], code: Path) -> dict[str, Any]:
         err.seek(0)
         if os.waitstatus_to_exitcode(status) != 0:
             raise RuntimeError(f"{cmd} exited {status}: {err.read()[-2000:]}")
-        report = json.loads(out.read().strip().splitlines()[-1])
-    return {"wall_s": wall, "rss_bytes": usage.ru_maxrss * 1024, "cpu_s": usage.ru_utime + usage.ru_stime, **report}
+        stdout = out.read()
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_bytes": usage.ru_maxrss * 1024}, stdout
+
+
+def _timed_child(cmd: list[str], code: Path) -> dict[str, Any]:
+    """:func:`_run_timed`, with the JSON report on the last line of stdout merged in."""
+    figures, stdout = _run_timed(cmd, code)
+    return {**figures, **json.loads(stdout.strip().splitlines()[-1])}
 
 
 def noop(model_dir: Path, files: int, baseline_code: Path, *, rounds: int = 2, new_photos: int = 48) -> dict[str, Any]:
@@ -627,39 +624,6 @@ def noop_markdown(r: dict[str, Any], first: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
-def splice_between(results_md: Path, section: str, start: str, end: str) -> None:
-    text = results_md.read_text(encoding="utf-8") if results_md.exists() else ""
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + section + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    results_md.write_text(text, encoding="utf-8")
-
-
-def splice(results_md: Path, section: str) -> None:
-    """Put ``section`` into results.md between the markers (appended the first time)."""
-    text = results_md.read_text(encoding="utf-8") if results_md.exists() else ""
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        tail = rest.split(END, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    results_md.write_text(text, encoding="utf-8")
-
-
-def cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "?"
-    flags = set(text.split("flags", 1)[1].split("\n", 1)[0].split()) if "flags" in text else set()
-    model = text.split("model name", 1)[1].split("\n", 1)[0].strip(" :\t") if "model name" in text else "?"
-    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni"]
-    return f"{model} ({', '.join(f for f in wanted if f in flags)}), {len(os.sched_getaffinity(0))} cores"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     steps = ["build", "search", "recall", "upgrade", "all", "report", "hnsw", "noop", "first-batch", "noop-report"]
@@ -692,7 +656,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(upgrade(args.points, args.tag)))
     elif args.step == "all":
         out = WORK / "raw" / f"million-{args.points}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        splice(ROOT / "benchmarks" / "results.md", markdown(run_all(args.model_dir, args.points, args.code, out)))
+        section = markdown(run_all(args.model_dir, args.points, args.code, out))
+        write_section(ROOT / "benchmarks" / "results.md", section, START, END)
         log(f"wrote {out} and benchmarks/results.md")
     elif args.step == "noop":
         out = WORK / "raw" / f"noop-{args.points}-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -712,12 +677,12 @@ def main(argv: list[str] | None = None) -> int:
         firsts = sorted((WORK / "raw").glob(f"first-batch-{args.points}-*.json"))
         first = json.loads(firsts[-1].read_text()) if firsts else None
         section = noop_markdown(json.loads(noop_raw.read_text()), first)
-        splice_between(ROOT / "benchmarks" / "results.md", section, NOOP_START, NOOP_END)
+        write_section(ROOT / "benchmarks" / "results.md", section, NOOP_START, NOOP_END)
     elif args.step == "hnsw":
         print(json.dumps({"points": args.points, **hnsw_cost(args.points)}))
     elif args.step == "report":
         raw = args.raw or max((WORK / "raw").glob(f"million-{args.points}-*.json"))
-        splice(ROOT / "benchmarks" / "results.md", markdown(json.loads(raw.read_text())))
+        write_section(ROOT / "benchmarks" / "results.md", markdown(json.loads(raw.read_text())), START, END)
     return 0
 
 

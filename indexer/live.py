@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from indexer.lock import is_locked, read_holder_note
+from indexer.lock import is_locked, read_holder_note, read_json_file
 
 __all__ = ["LiveProgress", "progress_path", "read_live_progress"]
 
@@ -73,8 +73,7 @@ class LiveProgress:
         }
 
     def write(self) -> None:
-        with contextlib.suppress(OSError):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # beside the ingest's lock: the folder exists
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -92,12 +91,8 @@ class LiveProgress:
 def read_live_progress(lock_path: Path) -> dict[str, Any] | None:
     """The progress of the ingest holding ``lock_path`` with ``"running": True``; a file left by a run that
     ended without removing it (killed) with ``"running": False``; None when there is no file."""
-    path = progress_path(lock_path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
+    data = read_json_file(progress_path(lock_path))
+    if not data:
         return None
     # running: the lock is held, by the process that wrote the file (not a new run that has not written yet)
     holder = read_holder_note(lock_path)

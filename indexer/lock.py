@@ -49,6 +49,7 @@ __all__ = [
     "holder_note_path",
     "live_holder",
     "read_holder_note",
+    "read_json_file",
     "remove_holder_note",
     "server_lock_path",
     "write_holder_note",
@@ -162,7 +163,7 @@ class FileLock:
             try:
                 fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
-                holder = _read_json_file(marker)
+                holder = read_json_file(marker)
                 if holder.get("pid") == os.getpid() or live_holder(holder) or not holder:
                     return False
                 with contextlib.suppress(OSError):
@@ -211,10 +212,11 @@ def remove_holder_note(lock_path: Path) -> None:
 
 def read_holder_note(lock_path: Path) -> dict[str, Any]:
     """The holder's note, or {} when there is none (or it cannot be read)."""
-    return _read_json_file(holder_note_path(lock_path))
+    return read_json_file(holder_note_path(lock_path))
 
 
-def _read_json_file(path: Path) -> dict[str, Any]:
+def read_json_file(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; {} when it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8") or "{}")
     except (OSError, ValueError):

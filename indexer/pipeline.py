@@ -415,10 +415,14 @@ class _Ingest:
                 reused.append(item)
         batch.to_reuse = reused
         if failed:  # copies of content that turned out unreadable fail with it
-            for item in [d for d in batch.duplicates if d.decoded is not None and d.decoded.sha256 in failed]:
+            copies: list[_Prepared] = []
+            for item in batch.duplicates:
                 assert item.decoded is not None
-                self.fail_item(item, failed[item.decoded.sha256], batch)
-                batch.duplicates.remove(item)
+                if item.decoded.sha256 in failed:
+                    self.fail_item(item, failed[item.decoded.sha256], batch)
+                else:
+                    copies.append(item)
+            batch.duplicates = copies
 
     def fail_item(self, item: _Prepared, reason: str, batch: _Batch) -> None:
         """Report a file of this batch that cannot be indexed; its stored point, if any, becomes stale."""

@@ -110,6 +110,15 @@ def make_photos(root: Path, count: int, *, seed: int) -> list[Path]:
     return paths
 
 
+def start_holder(data_dir: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """A :data:`HOLDER` process, once it holds the store (it lets go when its stdin closes)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(data_dir)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+    return holder
+
+
 def clipindex(*args: str | Path, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "indexer", *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout
@@ -306,11 +315,8 @@ def test_eight_searches_started_together_all_print_results(
 def test_wait_runs_out_on_a_stuck_reader_with_exit_75_naming_it(
     indexed: Path, tiny_model_dir: Path, env: dict[str, str]
 ) -> None:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(indexed)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    holder = start_holder(indexed, env)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
         started = time.monotonic()
         result = subprocess.run(
             search_cmd(tiny_model_dir, indexed, "--wait", "1"), env=env, capture_output=True, text=True, timeout=60
@@ -376,10 +382,7 @@ def test_an_ingest_started_while_searches_hold_the_store_waits_and_completes(
 ) -> None:
     tree = tmp_path / "tree"
     make_photos(tree, 30, seed=3)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(indexed)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+    holder = start_holder(indexed, env)
     searches = [
         subprocess.Popen(search_cmd(tiny_model_dir, indexed), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for _ in range(4)

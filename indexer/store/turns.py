@@ -7,10 +7,10 @@ it closes the shard. The protocol:
 * A process that finds the turn taken registers as *waiting* (it locks its own file in ``<store>/waiting/``)
   and polls the turn for up to its ``wait_s``; then it raises :class:`~indexer.errors.StoreBusyError`, naming
   the holder from the turn's note.
-* The long-running writer (ingest) calls :meth:`StoreTurns.waiting_readers` after each batch: one listing of
-  a folder that is normally empty. When someone waits, the store flushes and closes its shard, and
-  :meth:`StoreTurns.hand_over` gives the turn back, waits until every process that was waiting has had it,
-  then takes it back.
+* The long-running writer (ingest) calls :meth:`StoreTurns.waiting_readers` between batches: one listing of
+  a folder that is normally empty. When someone waits, the store closes its shard (which flushes it),
+  :meth:`StoreTurns.let_in` gives the turn back, and :meth:`StoreTurns.take_back` takes it back once every
+  process that was waiting has had it.
 * Every lock is released by the OS when its holder dies, so a killed reader or writer never blocks the next
   process, and a waiting file whose owner died is removed by the next writer that sees it.
 """
@@ -41,7 +41,7 @@ POLL_S = 0.02
 
 class StoreTurns:
     """The turn on the store in ``root`` for one process: ``take``, ``give_back``, and for the writer,
-    ``waiting_readers`` and ``hand_over``."""
+    ``waiting_readers``, ``let_in`` and ``take_back``."""
 
     def __init__(self, root: Path, *, role: str, store: str) -> None:
         self.root = Path(root)
@@ -49,8 +49,6 @@ class StoreTurns:
         self.store = store
         self.path = self.root / TURN_FILE
         self._lock = FileLock(self.path)
-        #: handovers to waiting processes so far
-        self.handovers = 0
 
     @property
     def held(self) -> bool:
@@ -93,16 +91,9 @@ class StoreTurns:
                     path.unlink()  # its owner died while waiting
         return waiting
 
-    def hand_over(self, waiting: list[Path], wait_s: float) -> None:
-        """Give the turn to the processes in ``waiting`` (the caller has closed its shard), then take it back:
-        :meth:`let_in`, then :meth:`take_back`."""
-        self.let_in()
-        self.take_back(waiting, wait_s)
-
     def let_in(self) -> None:
         """Give the turn to the waiting processes (the caller has closed its shard)."""
         self.give_back()
-        self.handovers += 1
 
     def take_back(self, waiting: list[Path], wait_s: float) -> None:
         """After :meth:`let_in`: once every process in ``waiting`` has had its turn (or given up), take the turn
