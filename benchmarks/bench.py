@@ -99,7 +99,7 @@ def child_fidelity(folders: dict[str, Path], model_dir: Path) -> dict[str, Any]:
     """Per-image cosine: draft vs exact decode (fp32), and int8 vs fp32 (exact decode), full-size model."""
     import numpy as np
 
-    from indexer.encode import Embedder
+    from clipindex.model.encode import Embedder
 
     exact = Embedder(model_dir, device="cpu", precision="fp32", draft=False)
     draft = Embedder(model_dir, device="cpu", precision="fp32", draft=True)
@@ -144,8 +144,8 @@ def child_fidelity(folders: dict[str, Path], model_dir: Path) -> dict[str, Any]:
 def child_search(model_dir: Path, data_dir: Path, query: str) -> dict[str, Any]:
     """Library equivalent of ``clipindex search QUERY`` (used only while the CLI has no search command)."""
     t0 = time.perf_counter()
-    from indexer.encode import Embedder
-    from indexer.store import EdgeStore
+    from clipindex.model.encode import Embedder
+    from clipindex.store.edge import EdgeStore
 
     embedder = Embedder(model_dir, device="cpu")
     store = EdgeStore(data_dir, "images")
@@ -182,10 +182,10 @@ def make_noop_store(work: Path, model_dir: Path, files: int) -> tuple[Path, Path
 
     import numpy as np
 
-    from indexer.manifest import ModelManifest
-    from indexer.points import absolute, make_payload, point_id
-    from indexer.store import EdgeStore
-    from indexer.store.base import Point
+    from clipindex.ingest.points import absolute, make_payload, point_id
+    from clipindex.model.manifest import ModelManifest
+    from clipindex.store.base import Point
+    from clipindex.store.edge import EdgeStore
 
     base = work / "noop" / f"{files}"
     tree, data_dir, marker = base / "tree", base / "data", base / "done.json"
@@ -532,7 +532,8 @@ def write_markdown(path: Path, data: dict[str, Any]) -> str:
     )
     add("")
     add(
-        "**Model:** full-size ViT-B/32 with random weights (`convert.checkpoint --arch vit-b-32`), converted by "
+        "**Model:** full-size ViT-B/32 with random weights "
+        "(`clipindex.convert.checkpoint --arch vit-b-32`), converted by "
         "`clipindex convert --quantize int8`. **Inputs:** "
         + "; ".join(
             f"{SETS[s]['label']}: {d['files']} JPEGs (q{JPEG_QUALITY}, noise σ{NOISE_SIGMA:g}, "
@@ -801,7 +802,7 @@ def print_table(summary: dict[str, dict[str, dict[str, Any]]], rat: dict[str, di
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
-    from indexer import preprocess
+    from clipindex import settings
 
     started = time.monotonic()
     work: Path = args.work
@@ -820,7 +821,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
             "noop_files": args.noop_files,
         },
         "inputs": {s: describe_inputs(f) for s, f in folders.items()},
-        "default_draft": bool(preprocess.DEFAULT_DRAFT),
+        "default_draft": bool(settings.DEFAULT_DRAFT),
         "load_before": load_before,
     }
     if not args.skip_fidelity:
@@ -834,7 +835,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
                 f"fidelity {set_name}: draft vs exact cosine min {f['draft_vs_exact_min']:.5f} mean "
                 f"{f['draft_vs_exact_mean']:.5f}; int8 vs fp32 min {f['int8_vs_fp32_min']:.5f}"
             )
-    items = contenders(bool(preprocess.DEFAULT_DRAFT), variants=not args.no_variants)
+    items = contenders(bool(settings.DEFAULT_DRAFT), variants=not args.no_variants)
     if args.only:
         items = [c for c in items if c.key in args.only]
     data["contenders"] = [asdict(c) for c in items]

@@ -46,7 +46,7 @@ BEGIN, END = "<!-- concurrency:begin -->", "<!-- concurrency:end -->"
 READER = r"""
 import sys
 from pathlib import Path
-from indexer.store.turns import StoreTurns
+from clipindex.store.turns import StoreTurns
 turns = StoreTurns(Path(sys.argv[1]), role="search", store="bench")
 turns.take(600)
 turns.give_back()
@@ -200,7 +200,7 @@ def build_store(data_dir: Path, points: int) -> None:
 
 
 def handoff_cost(work: Path, points: int, repeats: int) -> dict[str, Any]:
-    from indexer.store import EdgeStore
+    from clipindex.store.edge import EdgeStore
 
     data_dir = work / "concurrency" / f"store-{points}"
     build_store(data_dir, points)

@@ -37,8 +37,9 @@ def child(folder: Path, model_file: Path, batch_size: int) -> dict[str, Any]:
     """The ceiling: the vision tower alone (the project's session options) on ready pixel_values."""
     import numpy as np
 
-    from indexer.encode import CPU, OnnxTower
-    from indexer.preprocess import CLIP_DEFAULT, load_and_preprocess
+    from clipindex.images.config import CLIP_DEFAULT
+    from clipindex.images.preprocess import load_and_preprocess
+    from clipindex.model.encode import CPU, OnnxTower
 
     files = image_files(folder)
     # Ready tensors: preprocess a few real images once and tile them (the pixel values do not change the speed).

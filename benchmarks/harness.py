@@ -170,7 +170,7 @@ def run_child(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout_
 
 def clipindex_cmd() -> list[str]:
     script = Path(sys.executable).with_name("clipindex")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "indexer"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "clipindex"]
 
 
 def script_cmd(script: str, *args: str) -> list[str]:
@@ -244,8 +244,8 @@ def describe_inputs(folder: Path) -> dict[str, Any]:
 
 def _stale_model(manifest: Path) -> bool:
     """True when the cached model was converted with another export or int8 settings than the converter's now."""
-    from convert.api import INT8_SETTINGS
-    from convert.export import VISION_EXPORT
+    from clipindex.convert.api import INT8_SETTINGS
+    from clipindex.convert.export import VISION_EXPORT
 
     recorded = json.loads(manifest.read_text())
     quantization = recorded.get("quantization") or {}
@@ -261,7 +261,7 @@ def make_model(work: Path) -> tuple[Path, Path]:
         log(f"model: writing the random-weight ViT-B/32 checkpoint to {checkpoint}")
         if checkpoint.exists():
             shutil.rmtree(checkpoint)
-        run_child([sys.executable, "-m", "convert.checkpoint", str(checkpoint), "--arch", "vit-b-32"]).check()
+        run_child([sys.executable, "-m", "clipindex.convert.checkpoint", str(checkpoint), "--arch", "vit-b-32"]).check()
     manifest = model_dir / "manifest.json"
     if not manifest.is_file() or not (model_dir / "vision.int8.onnx").is_file() or _stale_model(manifest):
         log(f"model: converting with `clipindex convert --quantize int8` into {model_dir} (a few minutes)")

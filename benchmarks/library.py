@@ -39,7 +39,7 @@ GOAL = 0.9
 def child_encode(folder: Path, model_dir: Path, precision: str, batch_size: int) -> None:
     """The library contender: what a user's script does, in a fresh process."""
     started = time.perf_counter()
-    from indexer.encode import Embedder
+    from clipindex.model.encode import Embedder
 
     paths = harness.image_files(folder)
     embedder = Embedder(model_dir, device="cpu", precision=precision)

@@ -9,7 +9,7 @@ Steps (each cached under ``benchmarks/_work/million-<points>/``)::
 **Vectors.** ``points`` synthetic unit vectors shaped like CLIP image embeddings rather than uniform noise:
 a mixture of :data:`CLUSTERS` topics (``normalize(centre + SPREAD * noise)``), over a shared offset that gives
 different photos a mean cosine near CLIP's. They are written with ingest's payloads
-(:func:`indexer.points.make_payload`), upserts of :data:`BATCH`, and a flush plus ``optimize()`` every
+(:func:`clipindex.ingest.points.make_payload`), upserts of :data:`BATCH`, and a flush plus ``optimize()`` every
 :data:`SEAL_EVERY` points (what ingest's 30 s periodic flush does). The vectors are regenerated from the seed
 whenever they are needed (exact ground truth), never stored twice.
 
@@ -92,7 +92,7 @@ def queries(count: int = 100, dim: int = DIM) -> npt.NDArray[np.float32]:
 
 def exact_top(points: int, q: npt.NDArray[np.float32], k: int = 10) -> list[set[str]]:
     """The exact float32 top-``k`` point ids of every query."""
-    from indexer.points import point_id
+    from clipindex.ingest.points import point_id
 
     best_s = np.full((q.shape[0], 0), -np.inf, dtype=np.float32)
     best_i = np.zeros((q.shape[0], 0), dtype=np.int64)
@@ -114,7 +114,7 @@ def build(points: int, model_name: str, data_dir: Path) -> None:
     """Write ``points`` vectors into an embedded store the way ingest writes them (module doc)."""
     from synthetic import synthetic_point
 
-    from indexer.store import EdgeStore
+    from clipindex.store.edge import EdgeStore
 
     started = time.perf_counter()
     written = 0
@@ -172,7 +172,7 @@ def timed_search(
     """One fresh ``clipindex search`` process: wall, CPU, peak RSS (``wait4``), hits."""
     if cold:
         evict(data_dir, model_dir, code / "indexer", *_site_packages())
-    cmd = [sys.executable, "-m", "indexer", "search", query, "--model-dir", str(model_dir)]
+    cmd = [sys.executable, "-m", "clipindex", "search", query, "--model-dir", str(model_dir)]
     cmd += ["--data-dir", str(data_dir), "--json"]
     figures, stdout = _run_timed(cmd, code)
     return {**figures, "hits": json.loads(stdout)}
@@ -200,7 +200,7 @@ def run_search(model_dir: Path, data_dir: Path, *, repeats: int = 5, code: Path 
 
 def recall(data_dir: Path, points: int, *, count: int = 100, exact: bool = False) -> dict[str, Any]:
     """recall@10 of the store's search against exact float32 (numpy) on ``count`` queries; query latency."""
-    from indexer.store import EdgeStore
+    from clipindex.store.edge import EdgeStore
 
     q = queries(count)
     truth = exact_top(points, q)
@@ -254,7 +254,7 @@ def upgrade(points: int, tag: str = "after") -> dict[str, Any]:
     shutil.copytree(source, target)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPINDEX_")}
     env["PYTHONPATH"] = str(ROOT)
-    result = _anon_peak([sys.executable, "-m", "indexer", "optimize", "--data-dir", str(target), "--json"], env)
+    result = _anon_peak([sys.executable, "-m", "clipindex", "optimize", "--data-dir", str(target), "--json"], env)
     if result["rc"] != 0:
         raise RuntimeError(f"optimize failed: {result['stderr']}")
     result["report"] = json.loads(result.pop("stdout"))
@@ -366,12 +366,12 @@ def noop(model_dir: Path, files: int, baseline_code: Path, *, rounds: int = 2, n
         shutil.copytree(data_dir, copy)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run(
-        [sys.executable, "-m", "indexer", "optimize", "--data-dir", str(copies["after"])], env=env, check=True
+        [sys.executable, "-m", "clipindex", "optimize", "--data-dir", str(copies["after"])], env=env, check=True
     )
     # the baseline's own layout (no int8 copy): what its ingest's final optimize() would otherwise rewrite in its
     # first timed run
     relayout = (
-        "import sys; from pathlib import Path; from indexer.store import EdgeStore; "
+        "import sys; from pathlib import Path; from clipindex.store import EdgeStore; "
         "s = EdgeStore(Path(sys.argv[1]), 'images'); s.collection_info(); s.optimize(); s.close()"
     )
     base_env = {**os.environ, "PYTHONPATH": str(baseline_code)}
@@ -380,7 +380,7 @@ def noop(model_dir: Path, files: int, baseline_code: Path, *, rounds: int = 2, n
     runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
 
     def ingest_cmd(name: str) -> list[str]:
-        cmd = [sys.executable, "-m", "indexer", "ingest", str(tree), "--model-dir", str(model_dir)]
+        cmd = [sys.executable, "-m", "clipindex", "ingest", str(tree), "--model-dir", str(model_dir)]
         return [*cmd, "--data-dir", str(copies[name]), "--quiet", "--json"]
 
     for name in ("before", "after"):  # untimed: page cache, and any maintenance left
@@ -434,7 +434,7 @@ def first_batch(model_dir: Path, tree: Path, code: Path, *, timeout_s: float = 3
     progress = data_dir / "images" / "ingest.progress.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPINDEX_")}
     env["PYTHONPATH"] = str(code)
-    cmd = [sys.executable, "-m", "indexer", "ingest", str(tree), "--model-dir", str(model_dir)]
+    cmd = [sys.executable, "-m", "clipindex", "ingest", str(tree), "--model-dir", str(model_dir)]
     cmd += ["--data-dir", str(data_dir), "--quiet"]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=code)
@@ -636,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, default=WORK / "models" / "clip-vit-base-patch32")
     parser.add_argument("--tag", default="before")
     args = parser.parse_args(argv)
-    from indexer.manifest import ModelManifest
+    from clipindex.model.manifest import ModelManifest
 
     manifest = ModelManifest.load(args.model_dir)
     if args.step == "build":

@@ -1,6 +1,6 @@
 """Cold-start wall time of ``clipindex search`` on an embedded store of 100k points (issue 4).
 
-Every query is a new process, so what counts is the wall time of a whole ``python -m indexer search "..."``:
+Every query is a new process, so what counts is the wall time of a whole ``python -m clipindex search "..."``:
 interpreter start, imports, text tower and tokenizer load, opening the Qdrant Edge shard, the query, output.
 
 Run from the repository root (the venv active)::
@@ -15,7 +15,7 @@ or from another script::
 
 Without ``--data-dir`` a store is made (once) under ``benchmarks/_work/search-<points>-<model>/``: ``points``
 random unit vectors written straight into an ``EdgeStore`` with the payloads ingest writes
-(:func:`indexer.points.make_payload`), in upserts of 25 points (ingest's default batch), flushed and closed as
+(:func:`clipindex.ingest.points.make_payload`), in upserts of 25 points (ingest's default batch), flushed and closed as
 ingest leaves it. An existing collection in ``--data-dir`` is used as it is; it must have been built with the
 model in ``--model-dir``.
 
@@ -49,11 +49,11 @@ import time, json, sys
 t0 = time.perf_counter()
 import numpy, onnxruntime, PIL.Image, click
 t1 = time.perf_counter()
-import indexer.cli, indexer.search, indexer.store
+import clipindex.cli, clipindex.ops.search, clipindex.store
 t2 = time.perf_counter()
-from indexer.encode import Embedder
-from indexer.search import open_collection, search_vector
-from indexer.store import EdgeStore
+from clipindex.model.encode import Embedder
+from clipindex.ops.search import open_collection, search_vector
+from clipindex.store import EdgeStore
 model_dir, data_dir, query = sys.argv[1:4]
 embedder = Embedder(model_dir, device="cpu")
 t3 = time.perf_counter()
@@ -94,8 +94,8 @@ def build_store(data_dir: Path, model_dir: Path, points: int, *, batch: int = 25
     import numpy as np
     from synthetic import synthetic_point
 
-    from indexer.manifest import ModelManifest
-    from indexer.store import EdgeStore
+    from clipindex.model.manifest import ModelManifest
+    from clipindex.store.edge import EdgeStore
 
     manifest = ModelManifest.load(model_dir)
     rng = np.random.default_rng(seed)
@@ -124,7 +124,7 @@ def _search_cmd(model_dir: Path, data_dir: Path, query: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "indexer",
+        "clipindex",
         "search",
         query,
         "--model-dir",
@@ -166,7 +166,7 @@ def measure(
 ) -> dict[str, Any]:
     """Time ``repeats`` cold ``clipindex search`` processes (after one warm-up for the page cache); print and
     return the figures (see the module doc)."""
-    from indexer.manifest import ModelManifest
+    from clipindex.model.manifest import ModelManifest
 
     manifest = ModelManifest.load(model_dir)
     if data_dir is None:
@@ -229,7 +229,7 @@ def measure(
 
 def stored_points(data_dir: Path) -> int:
     """The exact point count of the collection in ``data_dir``."""
-    from indexer.store import EdgeStore
+    from clipindex.store.edge import EdgeStore
 
     with EdgeStore(data_dir, "images") as store:
         store.collection_info()

@@ -1,6 +1,6 @@
 """Client-side costs of the server code path at scale (issue 16): what clipindex itself spends per point when it
 writes to a Qdrant server, measured against qdrant-client's local mode behind a real HTTP facade
-(``tests/tcp_proxy.py``: the real client, HTTP transport and retries of :class:`indexer.store.ServerStore`).
+(``tests/tcp_proxy.py``: the real client, HTTP transport and retries of :class:`clipindex.store.ServerStore`).
 
 For each batch size, ``points`` synthetic points with ingest's payloads go through ``ServerStore.upsert`` and the
 per-batch count verification ingest does (``count(exact=False)``), then a read of the index as a re-run does
@@ -36,8 +36,9 @@ def log(message: str) -> None:
 def measure(points: int, batch: int, dim: int = 512) -> dict[str, Any]:
     from tcp_proxy import QdrantRestServer
 
-    from indexer.points import make_payload, point_id
-    from indexer.store import Point, ServerStore
+    from clipindex.ingest.points import make_payload, point_id
+    from clipindex.store.base import Point
+    from clipindex.store.server import ServerStore
 
     rng = np.random.default_rng(batch)
     with QdrantRestServer() as server:

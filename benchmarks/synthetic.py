@@ -16,8 +16,8 @@ def path_of(k: int) -> str:
 def synthetic_point(k: int, vector: npt.ArrayLike, model_name: str) -> Any:
     """Point ``k`` with ingest's payload for a 12 MP JPEG at :func:`path_of` (its size, mtime and sha256 derived
     from ``k``)."""
-    from indexer.points import make_payload, point_id
-    from indexer.store import Point
+    from clipindex.ingest.points import make_payload, point_id
+    from clipindex.store.base import Point
 
     path = path_of(k)
     payload = make_payload(

@@ -1,4 +1,6 @@
-"""clipindex conversion: CLIP checkpoint (hub id or local folder) -> verified ONNX model folder.
+"""Conversion: a CLIP checkpoint (hub id or local folder) to a verified ONNX model folder.
 
-Needs the ``[convert]`` extra (torch, transformers, onnx). Nothing here is imported by the runtime.
+Needs the ``[convert]`` extra (torch, transformers, onnx), imported only when a conversion runs. May import the
+core modules and :mod:`clipindex.model` (the model-folder contract, the tokenizer it verifies); the runtime
+reaches it only through :mod:`clipindex.convert.auto`.
 """

@@ -5,9 +5,9 @@ Steps, each reported through ``progress``:
 1. load the checkpoint (``CLIPModel`` in float32, ``CLIPTokenizer``, ``CLIPImageProcessor``) from a local folder in
    the hub's layout or from the hub, refusing what transformers would silently turn into a useless model (not CLIP,
    no tokenizer, missing weights, Git LFS pointers, a crop that is not the vision tower's image size);
-2. export both towers to ONNX (:mod:`convert.export`) into a temporary folder beside ``output``;
+2. export both towers to ONNX (:mod:`clipindex.convert.export`) into a temporary folder beside ``output``;
 3. save the runtime tokenizer (``tokenizer.json``) and check its ids against ``CLIPTokenizer``;
-4. verify ONNX Runtime against PyTorch (:mod:`convert.verify`); on divergence raise ``ParityError``;
+4. verify ONNX Runtime against PyTorch (:mod:`clipindex.convert.verify`); on divergence raise ``ParityError``;
 5. optionally quantize to int8 (dynamic, per-channel) and measure cosine against fp32;
 6. write ``manifest.json`` (preprocessing, tokens, pooling, logit scale, sha256 of each file, parity figures)
    and rename the temporary folder into place. Nothing is left at ``output`` when any step fails.
@@ -28,19 +28,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from convert.errors import ConvertError, MissingExtraError, SourceUnavailableError
-from convert.export import OPSET, VISION_EXPORT, export_towers, text_pooling_rule
-from indexer.model_format import (
-    DEFAULT_MODEL_ID,
+from clipindex.convert.errors import ConvertError, MissingExtraError, SourceUnavailableError
+from clipindex.convert.export import OPSET, VISION_EXPORT, export_towers, text_pooling_rule
+from clipindex.model.model_format import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     RUNTIME_VERSION,
     TEXT_FILE,
     TOKENIZER_FILE,
     VISION_FILE,
-    default_model_dir,
     quantized_name,
 )
+from clipindex.settings import DEFAULT_MODEL_ID, default_model_dir
 
 QUANTIZATIONS = ("int8",)
 _RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -98,7 +97,7 @@ def model_name_for(source: str) -> str:
 
 def default_output(source: str | None = None) -> Path:
     """Where ``convert`` writes unless told: the per-user model folder that ingest, search and status read
-    (:func:`indexer.model_format.default_model_dir`), whatever the source and the current folder."""
+    (:func:`clipindex.model.model_format.default_model_dir`), whatever the source and the current folder."""
     return default_model_dir()
 
 
@@ -463,7 +462,7 @@ def convert_model(
     progress: Progress | None = None,
 ) -> ConvertResult:
     """Convert ``source`` into a verified model folder at ``output`` (default: the per-user model folder,
-    :func:`indexer.model_format.default_model_dir`, where ingest looks)."""
+    :func:`clipindex.model.model_format.default_model_dir`, where ingest looks)."""
     say: Progress = progress or (lambda _msg: None)
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ConvertError(f"--quantize {quantize!r} is not supported; use one of {', '.join(QUANTIZATIONS)}")
@@ -474,7 +473,7 @@ def convert_model(
         _refuse_unsafe_replace(source, output)
     target = Path(os.path.abspath(output))  # "." and ".." have no name to stage beside
     require_convert_extra()
-    from convert import verify
+    from clipindex.convert import verify
 
     started = time.monotonic()
     total = 6 if quantize else 5

@@ -1,7 +1,7 @@
 """A tool, not part of the conversion: random-weight CLIP checkpoints in the Hugging Face hub's layout.
 
-Tests, benchmarks and the README's offline trial use it (``python -m convert.checkpoint OUT_DIR``); nothing in
-``convert.api`` or the runtime imports it. Its one setting, ``CLIPINDEX_BPE_VOCAB``, is read here only.
+Tests, benchmarks and the README's offline trial use it (``python -m clipindex.convert.checkpoint OUT_DIR``); nothing in
+``clipindex.convert.api`` or the runtime imports it. Its one setting, ``CLIPINDEX_BPE_VOCAB``, is read here only.
 
 No package ships real CLIP weights and the hub is not always reachable, so tests and benchmarks build a
 checkpoint folder that looks exactly like ``openai/clip-vit-base-patch32`` on the hub::
@@ -15,7 +15,7 @@ The tokenizer is built from the real CLIP BPE vocabulary (``bpe_simple_vocab_16e
 ``open_clip_torch`` wheel), so token ids are the real ones: "a photo of a cat" ->
 [49406, 320, 1125, 539, 320, 2368, 49407].
 
-``python -m convert.checkpoint OUT_DIR [--arch tiny|vit-b-32]`` writes one.
+``python -m clipindex.convert.checkpoint OUT_DIR [--arch tiny|vit-b-32]`` writes one.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from convert.errors import ConvertError
+from clipindex.convert.errors import ConvertError
 
 BPE_VOCAB_NAME = "bpe_simple_vocab_16e6.txt.gz"
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]

@@ -1,11 +1,11 @@
 """Errors of the conversion: typed, each with a message to show as is and, where it helps, hint lines.
 
-They derive from :class:`indexer.errors.ClipIndexError`, so the CLI prints them and exits as for any other.
+They derive from :class:`clipindex.errors.ClipIndexError`, so the CLI prints them and exits as for any other.
 """
 
 from __future__ import annotations
 
-from indexer.model_format import ClipIndexError
+from clipindex.errors import ClipIndexError
 
 __all__ = ["ConvertError", "MissingExtraError", "ParityError", "SourceUnavailableError"]
 
@@ -27,7 +27,8 @@ class SourceUnavailableError(ConvertError):
         self.hints = (
             "real weights: pass a local checkpoint folder: `clipindex convert /path/to/checkpoint` "
             "(ingest: --source-model /path/to/checkpoint, or CLIPINDEX_SOURCE_MODEL=/path/to/checkpoint)",
-            "a trial without them: `python -m convert.checkpoint /tmp/clip-trial` writes a random-weight CLIP, then "
+            "a trial without them: `python -m clipindex.convert.checkpoint /tmp/clip-trial` writes a random-weight "
+            "CLIP, then "
             "`clipindex convert /tmp/clip-trial` (random weights: the rankings are meaningless)",
         )
 

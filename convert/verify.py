@@ -8,7 +8,7 @@ when any embedding pair has cosine < ``MIN_COSINE`` or, L2-normalised, differs b
 - texts: short, long (past the 77-token context), unicode and empty strings, tokenized by the checkpoint's
   ``CLIPTokenizer``, once unpadded one by one (batch 1) and once padded to the context length in one batch;
 - the runtime tokenizer (``tokenizer.json`` through the ``tokenizers`` library, configured like
-  :mod:`indexer.tokens`) must give exactly ``CLIPTokenizer``'s ids on every probe text.
+  :mod:`clipindex.model.tokens`) must give exactly ``CLIPTokenizer``'s ids on every probe text.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from convert.errors import ParityError
+from clipindex.convert.errors import ParityError
 
 MIN_COSINE = 0.99999
 MAX_ABS_DIFF = 1e-4
@@ -104,7 +104,7 @@ def _session(path: Path) -> Any:
 
 def verify_tokenizer(hf_tokenizer: Any, tokenizer_json: Path, context_length: int) -> int:
     """Check that the runtime tokenizer gives ``hf_tokenizer``'s ids on the probe texts; return how many."""
-    from indexer.tokens import TextTokenizer
+    from clipindex.model.tokens import TextTokenizer
 
     runtime = TextTokenizer(tokenizer_json, context_length=context_length, pad_token_id=0)
     for text in PROBE_TEXTS:

@@ -1,6 +1,6 @@
-"""``python -m indexer`` runs the clipindex CLI."""
+"""``python -m clipindex`` runs the clipindex CLI."""
 
-from indexer.cli import main
+from clipindex.cli.commands import main
 
 if __name__ == "__main__":
     main()

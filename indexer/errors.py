@@ -1,13 +1,22 @@
 """Typed exceptions raised by the clipindex library.
 
-Library code raises these; only :mod:`indexer.cli` turns them into one-line messages and exit codes.
-Conversion's errors (:mod:`convert.errors`) derive from :class:`ClipIndexError` too.
+Library code raises these; only :mod:`clipindex.cli` and :mod:`clipindex.web` turn them into one-line messages,
+exit codes and HTTP status codes.
+Conversion's errors (:mod:`clipindex.convert.errors`) derive from :class:`ClipIndexError` too.
 Every message is meant to be shown to a user as is: it names the file (or URL) at fault and the fix.
 """
 
 from __future__ import annotations
 
-from indexer.model_format import ClipIndexError  # the base class is part of the contract with ``convert``
+
+class ClipIndexError(Exception):
+    """Base class for every error clipindex raises on purpose (this module's and :mod:`clipindex.convert.errors`)."""
+
+    #: process exit code the CLI uses for this error
+    exit_code: int = 1
+    #: lines the CLI prints under the one-line message (ways forward), one per line
+    hints: tuple[str, ...] = ()
+
 
 # --- models -------------------------------------------------------------------------
 
@@ -71,7 +80,7 @@ class FailedFilesError(ClipIndexError):
     """`--strict`: the run completed but some files failed."""
 
 
-# --- walking and decoding (indexer.walk, indexer.preprocess) ---------------------------------------
+# --- walking and decoding (clipindex.ingest.walk, clipindex.images.preprocess) ---------------------------------------
 
 
 class WalkError(ClipIndexError):
@@ -88,7 +97,7 @@ class StoreBusyError(StoreError):
     exit_code = 75  # EX_TEMPFAIL: try again when the other process has finished
 
 
-# --- search (indexer.search) -----------------------------------------------------------------------
+# --- search (clipindex.ops.search) -----------------------------------------------------------------------
 
 
 class NothingIndexedError(CollectionNotFoundError):

@@ -11,7 +11,7 @@ is refused or kept waiting can say who holds it. The note is a separate file bec
 mandatory: another process cannot read a locked byte.
 
 :class:`IngestLock` is one ingest at a time per store, refused at once. The turn-taking of the embedded
-store's readers and its writer is :mod:`indexer.store.turns`; ``docs/operations.md`` describes both.
+store's readers and its writer is :mod:`clipindex.store.turns`; ``docs/operations.md`` describes both.
 Server stores keep their ingest lock in a local state folder (:func:`server_lock_path`); it only excludes
 ingests started on this machine.
 """
@@ -34,8 +34,8 @@ from urllib.parse import urlsplit
 
 import filelock
 
-from indexer.errors import LockHeldError, StoreError
-from indexer.settings import default_state_dir
+from clipindex.errors import LockHeldError, StoreError
+from clipindex.settings import default_state_dir
 
 #: how long a refused ingest waits for the lock holder's note (pid, since) before reporting what it read
 HOLDER_NOTE_WAIT_S = 1.0
@@ -258,7 +258,7 @@ def wait_for_live_note(lock_path: Path, wait_s: float = HOLDER_NOTE_WAIT_S) -> d
 class IngestLock:
     """``with IngestLock(path, store="..."):`` one ingest at a time per store.
 
-    Raises :class:`~indexer.errors.LockHeldError` at once (it never waits for the holder) when another
+    Raises :class:`~clipindex.errors.LockHeldError` at once (it never waits for the holder) when another
     process, or another ``IngestLock`` in this process, holds it. The lock is not inherited by subprocesses.
     """
 

@@ -1,6 +1,6 @@
 """Every default, environment variable name and per-user folder of clipindex, in one place.
 
-The CLI's options (:mod:`indexer.options`) and the library's keyword defaults both read from here, so a default
+The CLI's options (:mod:`clipindex.cli.options`) and the library's keyword defaults both read from here, so a default
 changes in one line. Folders follow the XDG base directories: data (the embedded store, the default model),
 cache (optimised ONNX models) and state (ingest locks). Imports nothing heavy: ``clipindex --help`` loads it.
 """

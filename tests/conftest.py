@@ -14,7 +14,8 @@ import pytest
 # The tests never reach the hub: fail fast instead of retrying for half a minute.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# ONNX Runtime's optimised-model cache (indexer.encode) goes to a scratch folder, not the user's ~/.cache, and the
+# ONNX Runtime's optimised-model cache (clipindex.model.encode) goes to a scratch folder, not the user's ~/.cache, and
+# the
 # folder goes when the session ends.
 if "CLIPINDEX_CACHE_DIR" not in os.environ:
     _cache_dir = tempfile.mkdtemp(prefix="clipindex-test-cache-")
@@ -30,7 +31,7 @@ atexit.register(shutil.rmtree, _data_home, ignore_errors=True)
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight CLIP (tiny transformer, real vocabulary, 512-d projection) in the hub's exact layout."""
-    from convert.checkpoint import write_random_checkpoint
+    from clipindex.convert.checkpoint import write_random_checkpoint
 
     return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "clip-tiny-test", arch="tiny", seed=0)
 
@@ -38,7 +39,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tiny_checkpoint`` converted by the real converter, with the int8 files. Treat it as read-only."""
-    from convert.api import convert_model
+    from clipindex.convert.api import convert_model
 
     out = tmp_path_factory.mktemp("models") / "clip-tiny-test"
     convert_model(str(tiny_checkpoint), out, quantize="int8")

@@ -2,7 +2,7 @@
 
 ``make_hostile_files(folder)`` writes them all into ``folder`` (which must exist and be empty of these
 names) and returns ``{file name: expected outcome}``: ``"error"`` when decoding must raise
-:class:`indexer.errors.ImageError`, ``"ok"`` when the file is a valid image despite looking odd (a PNG
+:class:`clipindex.errors.ImageError`, ``"ok"`` when the file is a valid image despite looking odd (a PNG
 named ``.webp``, a 1x1 image, a JPEG with a corrupt EXIF block...). Every entry is at the top level of
 ``folder``; some are not regular files (a FIFO, a folder, symlinks to ``/dev/zero`` and
 ``/dev/urandom``, a dangling and a self-referencing symlink): reading those naively blocks or never

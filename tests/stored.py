@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.store import EdgeStore
+from clipindex.store.edge import EdgeStore
 
 COLLECTION = "images"
 

@@ -8,7 +8,7 @@
   uses for clipindex (collections exists/get/put/patch, payload index, points upsert/count/scroll/retrieve/
   delete/query) by parsing each JSON body into ``qdrant_client.models`` and calling a qdrant-client *local-mode*
   instance (``QdrantClient(":memory:")`` or ``path=...``). No Qdrant server can run here; this keeps the real
-  client, the real HTTP transport, the real retries of :class:`indexer.store.ServerStore` and a real engine that
+  client, the real HTTP transport, the real retries of :class:`clipindex.store.ServerStore` and a real engine that
   speaks the same API behind it. It binds 127.0.0.1 only, checks an API key when given one, and counts the
   requests it served (``calls``) so that a test can cut the proxy after N upserts.
 """

@@ -11,10 +11,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from indexer.cli import cli
-from indexer.encode import Embedder
-from indexer.errors import ImageError
-from indexer.search import classify, label_texts, parse_labels, zero_shot_probabilities
+from clipindex.cli.commands import cli
+from clipindex.errors import ImageError
+from clipindex.model.classify import classify, label_texts, parse_labels
+from clipindex.model.encode import Embedder
+from clipindex.model.similarity import zero_shot_probabilities
 
 LABELS = ["a cat", "a dog", "a red car", "a rocket", "a cup of coffee", "a flower"]
 NAMES = ("chelsea", "coffee", "rocket", "flower", "astronaut")

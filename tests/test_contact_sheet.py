@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from PIL import Image
 from test_search import COLLECTION, HOSTILE, Indexed, make_index
 
-from indexer.cli import cli
-from indexer.contact_sheet import (
+from clipindex.cli.commands import cli
+from clipindex.cli.contact_sheet import (
     THUMB_SIZE,
     card_box,
     columns_for,
@@ -27,9 +27,9 @@ from indexer.contact_sheet import (
     thumbnail,
     write_contact_sheet,
 )
-from indexer.encode import Embedder
-from indexer.search import SearchResult, search_text
-from indexer.store import EdgeStore
+from clipindex.model.encode import Embedder
+from clipindex.ops.search import SearchResult, search_text
+from clipindex.store.edge import EdgeStore
 
 WINDOW = (1200, 900)
 QUERY = '<b>a cat</b> & "a dog"'

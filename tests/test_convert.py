@@ -16,13 +16,13 @@ import pytest
 from click.testing import CliRunner
 from reference import cosine_rows, features, image_features, normalise
 
-from convert.api import convert_model
-from convert.checkpoint import write_random_checkpoint
-from convert.errors import ParityError
-from convert.export import export_towers
-from convert.verify import verify_towers
-from indexer.cli import cli
-from indexer.manifest import ModelManifest
+from clipindex.cli.commands import cli
+from clipindex.convert.api import convert_model
+from clipindex.convert.checkpoint import write_random_checkpoint
+from clipindex.convert.errors import ParityError
+from clipindex.convert.export import export_towers
+from clipindex.convert.verify import verify_towers
+from clipindex.model.manifest import ModelManifest
 
 EXPECTED_FILES = {
     "vision.onnx",
@@ -246,7 +246,7 @@ def test_existing_output_needs_force(tiny_model_dir: Path, tiny_checkpoint: Path
 def test_default_output_is_the_per_user_model_folder(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Not the current folder: the one ingest, search and status read (indexer.locate.default_model_dir)."""
+    """Not the current folder: the one ingest, search and status read (clipindex.model.locate.default_model_dir)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CLIPINDEX_MODEL_DIR", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
@@ -262,7 +262,7 @@ def test_missing_convert_extra_names_the_extra(tmp_path: Path) -> None:
     blocker.mkdir()
     (blocker / "torch.py").write_text("raise ImportError('No module named torch')\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "indexer", "convert", "--model", str(tmp_path), "-o", str(tmp_path / "o")],
+        [sys.executable, "-m", "clipindex", "convert", "--model", str(tmp_path), "-o", str(tmp_path / "o")],
         capture_output=True,
         text=True,
         env={**__import__("os").environ, "PYTHONPATH": str(blocker)},
@@ -363,7 +363,7 @@ def _hub_cache_repo(cache: Path, repo_id: str, checkpoint: Path | None = None) -
 _HUB_SCRIPT = """
 import json, sys, time
 from click.testing import CliRunner
-from indexer.cli import cli
+from clipindex.cli import cli
 
 results = {}
 for repo_id, out in json.loads(sys.argv[1]):
@@ -457,7 +457,7 @@ def test_git_lfs_pointer_files_are_refused_in_one_line(tiny_checkpoint: Path, tm
 def test_model_name_of_hub_cache_snapshots_and_relative_folders(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from convert.api import default_output, model_name_for
+    from clipindex.convert.api import default_output, model_name_for
 
     snapshot = _hub_cache_repo(tmp_path / "hub", "openai/clip-vit-base-patch32")
     assert model_name_for(str(snapshot)) == "clip-vit-base-patch32"
@@ -529,9 +529,9 @@ def test_preprocessor_flags_match_transformers(
     preprocessing then equals CLIPImageProcessorPil's exactly; do_resize / do_center_crop false are refused."""
     from transformers import CLIPImageProcessorPil
 
-    from convert.api import preprocessing_rules
-    from convert.errors import ConvertError
-    from indexer.preprocess import Preprocessor
+    from clipindex.convert.api import preprocessing_rules
+    from clipindex.convert.errors import ConvertError
+    from clipindex.images.preprocess import Preprocessor
 
     images = list(sample_photos.values())
     base = json.loads((tiny_checkpoint / "preprocessor_config.json").read_text())
@@ -562,7 +562,7 @@ def test_preprocessor_flags_match_transformers(
 def test_paths_are_never_taken_for_hub_ids(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from convert.errors import ConvertError
+    from clipindex.convert.errors import ConvertError
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)

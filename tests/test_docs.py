@@ -8,7 +8,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from indexer.cli import cli
+from clipindex.cli.commands import cli
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
 COMMANDS = sorted(cli.commands)
@@ -52,5 +52,5 @@ def test_python_dash_m_indexer_help() -> None:
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "indexer", "--help"], capture_output=True, text=True, check=False)
+    proc = subprocess.run([sys.executable, "-m", "clipindex", "--help"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and "ingest" in proc.stdout

@@ -13,12 +13,12 @@ from click.testing import CliRunner
 from PIL import Image
 from reference import cosine_rows, image_features, text_features
 
-from convert.api import convert_model
-from convert.checkpoint import write_random_checkpoint
-from indexer.cli import cli
-from indexer.encode import Embedder
-from indexer.errors import DeviceError, ModelIntegrityError, ModelNotFoundError
-from indexer.store import EdgeStore
+from clipindex.cli.commands import cli
+from clipindex.convert.api import convert_model
+from clipindex.convert.checkpoint import write_random_checkpoint
+from clipindex.errors import DeviceError, ModelIntegrityError, ModelNotFoundError
+from clipindex.model.encode import Embedder
+from clipindex.store.edge import EdgeStore
 
 
 def test_encode_images_paths_and_pil_match_transformers(

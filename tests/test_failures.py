@@ -18,11 +18,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, TiffImagePlugin
 
-import indexer.pipeline as pipeline
-from indexer.cli import cli
-from indexer.encode import Embedder
-from indexer.pipeline import IngestOptions, IngestReport, ingest
-from indexer.store import EdgeStore
+import clipindex.ingest.pipeline as pipeline
+from clipindex.cli.commands import cli
+from clipindex.ingest.pipeline import IngestOptions, IngestReport, ingest
+from clipindex.model.encode import Embedder
+from clipindex.store.edge import EdgeStore
 
 REPO = Path(__file__).resolve().parent.parent
 ISO_8601 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d ")
@@ -86,7 +86,7 @@ def make_odd_tiffs(folder: Path) -> dict[str, str]:
 
 def run_cli(*args: str | Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "indexer", *map(str, args)], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "clipindex", *map(str, args)], env=env, capture_output=True, text=True, timeout=120
     )
 
 

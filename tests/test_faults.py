@@ -37,10 +37,11 @@ from PIL import Image
 from stored import stored_vectors
 from tcp_proxy import QdrantRestServer, TcpProxy, closed_port
 
-from indexer.errors import StoreUnavailableError
-from indexer.points import point_id
-from indexer.store import EdgeStore, ServerStore
-from indexer.store.base import Point
+from clipindex.errors import StoreUnavailableError
+from clipindex.ingest.points import point_id
+from clipindex.store.base import Point
+from clipindex.store.edge import EdgeStore
+from clipindex.store.server import ServerStore
 
 COLLECTION = "images"
 SECRET = "s3cr3t-api-key-do-not-print"
@@ -49,7 +50,7 @@ SECRET = "s3cr3t-api-key-do-not-print"
 TRACE_BOOT = r"""
 import os, sys
 fd = int(os.environ["CLIPINDEX_TEST_TRACE_FD"])
-from indexer.store.edge import EdgeStore
+from clipindex.store.edge import EdgeStore
 
 def traced(name):
     real = getattr(EdgeStore, name)
@@ -62,7 +63,7 @@ def traced(name):
 
 for name in ("upsert", "delete", "flush", "close"):
     setattr(EdgeStore, name, traced(name))
-from indexer.cli import main
+from clipindex.cli import main
 sys.argv[0] = "clipindex"
 main()
 """
@@ -237,7 +238,7 @@ def run_ingest(
 
 def cli(*args: str | Path, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "indexer", *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "clipindex", *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -436,7 +437,7 @@ def test_full_disk_stops_with_a_clear_error_and_the_store_survives(
     with open(image, "wb") as f:
         f.truncate(40 * 2**20)
     subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True, capture_output=True)
-    ingest = f"{sys.executable} -m indexer ingest {{}} --model-dir {tiny_model_dir} --data-dir {mnt}/data -q"
+    ingest = f"{sys.executable} -m clipindex ingest {{}} --model-dir {tiny_model_dir} --data-dir {mnt}/data -q"
     script = "\n".join(
         [
             "set -e",
@@ -488,7 +489,7 @@ def test_file_size_limit_is_a_clear_error_and_leaves_nothing_broken(
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4 * 2**20, 4 * 2**20))
 
-    cmd = [sys.executable, "-m", "indexer", "ingest", str(root), "--model-dir", str(tiny_model_dir)]
+    cmd = [sys.executable, "-m", "clipindex", "ingest", str(root), "--model-dir", str(tiny_model_dir)]
     result = subprocess.run(
         [*cmd, "--data-dir", str(data), "-q"],
         env=env,
@@ -520,7 +521,7 @@ def test_read_only_data_dir_is_a_clear_error_and_the_store_is_untouched(
     before = read_index(data)
     script = (
         f"mount --bind {data} {data} && mount -o remount,bind,ro {data} && "
-        f"{sys.executable} -m indexer ingest {root} --model-dir {tiny_model_dir} --data-dir {data} -q"
+        f"{sys.executable} -m clipindex ingest {root} --model-dir {tiny_model_dir} --data-dir {data} -q"
     )
     result = subprocess.run(["unshare", "-rm", "sh", "-c", script], env=env, capture_output=True, text=True)
     assert result.returncode == 1, result.stderr
@@ -541,7 +542,7 @@ def test_two_ingests_at_once_exactly_one_runs_and_a_killed_holder_leaves_no_lock
     root = tmp_path / "tree"
     valid = make_tree(root, 400, seed=9, broken=False)
     data = tmp_path / "data"
-    cmd = [sys.executable, "-m", "indexer", "ingest", str(root), "--model-dir", str(tiny_model_dir)]
+    cmd = [sys.executable, "-m", "clipindex", "ingest", str(root), "--model-dir", str(tiny_model_dir)]
     cmd += ["--data-dir", str(data), "--batch-size", "5", "--workers", "1", "-q"]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
     results = [(p, *p.communicate(timeout=120)) for p in procs]
@@ -570,8 +571,8 @@ def test_two_ingests_at_once_exactly_one_runs_and_a_killed_holder_leaves_no_lock
 OPTIMIZE_CHILD = r"""
 import sys, uuid
 import numpy as np
-from indexer.store import EdgeStore
-from indexer.store.base import Point
+from clipindex.store import EdgeStore
+from clipindex.store.base import Point
 data_dir, model, dim, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 store = EdgeStore(data_dir, "images")
 store.ensure_collection(dim, model)

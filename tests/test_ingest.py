@@ -20,14 +20,14 @@ from PIL import Image, ImageOps
 from reference import cosine_rows, image_features
 from stored import stored_points, stored_vectors
 
-from indexer.cli import cli
-from indexer.encode import Embedder
-from indexer.errors import CountMismatchError
-from indexer.lock import IngestLock
-from indexer.pipeline import IngestOptions, ingest
-from indexer.points import point_id
-from indexer.store import EdgeStore
-from indexer.store.base import Point
+from clipindex.cli.commands import cli
+from clipindex.errors import CountMismatchError
+from clipindex.ingest.pipeline import IngestOptions, ingest
+from clipindex.ingest.points import point_id
+from clipindex.lock import IngestLock
+from clipindex.model.encode import Embedder
+from clipindex.store.base import Point
+from clipindex.store.edge import EdgeStore
 
 COLLECTION = "images"
 
@@ -224,7 +224,7 @@ def test_concurrent_ingest_is_refused(photo_dir: Path, tiny_model_dir: Path, tmp
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom pathlib import Path\nfrom indexer.lock import IngestLock\n"
+            "import sys, time\nfrom pathlib import Path\nfrom clipindex.lock import IngestLock\n"
             f"lock = IngestLock(Path({str(store.lock_path)!r}), 'test')\nlock.acquire()\nprint('held', flush=True)\n"
             "time.sleep(60)\n",
         ],
@@ -258,7 +258,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_exact_index(
     cmd = [
         sys.executable,
         "-m",
-        "indexer",
+        "clipindex",
         "ingest",
         str(root),
         "--model-dir",
@@ -338,7 +338,7 @@ def test_python_dash_m_indexer_runs_ingest_without_torch(photo_dir: Path, tiny_m
     code = (
         "import sys, runpy\n"
         "sys.argv = ['clipindex', 'ingest', sys.argv[1], '--model-dir', sys.argv[2], '--data-dir', sys.argv[3], '-q']\n"
-        "try:\n    runpy.run_module('indexer', run_name='__main__')\n"
+        "try:\n    runpy.run_module('clipindex', run_name='__main__')\n"
         "except SystemExit as e:\n    assert not e.code, e.code\n"
         "heavy = [m for m in ('torch', 'transformers', 'qdrant_client') if m in sys.modules]\n"
         "assert not heavy, heavy\nprint('ok')\n"
@@ -399,7 +399,7 @@ def test_ingest_seals_segments_as_it_goes_and_search_stays_exact(
 ) -> None:
     """The embedded store's maintenance (EdgeStore.optimize at every flush) runs mid-ingest: every batch is still
     verified, sealed segments are memory-mapped with no HNSW graph, and search stays exact brute force."""
-    import indexer.store.edge as edge
+    import clipindex.store.edge as edge
 
     monkeypatch.setattr(edge, "INDEXING_THRESHOLD_KB", 1)  # seal from the first point on (2 KB a 512-d vector)
     monkeypatch.setattr(edge, "MAX_SEGMENT_KB", 40)  # segments of at most ~20 points: merges happen too
@@ -458,7 +458,7 @@ def test_rerun_on_a_large_store_releases_its_pages_before_embedding(
 ) -> None:
     """With new images to embed and a large index read (here: any), ingest reopens the embedded store to give back
     the pages the read left mapped; the run goes on on the reopened shard and every batch is still verified."""
-    import indexer.pipeline as pipeline
+    import clipindex.ingest.pipeline as pipeline
 
     data_dir = tmp_path / "data"
     with EdgeStore(data_dir, COLLECTION) as store:
@@ -495,7 +495,7 @@ def test_a_vanished_stored_vector_is_encoded_once_and_an_unreadable_copy_fails_c
     the batch goes on."""
     import hashlib
 
-    from indexer.pipeline import _Ingest, _Pending
+    from clipindex.ingest.pipeline import _Ingest, _Pending
 
     embedder = Embedder(tiny_model_dir)
     root = tmp_path / "photos"

@@ -24,14 +24,14 @@ import pytest
 from PIL import Image, ImageOps
 from reference import cosine_rows
 
-import indexer.encode as encode_module
-from indexer.encode import CPU, CUDA, Embedder, OnnxTower, parse_device, provider_entries
-from indexer.errors import DeviceError, DeviceFallbackWarning, ImageError, ImageTooLargeError
-from indexer.inputs import BASE64_MIN_CHARS, string_kind
-from indexer.pipeline import ingest
-from indexer.points import absolute, point_id
-from indexer.similarity import top_k
-from indexer.store import EdgeStore
+import clipindex.model.encode as encode_module
+from clipindex.errors import DeviceError, DeviceFallbackWarning, ImageError, ImageTooLargeError
+from clipindex.images.inputs import BASE64_MIN_CHARS, string_kind
+from clipindex.ingest.pipeline import ingest
+from clipindex.ingest.points import absolute, point_id
+from clipindex.model.encode import CPU, CUDA, Embedder, OnnxTower, parse_device, provider_entries
+from clipindex.model.similarity import top_k
+from clipindex.store.edge import EdgeStore
 
 #: photos small enough that JPEG draft decoding does not apply (so a PIL image or an array decodes like the file)
 SMALL = ("chelsea.jpg", "rotated.jpg", "coffee.png", "rgba.png")
@@ -487,7 +487,7 @@ def test_devices_with_onnxruntime_gpu_and_no_usable_gpu(tiny_model_dir: Path, mo
     """onnxruntime-gpu installed, no GPU (or no driver): cuda says so; auto runs on the CPU after one notice."""
     import onnxruntime as ort
 
-    from indexer.encode import cuda_device_count
+    from clipindex.model.encode import cuda_device_count
 
     if CUDA not in ort.get_available_providers():
         pytest.skip("needs onnxruntime-gpu (this onnxruntime is the CPU build: see test_devices)")
@@ -542,7 +542,7 @@ def test_cli_device_option_takes_cuda_n(tiny_model_dir: Path, photo_dir: Path) -
     import onnxruntime as ort
     from click.testing import CliRunner
 
-    from indexer.cli import cli
+    from clipindex.cli.commands import cli
 
     args = ["classify", str(photo_dir / "chelsea.jpg"), "--labels", "a cat,a dog", "--model-dir", str(tiny_model_dir)]
     bad = CliRunner().invoke(cli, [*args, "--device", "gpu"])

@@ -1,4 +1,4 @@
-"""One model location for every command and every folder (indexer.locate), the first run offline, and the usage
+"""One model location for every command and every folder (clipindex.model.locate), the first run offline, and the usage
 errors a newcomer meets first. The real CLI in subprocesses with a temporary HOME, the real converter on a local
 random-weight checkpoint, the real embedded store."""
 
@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from indexer.cli import cli
+from clipindex.cli.commands import cli
 
 REPO = Path(__file__).resolve().parent.parent
 #: what a user's shell may set that would point the commands elsewhere than the temporary HOME
@@ -30,7 +30,7 @@ def fresh_env(home: Path, **extra: str) -> dict[str, str]:
 
 def clipindex(*args: str | Path, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "indexer", *map(str, args)],
+        [sys.executable, "-m", "clipindex", *map(str, args)],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -157,7 +157,7 @@ def test_first_run_offline_names_the_two_ways_forward(tmp_path: Path) -> None:
     assert len(lines) == 3, result.stderr
     assert lines[0].startswith("Error: ") and "openai/clip-vit-base-patch32" in lines[0]
     assert "--source-model" in lines[1] and "CLIPINDEX_SOURCE_MODEL" in lines[1]
-    assert "python -m convert.checkpoint" in lines[2] and "meaningless" in lines[2]
+    assert "python -m clipindex.convert.checkpoint" in lines[2] and "meaningless" in lines[2]
     assert not (home / ".local" / "share" / "clipindex" / "models" / "default").exists()
     assert not (home / ".local" / "share" / "clipindex" / "images").exists()
 
@@ -181,7 +181,7 @@ def test_missing_int8_files_hint_is_a_command_that_works(
 ) -> None:
     """A model converted without --quantize: `--precision int8` names one complete command; run as printed (from
     another folder), it writes the int8 files and the same ingest then works."""
-    from convert.api import convert_model
+    from clipindex.convert.api import convert_model
 
     model = tmp_path / "model"
     convert_model(str(tiny_checkpoint), model)
@@ -195,7 +195,7 @@ def test_missing_int8_files_hint_is_a_command_that_works(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     converted = subprocess.run(
-        [sys.executable, "-m", "indexer", *hint.split()[1:]], cwd=elsewhere, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "clipindex", *hint.split()[1:]], cwd=elsewhere, env=env, capture_output=True, text=True
     )
     assert converted.returncode == 0, converted.stderr
     again = clipindex(*args, cwd=tmp_path, env=env)
@@ -212,7 +212,7 @@ def test_ctrl_c_during_convert_says_nothing_was_written(tiny_checkpoint: Path, t
 
     out = tmp_path / "model"
     child = subprocess.Popen(
-        [sys.executable, "-m", "indexer", "convert", str(tiny_checkpoint), "--output", str(out)],
+        [sys.executable, "-m", "clipindex", "convert", str(tiny_checkpoint), "--output", str(out)],
         env=fresh_env(tmp_path / "home"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -238,7 +238,7 @@ def test_optimised_model_cache_has_one_entry_per_model_content_and_status_shows_
 ) -> None:
     """Three copies of one model folder share one cache entry per tower (each copy is checked once against the
     manifest's sha256, then trusted); `status` reports the cache's size."""
-    from indexer.encode import Embedder
+    from clipindex.model.encode import Embedder
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("CLIPINDEX_CACHE_DIR", str(cache))
@@ -263,7 +263,7 @@ def test_readme_first_lines_run_offline_in_a_fresh_home(tmp_path: Path) -> None:
     if shutil.which("clipindex") is None:
         pytest.skip("the clipindex script is not installed")
     head = (REPO / "README.md").read_text(encoding="utf-8").split("```", 2)[1]
-    (trial,) = [line for line in head.splitlines() if line.startswith("python -m convert.checkpoint")]
+    (trial,) = [line for line in head.splitlines() if line.startswith("python -m clipindex.convert.checkpoint")]
     assert "meaningless" in head.split(trial)[0].splitlines()[-1]  # said right above the command
     trial = trial.replace("/tmp/clip-trial", str(tmp_path / "clip-trial"))
     env = fresh_env(tmp_path / "home")

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from indexer.errors import LockHeldError, StoreError
-from indexer.lock import FileLock, IngestLock, default_state_dir, holder_note_path, server_lock_path
+from clipindex.errors import LockHeldError, StoreError
+from clipindex.lock import FileLock, IngestLock, holder_note_path, server_lock_path
+from clipindex.settings import default_state_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +24,7 @@ HOLDER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from indexer.lock import IngestLock
+    from clipindex.lock import IngestLock
 
     lock = IngestLock(Path(sys.argv[1]), store="the-test-store")
     lock.acquire()

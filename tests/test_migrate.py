@@ -19,12 +19,13 @@ from PIL import Image
 from qdrant_client import QdrantClient
 from tcp_proxy import QdrantRestServer, closed_port
 
-from indexer.cli import cli
-from indexer.errors import CollectionMismatchError, CollectionNotFoundError, CountMismatchError
-from indexer.migrate import migrate
-from indexer.points import point_id
-from indexer.store import EdgeStore, ServerStore
-from indexer.store.base import Point
+from clipindex.cli.commands import cli
+from clipindex.errors import CollectionMismatchError, CollectionNotFoundError, CountMismatchError
+from clipindex.ingest.points import point_id
+from clipindex.ops.migrate import migrate
+from clipindex.store.base import Point
+from clipindex.store.edge import EdgeStore
+from clipindex.store.server import ServerStore
 
 COLLECTION = "images"
 

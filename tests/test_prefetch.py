@@ -1,4 +1,5 @@
-"""indexer.prefetch.decode_ahead, the decode-ahead pool shared by ingest and Embedder.encode_images, on real threads."""
+"""clipindex.images.prefetch.decode_ahead, the decode-ahead pool shared by ingest and Embedder.encode_images, on real
+threads."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from indexer.prefetch import LOOKAHEAD_BATCHES, decode_ahead
+from clipindex.images.prefetch import LOOKAHEAD_BATCHES, decode_ahead
 
 
 def test_batches_come_back_in_order_whatever_the_finishing_order() -> None:

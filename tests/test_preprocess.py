@@ -1,4 +1,4 @@
-"""indexer.preprocess against transformers' CLIPImageProcessorPil, on real photos and real files."""
+"""clipindex.images.preprocess against transformers' CLIPImageProcessorPil, on real photos and real files."""
 
 from __future__ import annotations
 
@@ -11,25 +11,13 @@ from hostile import call_with_deadline, make_hostile_files
 from photos import PHOTO_NAMES, RGB_PHOTO_NAMES, camera_size, photo, photo_path
 from PIL import Image, ImageFile, ImageOps
 
-from indexer.errors import ImageError, ImageTooLargeError, ModelNotFoundError
-from indexer.manifest import ModelManifest
-from indexer.preprocess import (
-    CLIP_DEFAULT,
-    DEFAULT_MAX_PIXELS,
-    DecodedFile,
-    PreprocessConfig,
-    Preprocessor,
-    crop_box,
-    decode_file,
-    load_and_preprocess,
-    load_image,
-    preprocess,
-    preprocess_batch,
-    resample_filter,
-    resize_size,
-    resolve_max_pixels,
-    to_rgb,
-)
+from clipindex.errors import ImageError, ImageTooLargeError, ModelNotFoundError
+from clipindex.images.config import CLIP_DEFAULT, PreprocessConfig
+from clipindex.images.crop_resize import crop_box, resample_filter, resize_size
+from clipindex.images.decode import DecodedFile, decode_file, load_image, resolve_max_pixels, to_rgb
+from clipindex.images.preprocess import Preprocessor, load_and_preprocess, preprocess, preprocess_batch
+from clipindex.settings import DEFAULT_MAX_PIXELS
+from clipindex.model.manifest import ModelManifest
 
 PARITY = 1e-5
 
@@ -118,7 +106,7 @@ def test_elongated_images_resize_only_the_crop_bit_for_bit(
 ) -> None:
     """Past RESIZE_PIXEL_BUDGET only the crop's rows and columns are resampled (Pillow's two passes, in Pillow's
     order: (700, 2400) shrinks its height first): still transformers' result exactly."""
-    import indexer.crop_resize as pp
+    import clipindex.images.crop_resize as pp
 
     rng = np.random.default_rng(size[0] * 7 + size[1])
     image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))

@@ -17,15 +17,15 @@ import qdrant_edge as qe
 from click.testing import CliRunner
 from PIL import Image
 
-import indexer.store.edge as edge
-from indexer.cli import cli
-from indexer.encode import Embedder
-from indexer.pipeline import IngestOptions, ingest
-from indexer.points import point_id
-from indexer.search import search_text
-from indexer.store import EdgeStore
-from indexer.store.base import Point
-from indexer.store.prefetch import COLD_FILES, prefetch_shard
+import clipindex.store.edge as edge
+from clipindex.cli.commands import cli
+from clipindex.ingest.pipeline import IngestOptions, ingest
+from clipindex.ingest.points import point_id
+from clipindex.model.encode import Embedder
+from clipindex.ops.search import search_text
+from clipindex.store.base import Point
+from clipindex.store.edge import EdgeStore
+from clipindex.store.prefetch import COLD_FILES, prefetch_shard
 
 COLLECTION = "images"
 MODEL = "synthetic-512"
@@ -231,7 +231,7 @@ def test_prefetch_reads_the_hot_files_once_and_skips_the_float32_vectors(tmp_pat
 
 
 def _int8_copy_looks_cached(shard: Path) -> bool:
-    from indexer.store.prefetch import _looks_cached
+    from clipindex.store.prefetch import _looks_cached
 
     with next(shard.rglob("quantized.data")).open("rb") as handle:
         return _looks_cached(handle.fileno())

@@ -68,7 +68,7 @@ def test_there_are_examples_for_each_part_of_the_library() -> None:
 def test_library_examples_run(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, images_server: str
 ) -> None:
-    from indexer.locate import default_model_dir
+    from clipindex.settings import default_model_dir
 
     shutil.copytree(ROOT / "images", tmp_path / "images")
     monkeypatch.chdir(tmp_path)

@@ -19,15 +19,15 @@ from click.testing import CliRunner
 from PIL import Image
 from reference import image_features, text_features
 
-from indexer.cli import cli
-from indexer.encode import Embedder
-from indexer.errors import CollectionMismatchError, NothingIndexedError
-from indexer.output import printable
-from indexer.pipeline import ingest
-from indexer.points import point_id
-from indexer.search import SearchResult, search_image, search_text, search_vector
-from indexer.store import EdgeStore
-from indexer.store.base import Point
+from clipindex.cli.commands import cli
+from clipindex.display import printable
+from clipindex.errors import CollectionMismatchError, NothingIndexedError
+from clipindex.ingest.pipeline import ingest
+from clipindex.ingest.points import point_id
+from clipindex.model.encode import Embedder
+from clipindex.ops.search import SearchResult, search_image, search_text, search_vector
+from clipindex.store.base import Point
+from clipindex.store.edge import EdgeStore
 
 COLLECTION = "images"
 
@@ -305,7 +305,7 @@ def test_long_query_warns_about_truncation(indexed: Indexed) -> None:
 def test_query_that_is_not_utf8_is_searched_not_a_traceback(indexed: Indexed) -> None:
     """``caf\\xe9`` typed in a Latin-1 terminal: the undecodable byte becomes U+FFFD, as in any UTF-8 decoder."""
     env = {**os.environ, "CLIPINDEX_CACHE_DIR": "off"}
-    args = [sys.executable, "-m", "indexer", "search", b"caf\xe9", "--json", "--limit", "3"]
+    args = [sys.executable, "-m", "clipindex", "search", b"caf\xe9", "--json", "--limit", "3"]
     args += ["--model-dir", str(indexed.model_dir), "--data-dir", str(indexed.data_dir)]
     result = subprocess.run(args, capture_output=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr.decode(errors="replace")
@@ -375,7 +375,7 @@ def test_cli_text_search_imports_nothing_heavy_and_never_loads_the_vision_tower(
     shutil.copytree(indexed.model_dir, model_dir)
     (model_dir / "vision.onnx").write_bytes(b"not an onnx model")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPINDEX_")}
-    cmd = [sys.executable, "-X", "importtime", "-m", "indexer", "search", "a photo of a cat", "--json"]
+    cmd = [sys.executable, "-X", "importtime", "-m", "clipindex", "search", "a photo of a cat", "--json"]
     cmd += ["--model-dir", str(model_dir), "--data-dir", str(indexed.data_dir)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -384,10 +384,10 @@ def test_cli_text_search_imports_nothing_heavy_and_never_loads_the_vision_tower(
     imported = {
         line.rsplit("|", 1)[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "import time:" in line
     }
-    assert {"indexer", "onnxruntime", "qdrant_edge", "tokenizers"} <= imported
+    assert {"clipindex", "onnxruntime", "qdrant_edge", "tokenizers"} <= imported
     assert not imported & {"torch", "transformers", "qdrant_client", "sklearn", "skimage", "scipy"}
     # the image search of the same folder does need the vision tower: it fails, in one line
-    cmd = [sys.executable, "-m", "indexer", "search", "--image", indexed.paths["chelsea"]]
+    cmd = [sys.executable, "-m", "clipindex", "search", "--image", indexed.paths["chelsea"]]
     cmd += ["--model-dir", str(model_dir), "--data-dir", str(indexed.data_dir)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, env=env)
     assert proc.returncode == 1 and "vision.onnx" in proc.stderr and "Traceback" not in proc.stderr

@@ -43,7 +43,7 @@ def photos(tmp_path: Path) -> Path:
 def clipindex(*args: str | Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "indexer", *map(str, args)], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "clipindex", *map(str, args)], env=env, capture_output=True, text=True, timeout=120
     )
     return proc, time.monotonic() - started
 
@@ -55,7 +55,7 @@ def test_the_wait_is_announced_at_once_and_the_run_goes_on_when_the_server_comes
         proxy.cut()  # the server is down (connection refused) when the ingest starts
         args = ["ingest", photos, "--model-dir", tiny_model_dir, "--qdrant-url", proxy.url, "--timeout", "60"]
         child = subprocess.Popen(
-            [sys.executable, "-m", "indexer", *map(str, args)],
+            [sys.executable, "-m", "clipindex", *map(str, args)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -151,9 +151,9 @@ def test_ctrl_c_during_migrate_has_its_own_message(
     re-running finishes the copy (not ingest's "finished batches are kept"), and exit 130."""
     import signal
 
-    from indexer.encode import Embedder
-    from indexer.pipeline import ingest
-    from indexer.store import EdgeStore
+    from clipindex.ingest.pipeline import ingest
+    from clipindex.model.encode import Embedder
+    from clipindex.store.edge import EdgeStore
 
     data = tmp_path / "data"
     with EdgeStore(data, "images") as store:
@@ -169,7 +169,7 @@ def test_ctrl_c_during_migrate_has_its_own_message(
         server.before_request = slow_upserts
         args = ["migrate", "--to", server.url, "--data-dir", str(data), "--batch-size", "1", "--quiet"]
         child = subprocess.Popen(
-            [sys.executable, "-m", "indexer", *args],
+            [sys.executable, "-m", "clipindex", *args],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -192,7 +192,7 @@ def test_a_server_that_accepts_but_never_answers_is_announced_within_seconds(env
         silent.listen(16)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         child = subprocess.Popen(
-            [sys.executable, "-m", "indexer", "status", "--qdrant-url", url, "--timeout", "20"],
+            [sys.executable, "-m", "clipindex", "status", "--qdrant-url", url, "--timeout", "20"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from PIL import Image
 from tcp_proxy import QdrantRestServer
 
-from indexer.cli import cli
-from indexer.store.sizing import OVERHEAD, CollectionSettings, estimate, sizing_table
+from clipindex.cli.commands import cli
+from clipindex.store.sizing import OVERHEAD, CollectionSettings, estimate, sizing_table
 
 OPERATIONS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 

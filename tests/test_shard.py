@@ -21,9 +21,10 @@ from click.testing import CliRunner
 from PIL import Image
 from tcp_proxy import QdrantRestServer
 
-from indexer.cli import cli
-from indexer.points import absolute, display_path, in_shard, point_id
-from indexer.store import EdgeStore, ServerStore
+from clipindex.cli.commands import cli
+from clipindex.ingest.points import absolute, display_path, in_shard, point_id
+from clipindex.store.edge import EdgeStore
+from clipindex.store.server import ServerStore
 
 COLLECTION = "images"
 N = 3
@@ -99,7 +100,7 @@ def server() -> Iterator[QdrantRestServer]:
 
 def run_shards_at_once(root: Path, model_dir: Path, url: str, env: dict[str, str], *extra: str) -> list[dict[str, Any]]:
     """The N shard runs as N processes started together against one server collection."""
-    cmd = [sys.executable, "-m", "indexer", "ingest", str(root), "--model-dir", str(model_dir), "--qdrant-url", url]
+    cmd = [sys.executable, "-m", "clipindex", "ingest", str(root), "--model-dir", str(model_dir), "--qdrant-url", url]
     procs = [
         subprocess.Popen(
             [*cmd, "--shard", f"{k}/{N}", "--batch-size", "4", "--json", "-q", *extra],
@@ -162,7 +163,7 @@ def test_prune_with_shard_only_prunes_its_own_shard(
     def stored_ids() -> set[str]:
         return set(snapshot(ServerStore(client=server.local, collection=COLLECTION))[0])
 
-    cmd = [sys.executable, "-m", "indexer", "ingest", str(tree), "--model-dir", str(tiny_model_dir)]
+    cmd = [sys.executable, "-m", "clipindex", "ingest", str(tree), "--model-dir", str(tiny_model_dir)]
 
     def run_shard(k: int) -> dict[str, Any]:
         result = subprocess.run(

@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 from click.testing import CliRunner
 
-from indexer.cli import cli
-from indexer.encode import Embedder
-from indexer.points import point_id
-from indexer.status import collect_status
-from indexer.store import EdgeStore
-from indexer.store.base import Point
+from clipindex.cli.commands import cli
+from clipindex.ingest.points import point_id
+from clipindex.model.encode import Embedder
+from clipindex.ops.status import collect_status
+from clipindex.store.base import Point
+from clipindex.store.edge import EdgeStore
 
 KEYS = [
     "model_dir",

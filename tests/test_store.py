@@ -21,24 +21,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from indexer.errors import (
+from clipindex.errors import (
     CollectionMismatchError,
     CollectionNotFoundError,
     StoreBusyError,
     StoreError,
     StoreUnavailableError,
 )
-from indexer.lock import server_lock_path
-from indexer.store import (
-    EdgeStore,
-    InsecureApiKeyWarning,
-    Point,
-    ServerStore,
-    VectorStore,
-    ancestor_dirs,
-    cleanup_orphan_temp_segments,
-    open_store,
-)
+from clipindex.lock import server_lock_path
+from clipindex.store import open_store
+from clipindex.store.base import Point, VectorStore, ancestor_dirs
+from clipindex.store.edge import EdgeStore, cleanup_orphan_temp_segments
+from clipindex.store.server import InsecureApiKeyWarning, ServerStore
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 8
@@ -353,7 +347,7 @@ CHILD_WRITER = textwrap.dedent(
     import os, signal, sys, uuid
     from pathlib import Path
     import numpy as np
-    from indexer.store import EdgeStore, Point
+    from clipindex.store import EdgeStore, Point
 
     data_dir, n = Path(sys.argv[1]), int(sys.argv[2])
     store = EdgeStore(data_dir, "images")
@@ -590,7 +584,7 @@ def test_open_store_factory_and_lazy_import(tmp_path: Path) -> None:
     assert isinstance(server, ServerStore) and server.shards == 2
     server.close()
 
-    code = "import sys, indexer.store; print('qdrant_client' in sys.modules)"
+    code = "import sys, clipindex.store; print('qdrant_client' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=60, check=True
     )
@@ -609,7 +603,7 @@ def test_edge_optimize_is_skipped_when_the_disk_is_nearly_full(
 ) -> None:
     """Sealing writes a copy of a segment through memory maps: with less than the headroom free, it is skipped
     (no SIGBUS risk) while upserts, which need only CLIPINDEX_MIN_FREE_MB, still work."""
-    import indexer.store.edge as edge
+    import clipindex.store.edge as edge
 
     monkeypatch.setattr(edge, "INDEXING_THRESHOLD_KB", 1)  # anything is due for sealing
     free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
@@ -617,7 +611,7 @@ def test_edge_optimize_is_skipped_when_the_disk_is_nearly_full(
     store = EdgeStore(tmp_path, "images", min_free_bytes=max(0, free - margin))
     store.ensure_collection(DIM, "clip-a")
     store.upsert(make_points([f"/p/{i}.jpg" for i in range(50)]))
-    with caplog.at_level("WARNING", logger="indexer.store.edge"):
+    with caplog.at_level("WARNING", logger="clipindex.store.edge"):
         assert store.optimize() is False
     assert "needed to seal segments; skipped" in caplog.text
     assert store.count(exact=True) == 50
@@ -671,7 +665,7 @@ def test_edge_release_memory_keeps_the_turn_so_no_other_process_gets_in_between(
 ) -> None:
     """Between closing and reopening the shard the store keeps its turn: another opener (a search) is kept
     waiting, not let in, and the reopen never fails because of it."""
-    import indexer.store.edge as edge
+    import clipindex.store.edge as edge
 
     store = EdgeStore(tmp_path, "images")
     store.ensure_collection(DIM, "clip-a")
@@ -715,7 +709,7 @@ def test_a_damaged_embedded_store_is_one_line_naming_the_fix_and_is_left_alone(
     from click.testing import CliRunner
     from PIL import Image
 
-    from indexer.cli import cli
+    from clipindex.cli.commands import cli
 
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from indexer.encode import Embedder
-from indexer.pipeline import IngestOptions, ingest
-from indexer.points import point_id
-from indexer.store import EdgeStore
+from clipindex.ingest.pipeline import IngestOptions, ingest
+from clipindex.ingest.points import point_id
+from clipindex.model.encode import Embedder
+from clipindex.store.edge import EdgeStore
 
 COLLECTION = "images"
 

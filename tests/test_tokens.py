@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.tokens import TextTokenizer, valid_unicode
+from clipindex.model.tokens import TextTokenizer, valid_unicode
 
 WORDS = [
     "a",

@@ -1,6 +1,6 @@
-"""Many processes on one embedded store: searches, status and an ingest take turns (indexer.store.turns).
+"""Many processes on one embedded store: searches, status and an ingest take turns (clipindex.store.turns).
 
-Real ``clipindex`` processes (``python -m indexer``), the real Qdrant Edge engine, the real tiny model and real
+Real ``clipindex`` processes (``python -m clipindex``), the real Qdrant Edge engine, the real tiny model and real
 photos. The ingest child runs through a small bootstrap (:data:`BOOT`) that writes a line to a pipe around a few
 calls (``upsert``, ``_open_shard``, and the handover's ``let_in`` and ``take_back``), so that a test can kill it at
 a chosen moment, and that can slow each upsert down so that a run lasts long enough for searches to land in the
@@ -29,7 +29,7 @@ from photos import RGB_PHOTO_NAMES, photos
 from PIL import Image
 from stored import stored_points
 
-from indexer.points import point_id
+from clipindex.ingest.points import point_id
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES = REPO / "images"
@@ -41,8 +41,8 @@ BOOT = r"""
 import os, sys, time
 fd = int(os.environ.get("CLIPINDEX_TEST_TRACE_FD", "-1"))
 slow = float(os.environ.get("CLIPINDEX_TEST_SLOW_UPSERT_S", "0"))
-from indexer.store.edge import EdgeStore
-from indexer.store.turns import StoreTurns
+from clipindex.store.edge import EdgeStore
+from clipindex.store.turns import StoreTurns
 
 def traced(cls, name, sleep_s=0.0):
     real = getattr(cls, name)
@@ -61,7 +61,7 @@ EdgeStore.upsert = traced(EdgeStore, "upsert", slow)
 EdgeStore._open_shard = traced(EdgeStore, "_open_shard")
 StoreTurns.let_in = traced(StoreTurns, "let_in")
 StoreTurns.take_back = traced(StoreTurns, "take_back")
-from indexer.cli import main
+from clipindex.cli import main
 sys.argv[0] = "clipindex"
 main()
 """
@@ -71,7 +71,7 @@ HOLDER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from indexer.store import EdgeStore
+    from clipindex.store import EdgeStore
 
     store = EdgeStore(Path(sys.argv[1]), "images", role="search", wait_s=60)
     store.collection_info()
@@ -121,7 +121,7 @@ def start_holder(data_dir: Path, env: dict[str, str]) -> subprocess.Popen[str]:
 
 def clipindex(*args: str | Path, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "indexer", *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "clipindex", *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -129,7 +129,7 @@ def search_cmd(model_dir: Path, data_dir: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "indexer",
+        "clipindex",
         "search",
         "a photo",
         "--model-dir",
@@ -231,18 +231,18 @@ NO_FCNTL = textwrap.dedent(
     """
     import importlib, pkgutil, sys
     sys.modules["fcntl"] = None  # as on Windows: `import fcntl` raises ImportError
-    import indexer
-    names = sorted(m.name for m in pkgutil.walk_packages(indexer.__path__, "indexer."))
+    import clipindex
+    names = sorted(m.name for m in pkgutil.walk_packages(clipindex.__path__, "clipindex."))
     for name in names:
-        if name != "indexer.__main__":
+        if name != "clipindex.__main__":
             importlib.import_module(name)
     print("imported", len(names))
 
     from pathlib import Path
-    from indexer.errors import LockHeldError, StoreBusyError
-    from indexer.lock import FileLock, IngestLock, is_locked
-    from indexer.store import EdgeStore
-    from indexer.store.turns import StoreTurns
+    from clipindex.errors import LockHeldError, StoreBusyError
+    from clipindex.lock import FileLock, IngestLock, is_locked
+    from clipindex.store import EdgeStore
+    from clipindex.store.turns import StoreTurns
 
     root = Path(sys.argv[1])
     a, b = FileLock(root / "x.lock"), FileLock(root / "x.lock")

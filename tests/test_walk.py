@@ -1,4 +1,4 @@
-"""indexer.walk on real trees: order, extensions, hidden entries, symlinks, odd names, errors."""
+"""clipindex.ingest.walk on real trees: order, extensions, hidden entries, symlinks, odd names, errors."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import pytest
 from hostile import NOT_REGULAR, call_with_deadline, make_hostile_files
 from PIL import Image
 
-from indexer.decode import load_image
-from indexer.errors import ImageError, WalkError
-from indexer.walk import BASE_EXTENSIONS, FoundFile, iter_image_files, supported_extensions
+from clipindex.errors import ImageError, WalkError
+from clipindex.images.decode import load_image
+from clipindex.images.formats import BASE_EXTENSIONS, supported_extensions
+from clipindex.ingest.walk import FoundFile, iter_image_files
 
 NOBODY = 65534
 

@@ -1,8 +1,8 @@
 """Vector storage: the embedded Qdrant Edge store (default) or a Qdrant server.
 
 ``open_store(data_dir, qdrant_url, collection, api_key)`` picks one; both implement
-:class:`~indexer.store.base.VectorStore`. Importing this package does not import qdrant-client
-(slow); only talking to a server does.
+:class:`~clipindex.store.base.VectorStore`. Importing this package does not import qdrant-client
+(slow); only talking to a server does. May import the core modules only.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from indexer.settings import DEFAULT_TIMEOUT_S, DEFAULT_WAIT_S, default_data_dir
-from indexer.store.base import CollectionInfo, Hit, Point, VectorStore, ancestor_dirs
-from indexer.store.edge import EdgeStore, cleanup_orphan_temp_segments
-from indexer.store.server import InsecureApiKeyWarning, ServerStore
-from indexer.store.sizing import CollectionSettings
+from clipindex.settings import DEFAULT_TIMEOUT_S, DEFAULT_WAIT_S, default_data_dir
+from clipindex.store.base import CollectionInfo, Hit, Point, VectorStore, ancestor_dirs
+from clipindex.store.edge import EdgeStore, cleanup_orphan_temp_segments
+from clipindex.store.server import InsecureApiKeyWarning, ServerStore
+from clipindex.store.sizing import CollectionSettings
 
 __all__ = [
     "DEFAULT_WAIT_S",
@@ -54,7 +54,7 @@ def open_store(
     (status). ``api_key``, ``timeout_s``, ``shards``, ``replicas``, ``settings`` (vector storage of a new
     collection) and ``on_wait`` (told once when the server does not answer and calls are retried) only apply to a
     server; ``wait_s`` (how long to wait for the store while another process has it open) and ``role`` (how this
-    process is named to those kept waiting) only to the embedded store (:mod:`indexer.store.turns`).
+    process is named to those kept waiting) only to the embedded store (:mod:`clipindex.store.turns`).
     """
     if qdrant_url:
         return ServerStore(

@@ -20,7 +20,7 @@ A folder filter (``path_prefix``) is an exact match on ``dirs``, so ``/a/photos`
 
 A collection remembers the model name and the vector dimension it was built with
 (:class:`CollectionInfo`). :meth:`VectorStore.ensure_collection` compares them with the model in
-use and raises :class:`~indexer.errors.CollectionMismatchError` *before anything is written* (the embedded store
+use and raises :class:`~clipindex.errors.CollectionMismatchError` *before anything is written* (the embedded store
 keeps them in ``collection.json``, the server store in the collection's ``metadata``).
 """
 
@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from indexer.errors import StoreError
-from indexer.settings import DEFAULT_LIMIT
+from clipindex.errors import StoreError
+from clipindex.settings import DEFAULT_LIMIT
 
 #: payload key holding the ancestor directories of ``path`` (internal, indexed)
 DIRS_KEY = "dirs"
@@ -191,7 +191,7 @@ class VectorStore(ABC):
 
     Every method except :meth:`describe`, :meth:`close` and :meth:`collection_info` needs
     :meth:`ensure_collection` (or :meth:`collection_info`) to have opened the collection first.
-    Failures of the engine or of the server are raised as :class:`~indexer.errors.StoreError`
+    Failures of the engine or of the server are raised as :class:`~clipindex.errors.StoreError`
     (or a subclass); bad arguments (wrong vector shape, non-UUID id) as ``ValueError``.
     """
 
@@ -252,7 +252,7 @@ class VectorStore(ABC):
     def yield_to_readers(self) -> int:
         """Between two batches of a long write: let processes waiting to read the store in, then go on.
 
-        For the embedded store, which one process at a time may have open (:mod:`indexer.store.turns`): when
+        For the embedded store, which one process at a time may have open (:mod:`clipindex.store.turns`): when
         someone waits, flush, close, hand the store over and reopen it once it is ours again; one listing of an
         empty folder when nobody waits. Returns how many processes were let in. A server serves everyone at
         once: nothing to do.
@@ -266,7 +266,7 @@ class VectorStore(ABC):
     @property
     @abstractmethod
     def lock_path(self) -> Path:
-        """The lock file an ingest into this store must hold (see :class:`indexer.lock.IngestLock`)."""
+        """The lock file an ingest into this store must hold (see :class:`clipindex.lock.IngestLock`)."""
 
     # --- data ---------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 in-process, no server.
 
 Promises: acknowledged writes survive the process being killed (the engine's write-ahead log); one process at a
-time has a store open, the others wait their turn (:mod:`indexer.store.turns`); writes are refused, not crashed
+time has a store open, the others wait their turn (:mod:`clipindex.store.turns`); writes are refused, not crashed
 on, when the filesystem is nearly full; search scans an int8 copy of the sealed segments' vectors and rescores
 the best candidates in float32, so scores are exact cosines; a folder filter uses the ``dirs`` keyword index.
 :func:`edge_config` is what clipindex creates and re-applies on every open (memory-mapped vectors, payloads and
@@ -12,9 +12,9 @@ choices.
 
 Layout of ``data_dir/<collection>/``
 ------------------------------------
-``collection.json`` (model name and dimension, see :mod:`indexer.store.base`), ``shard/`` (the Edge
+``collection.json`` (model name and dimension, see :mod:`clipindex.store.base`), ``shard/`` (the Edge
 shard), ``last_ingest.json`` (:meth:`EdgeStore.save_summary`), ``ingest.lock``
-(:class:`indexer.lock.IngestLock`).
+(:class:`clipindex.lock.IngestLock`).
 """
 
 from __future__ import annotations
@@ -37,14 +37,14 @@ import numpy as np
 import numpy.typing as npt
 import qdrant_edge as qe
 
-from indexer.errors import (
+from clipindex.errors import (
     CollectionMismatchError,
     CollectionNotFoundError,
     StoreBusyError,
     StoreError,
 )
-from indexer.settings import DEFAULT_COLLECTION, DEFAULT_LIMIT, DEFAULT_WAIT_S, min_free_bytes_from_env
-from indexer.store.base import (
+from clipindex.settings import DEFAULT_COLLECTION, DEFAULT_LIMIT, DEFAULT_WAIT_S, min_free_bytes_from_env
+from clipindex.store.base import (
     DIRS_KEY,
     INDEXED_KEYS,
     INTERNAL_KEYS,
@@ -65,8 +65,8 @@ from indexer.store.base import (
     stored_payload,
     vectors_by_id,
 )
-from indexer.store.prefetch import prefetch_shard
-from indexer.store.turns import StoreTurns
+from clipindex.store.prefetch import prefetch_shard
+from clipindex.store.turns import StoreTurns
 
 if TYPE_CHECKING:
     from qdrant_edge import ConditionType
@@ -137,7 +137,7 @@ SHARD_DIR = "shard"
 TEMP_SEGMENTS = "temp_segments"
 _RETRIEVE_CHUNK = 1000
 #: writes are refused when the data dir's filesystem has less free space than
-#: :data:`~indexer.settings.DEFAULT_MIN_FREE_BYTES` (``CLIPINDEX_MIN_FREE_MB``): the engine writes through
+#: :data:`~clipindex.settings.DEFAULT_MIN_FREE_BYTES` (``CLIPINDEX_MIN_FREE_MB``): the engine writes through
 #: memory-mapped files, and a page written on a full filesystem kills the process with SIGBUS instead of raising.
 _COLLECTION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
@@ -261,8 +261,8 @@ class EdgeStore(VectorStore):
     """The embedded default: ``data_dir/<collection>/shard`` is a Qdrant Edge shard.
 
     Nothing touches the disk until :meth:`ensure_collection` or :meth:`collection_info`. One process at a
-    time may have the shard open: opening it takes the store's turn (:mod:`indexer.store.turns`), waiting up to
-    ``wait_s`` seconds for it (then :class:`~indexer.errors.StoreBusyError`); :meth:`close` gives it back. An
+    time may have the shard open: opening it takes the store's turn (:mod:`clipindex.store.turns`), waiting up to
+    ``wait_s`` seconds for it (then :class:`~clipindex.errors.StoreBusyError`); :meth:`close` gives it back. An
     ingest calls :meth:`yield_to_readers` between batches. ``role`` names this process to those kept waiting.
     """
 
@@ -290,7 +290,7 @@ class EdgeStore(VectorStore):
         if min_free_bytes is None:
             min_free_bytes = min_free_bytes_from_env()
         self.min_free_bytes = min_free_bytes
-        #: read the shard's hot files sequentially before the engine maps them (:mod:`indexer.store.prefetch`)
+        #: read the shard's hot files sequentially before the engine maps them (:mod:`clipindex.store.prefetch`)
         self.prefetch = True
         #: search scans float32 vectors only, skipping the int8 copy (benchmarks, and tests of recall)
         self.exact_search = False
@@ -396,7 +396,7 @@ class EdgeStore(VectorStore):
         self._shard = self._open_shard(info.vector_dim)
 
     def yield_to_readers(self) -> int:
-        """Let processes waiting for the store in (see :mod:`indexer.store.turns`), then take it back.
+        """Let processes waiting for the store in (see :mod:`clipindex.store.turns`), then take it back.
 
         Costs one listing of an empty folder when nobody waits. Otherwise flushes (everything upserted so far is
         what they see), closes the shard, hands the turn over and reopens the shard once it is ours again.
@@ -682,7 +682,7 @@ class EdgeStore(VectorStore):
             raise StoreError(f"{path} lacks a valid 'model'/'vector_dim'; fix or delete it") from e
 
     def _write_meta(self, info: CollectionInfo) -> None:
-        from indexer import __version__
+        from clipindex.version import __version__
 
         meta = {
             "format": META_FORMAT,

@@ -1,13 +1,13 @@
 """The server store: a collection on a Qdrant server, through qdrant-client.
 
 ``qdrant_client`` takes about a second to import, so this module imports it only inside the
-methods that talk to a server: ``import indexer.store`` stays cheap for the embedded default.
+methods that talk to a server: ``import clipindex.store`` stays cheap for the embedded default.
 
 * Construction never touches the network. :meth:`ServerStore.ensure_collection` is the first call.
 * Transient failures (connection refused or reset, timeouts, HTTP 408/429/502/503/504, gRPC
   UNAVAILABLE) are retried with exponential backoff (0.2 s doubling to 5 s) for at most
   ``timeout_s`` seconds in all, per call (plus one request timeout), then raise
-  :class:`~indexer.errors.StoreUnavailableError` with a one-line message naming the URL. Messages
+  :class:`~clipindex.errors.StoreUnavailableError` with a one-line message naming the URL. Messages
   never contain the API key (the URL is shown without credentials or query string).
 * Every call is idempotent (upserts and deletes by id), so a retry after a lost reply is safe;
   a ``create_collection`` that already happened is detected and verified.
@@ -17,7 +17,7 @@ methods that talk to a server: ``import indexer.store`` stays cheap for the embe
   it. The last ingest summary goes to the same metadata (``clipindex_last_ingest``), or to a file
   in the local state folder when the server does not keep metadata.
 * ``shards``/``replicas`` are passed to ``create_collection`` (ignored in local mode), with the vector storage of
-  ``settings`` (:class:`~indexer.store.sizing.CollectionSettings`: int8 quantization in RAM, float32 originals on
+  ``settings`` (:class:`~clipindex.store.sizing.CollectionSettings`: int8 quantization in RAM, float32 originals on
   disk, HNSW ``m=16``/``ef_construct=100`` unless overridden); searches then rescore the int8 candidates.
 * An API key sent over plain ``http://`` to a host other than localhost triggers an
   :class:`InsecureApiKeyWarning` (and ``on_warning`` when given): the key would travel in clear.
@@ -43,15 +43,15 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import numpy.typing as npt
 
-from indexer.errors import (
+from clipindex.errors import (
     CollectionMismatchError,
     CollectionNotFoundError,
     StoreError,
     StoreUnavailableError,
 )
-from indexer.lock import server_lock_path
-from indexer.settings import DEFAULT_COLLECTION, DEFAULT_LIMIT, DEFAULT_TIMEOUT_S, default_state_dir
-from indexer.store.base import (
+from clipindex.lock import server_lock_path
+from clipindex.settings import DEFAULT_COLLECTION, DEFAULT_LIMIT, DEFAULT_TIMEOUT_S, default_state_dir
+from clipindex.store.base import (
     DIRS_KEY,
     INDEXED_KEYS,
     INTERNAL_KEYS,
@@ -71,7 +71,7 @@ from indexer.store.base import (
     stored_payload,
     vectors_by_id,
 )
-from indexer.store.sizing import CollectionSettings
+from clipindex.store.sizing import CollectionSettings
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient
@@ -191,7 +191,7 @@ class ServerStore(VectorStore):
         self.timeout_s = float(timeout_s)
         self.shards = shards
         self.replicas = replicas
-        #: vector storage of a collection this store creates (quantization, HNSW; :mod:`indexer.store.sizing`)
+        #: vector storage of a collection this store creates (quantization, HNSW; :mod:`clipindex.store.sizing`)
         self.settings = settings if settings is not None else CollectionSettings()
         self._state_dir = state_dir
         self._secret = api_key or None

@@ -11,7 +11,7 @@ settings only apply when clipindex creates the collection: an existing one keeps
 ``memory = vectors * dimension * 4 bytes * 1.5``, the 1.5 covering metadata and the temporary segments of an
 optimisation) applied to each part that lives in RAM, plus this project's own per-point figures (the constants
 below, measured on a 1M-point store). :func:`sizing_table` renders the table in docs/operations.md
-(``python -m indexer.store.sizing``).
+(``python -m clipindex.store.sizing``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from indexer.settings import DEFAULT_HNSW_EF_CONSTRUCT, DEFAULT_HNSW_M, DEFAULT_QUANTIZATION
+from clipindex.settings import DEFAULT_HNSW_EF_CONSTRUCT, DEFAULT_HNSW_M, DEFAULT_QUANTIZATION
 
 __all__ = ["CollectionSettings", "Estimate", "estimate", "sizing_table"]
 

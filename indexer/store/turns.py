@@ -1,11 +1,11 @@
 """Turn-taking on the embedded store: readers and one writer share a Qdrant Edge shard, one at a time.
 
 Qdrant Edge lets one process at a time have a shard open. Every process that opens one first takes the
-store's *turn* (an exclusive :class:`~indexer.lock.FileLock` on ``<store>/store.lock``) and gives it back when
+store's *turn* (an exclusive :class:`~clipindex.lock.FileLock` on ``<store>/store.lock``) and gives it back when
 it closes the shard. The protocol:
 
 * A process that finds the turn taken registers as *waiting* (it locks its own file in ``<store>/waiting/``)
-  and polls the turn for up to its ``wait_s``; then it raises :class:`~indexer.errors.StoreBusyError`, naming
+  and polls the turn for up to its ``wait_s``; then it raises :class:`~clipindex.errors.StoreBusyError`, naming
   the holder from the turn's note.
 * The long-running writer (ingest) calls :meth:`StoreTurns.waiting_readers` between batches: one listing of
   a folder that is normally empty. When someone waits, the store closes its shard (which flushes it),
@@ -25,9 +25,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import StoreBusyError
-from indexer.lock import FileLock, is_locked, remove_holder_note, wait_for_live_note, write_holder_note
-from indexer.settings import DEFAULT_WAIT_S
+from clipindex.errors import StoreBusyError
+from clipindex.lock import FileLock, is_locked, remove_holder_note, wait_for_live_note, write_holder_note
+from clipindex.settings import DEFAULT_WAIT_S
 
 __all__ = ["DEFAULT_WAIT_S", "TURN_FILE", "WAITING_DIR", "StoreTurns"]
 

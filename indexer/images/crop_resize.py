@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from indexer.errors import ModelNotFoundError
+from clipindex.errors import ModelNotFoundError
 
 __all__ = ["RESIZE_PIXEL_BUDGET", "crop_box", "resample_filter", "resize_crop", "resize_size"]
 

@@ -30,9 +30,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from indexer.errors import ImageError, OutputError
-from indexer.output import printable
-from indexer.search import SearchResult
+from clipindex.display import printable
+from clipindex.errors import ImageError, OutputError
+from clipindex.ops.search import SearchResult
 
 __all__ = ["THUMB_SIZE", "Thumbnail", "card_box", "render_contact_sheet", "thumbnail", "write_contact_sheet"]
 
@@ -59,7 +59,8 @@ class Thumbnail:
 
 def thumbnail(path: str | os.PathLike[str], size: int = THUMB_SIZE) -> Thumbnail:
     """Decode ``path`` and shrink it to fit ``size x size`` (aspect kept); never raises for a bad file."""
-    from indexer.preprocess import PreprocessConfig, load_image
+    from clipindex.images.config import PreprocessConfig
+    from clipindex.images.decode import load_image
 
     try:
         # draft: libjpeg decodes at 1/2..1/8 scale, keeping the short side >= 2 * size, then resizes to `size`

@@ -1,65 +1,55 @@
-"""Search and zero-shot classification: the library API behind ``clipindex search`` and ``clipindex classify``.
+"""Search: the library API behind ``clipindex search``.
 
-Every search function takes an open-able :class:`~indexer.store.base.VectorStore` (from
-:func:`indexer.store.open_store`) and an :class:`~indexer.encode.Embedder`, and returns :class:`SearchResult` rows,
+Every search function takes an open-able :class:`~clipindex.store.base.VectorStore` (from
+:func:`clipindex.store.open_store`) and an :class:`~clipindex.model.encode.Embedder`, and returns :class:`SearchResult`
+rows,
 best first (the README's Library API section has examples).
 
 * Scores are cosine similarities of query and image embeddings (CLIP's ranking, unscaled).
 * The collection is opened with ``create=False``: a search never creates one. A missing or empty
-  collection raises :class:`~indexer.errors.NothingIndexedError`; a collection built by another model
-  (name or dimension) :class:`~indexer.errors.CollectionMismatchError`.
+  collection raises :class:`~clipindex.errors.NothingIndexedError`; a collection built by another model
+  (name or dimension) :class:`~clipindex.errors.CollectionMismatchError`.
 * ``threshold`` keeps hits scoring ``>= threshold`` exactly (Qdrant's own ``score_threshold`` is strict,
   so the largest float32 below the threshold is what is sent). ``limit`` counts after the threshold.
 * ``path_prefix`` is a folder (or one file): relative paths are taken against the current directory, as
   ingest stores absolute paths. It is a Qdrant payload filter on the indexed ancestor folders of each
-  path (see :mod:`indexer.store.base`), so ``/a/photos`` never matches ``/a/photos2``.
+  path (see :mod:`clipindex.store.base`), so ``/a/photos`` never matches ``/a/photos2``.
 * Text queries are tokenized like transformers' ``CLIPTokenizer`` and truncated at the model's context
   (77 tokens); ``on_truncate(text)`` is called when that happens. Only the tower a query needs is loaded
   (a text search never loads ``vision.onnx``), on a worker thread while the store opens.
 
-:func:`classify` gives zero-shot label probabilities per image, as CLIP defines them:
-``softmax(logit_scale * cosine(image, label_text))`` over the labels, with ``logit_scale`` (already
-exponentiated, 100 for the OpenAI checkpoints) from the model's manifest. No store is involved.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 
-from indexer.encode import Embedder
-from indexer.errors import (
+from clipindex.errors import (
     CollectionMismatchError,
     CollectionNotFoundError,
-    ImageError,
     NothingIndexedError,
 )
-from indexer.inputs import ImageInput, as_items, describe, load_input
-from indexer.points import absolute, display_path
-from indexer.settings import DEFAULT_BATCH_SIZE, DEFAULT_LIMIT
-from indexer.similarity import similarity, zero_shot_probabilities
-from indexer.store.base import CollectionInfo, Hit, VectorStore
+from clipindex.images.inputs import ImageInput, describe, load_input
+from clipindex.ingest.points import absolute, display_path
+from clipindex.model.encode import Embedder
+from clipindex.settings import DEFAULT_LIMIT
+from clipindex.store.base import CollectionInfo, Hit, VectorStore
 
 __all__ = [
-    "Classification",
-    "LabelScore",
     "SearchResult",
-    "classify",
     "open_collection",
-    "parse_labels",
     "resolve_path_prefix",
     "search_image",
     "search_text",
     "search_vector",
-    "zero_shot_probabilities",
 ]
 
 T = TypeVar("T")
@@ -122,8 +112,8 @@ def open_collection(
     """Open the store's existing collection for reading; never creates one.
 
     With ``model_name`` and ``vector_dim``, the collection must have been built by that model
-    (:class:`~indexer.errors.CollectionMismatchError` otherwise); without, any collection is accepted
-    (:func:`search_vector` with a raw vector). Raises :class:`~indexer.errors.NothingIndexedError` when
+    (:class:`~clipindex.errors.CollectionMismatchError` otherwise); without, any collection is accepted
+    (:func:`search_vector` with a raw vector). Raises :class:`~clipindex.errors.NothingIndexedError` when
     there is no such collection. ``model_dir`` (where the query model comes from) goes into the mismatch
     message.
     """
@@ -267,7 +257,7 @@ def search_image(
     """Images most like ``image``: a file, decoded and preprocessed exactly as ingest does, or any other input
     :meth:`Embedder.encode_images` takes (bytes, a URL, a PIL image...).
 
-    An indexed file finds itself first with a score of ~1. Raises :class:`~indexer.errors.ImageError`
+    An indexed file finds itself first with a score of ~1. Raises :class:`~clipindex.errors.ImageError`
     when the image cannot be read or decoded.
     """
     preprocessor = embedder.preprocessor
@@ -281,109 +271,3 @@ def search_image(
     return search_vector(
         store, vector, limit=limit, threshold=threshold, path_prefix=path_prefix, model_name=embedder.model_name
     )
-
-
-# --- classification -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LabelScore:
-    """One label's zero-shot probability (softmax over the labels) and raw cosine similarity."""
-
-    label: str
-    probability: float
-    similarity: float
-
-
-@dataclass(frozen=True)
-class Classification:
-    """The labels of one image, most probable first."""
-
-    image: str
-    labels: tuple[LabelScore, ...]
-
-    @property
-    def best(self) -> LabelScore:
-        return self.labels[0]
-
-    def as_json(self) -> dict[str, Any]:
-        """What ``clipindex classify --json`` prints for this image."""
-        return {
-            "image": self.image,
-            "labels": [
-                {"label": s.label, "probability": s.probability, "similarity": s.similarity} for s in self.labels
-            ],
-        }
-
-
-def parse_labels(labels: str | Sequence[str]) -> list[str]:
-    """``"cat, dog,a red car"`` (or several such strings) -> ``["cat", "dog", "a red car"]``.
-
-    Labels are split on commas and stripped; empty ones are dropped. Raises ValueError for fewer than
-    one label or a label given twice.
-    """
-    parts = [labels] if isinstance(labels, str) else list(labels)
-    out = [label.strip() for part in parts for label in part.split(",")]
-    out = [label for label in out if label]
-    if not out:
-        raise ValueError("no labels given (e.g. --labels 'cat,dog,a red car')")
-    seen: set[str] = set()
-    for label in out:
-        if label in seen:
-            raise ValueError(f"label {label!r} is given twice")
-        seen.add(label)
-    return out
-
-
-def label_texts(labels: Sequence[str], template: str | None) -> list[str]:
-    """The texts the text tower sees: the labels as given, or ``template`` with ``{}`` replaced by each."""
-    if template is None:
-        return list(labels)
-    if "{}" not in template:
-        raise ValueError(f"template {template!r} has no '{{}}' for the label (e.g. 'a photo of {{}}')")
-    return [template.replace("{}", label) for label in labels]
-
-
-def classify(
-    embedder: Embedder,
-    images: ImageInput | Iterable[ImageInput],
-    labels: str | Sequence[str],
-    *,
-    template: str | None = None,
-    on_error: Callable[[ImageError], None] | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-) -> list[Classification]:
-    """Zero-shot labels for each image: probabilities from a softmax over ``labels``, most probable first.
-
-    ``labels``: a list, or a comma-separated string (:func:`parse_labels`). ``template``: e.g.
-    ``"a photo of {}"``; by default the labels are encoded as given. ``images``: any inputs
-    :meth:`Embedder.encode_images` takes, decoded and preprocessed as ingest does, on its decode-ahead threads.
-    A result's ``image`` is the path or URL given, ``<image N>`` for a PIL image, else a description of the
-    item. An image that cannot be decoded raises :class:`~indexer.errors.ImageError`, or, with ``on_error``, is
-    reported there and left out of the result.
-    """
-    names = parse_labels(labels)
-    texts = embedder.encode_text(label_texts(names, template))
-    items = as_items(images)
-    outcomes = embedder.encode_images_detailed(items, batch_size=batch_size)
-    results: list[Classification] = []
-    kept: list[str] = []
-    vectors: list[np.ndarray] = []
-    for index, (item, outcome) in enumerate(zip(items, outcomes, strict=True)):
-        if outcome.error is not None:
-            if on_error is None:
-                raise outcome.error
-            on_error(outcome.error)
-            continue
-        assert outcome.vector is not None
-        kept.append(f"<image {index}>" if isinstance(item, Image.Image) else describe(item, index))
-        vectors.append(outcome.vector)
-    if not vectors:
-        return results
-    similarities = similarity(np.stack(vectors), texts)
-    probabilities = zero_shot_probabilities(np.stack(vectors), texts, embedder.logit_scale)
-    for name, probs, sims in zip(kept, probabilities, similarities, strict=True):
-        order = sorted(range(len(names)), key=lambda i: (-probs[i], i))
-        scores = tuple(LabelScore(names[i], float(probs[i]), float(sims[i])) for i in order)
-        results.append(Classification(image=name, labels=scores))
-    return results

@@ -11,22 +11,16 @@ The rules (order, extensions, hidden entries, symlinks, errors, names) are :func
 
 from __future__ import annotations
 
-import functools
 import os
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer.errors import WalkError
+from clipindex.errors import WalkError
+from clipindex.images.formats import file_kind, has_image_extension, supported_extensions
 
-#: extensions Pillow decodes without any plugin (lower case, without the dot)
-BASE_EXTENSIONS: frozenset[str] = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"})
-#: extensions that need the optional ``pillow_heif`` plugin (AVIF: or Pillow's native AVIF support)
-HEIF_EXTENSIONS: frozenset[str] = frozenset({"heic", "heif"})
-AVIF_EXTENSIONS: frozenset[str] = frozenset({"avif"})
-
-#: folder links into these are never followed (kernel views of processes and devices, not photos)
+#: folders the walk never enters (kernel and device file systems)
 VIRTUAL_FILESYSTEMS: tuple[str, ...] = ("/proc", "/sys", "/dev")
 
 #: ``on_error(path, reason)``: called for each entry the walk had to skip
@@ -40,62 +34,6 @@ class FoundFile:
     path: Path
     size: int
     mtime_ns: int
-
-
-@functools.cache
-def register_optional_plugins() -> frozenset[str]:
-    """Register optional Pillow plugins once; return the extra extensions they (and Pillow) add.
-
-    ``pillow_heif`` brings HEIC/HEIF (and AVIF with older Pillow); Pillow >= 11.3 decodes AVIF
-    itself when built with libavif.
-    """
-    extra: set[str] = set()
-    try:
-        from PIL import features
-
-        if features.check("avif"):
-            extra |= AVIF_EXTENSIONS
-    except (ImportError, ValueError):  # older Pillow: no "avif" feature
-        pass
-    try:
-        import pillow_heif
-    except ImportError:
-        return frozenset(extra)
-    pillow_heif.register_heif_opener()
-    extra |= HEIF_EXTENSIONS
-    register_avif = getattr(pillow_heif, "register_avif_opener", None)
-    if register_avif is not None and not extra & AVIF_EXTENSIONS:
-        register_avif()
-        extra |= AVIF_EXTENSIONS
-    return frozenset(extra)
-
-
-def supported_extensions() -> frozenset[str]:
-    """Lower-case extensions (no dot) this installation can decode; registers optional plugins."""
-    return BASE_EXTENSIONS | register_optional_plugins()
-
-
-def has_image_extension(name: str, extensions: frozenset[str]) -> bool:
-    """``name`` ends with ``.<ext>`` for one of ``extensions`` (lower case), case-insensitively."""
-    dot = name.rfind(".")
-    return dot > 0 and name[dot + 1 :].lower() in extensions
-
-
-def file_kind(mode: int) -> str:
-    """What a non-regular ``st_mode`` is, for messages (``"a FIFO (named pipe)"``...)."""
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISREG(mode):
-        return "a file"
-    return "a special file"
 
 
 def _reason(exc: OSError, entry: os.DirEntry[str] | None = None) -> str:
@@ -165,7 +103,7 @@ def iter_image_files(
       Without ``on_error`` these are skipped silently.
     * Names that are not valid UTF-8 work end to end: paths are ``str`` with the bytes kept by
       Python's ``surrogateescape`` (``os.fsencode(str(path))`` gives the original bytes back), which
-      ``open``/``os.stat``/:func:`indexer.preprocess.load_image` accept as is.
+      ``open``/``os.stat``/:func:`clipindex.images.preprocess.load_image` accept as is.
     """
     for path, size, mtime_ns in iter_image_entries(root, extensions=extensions, on_error=on_error):
         yield FoundFile(Path(path), size, mtime_ns)
@@ -184,7 +122,7 @@ def iter_image_entries(
 
     ``extensions``: lower-case extensions without the dot; default :func:`supported_extensions`.
     ``on_error(path, reason)``: called for each entry skipped because of an error or because it is
-    not a regular file. Raises :class:`~indexer.errors.WalkError` only when ``root`` itself is not a
+    not a regular file. Raises :class:`~clipindex.errors.WalkError` only when ``root`` itself is not a
     folder that can be listed.
     """
     exts = supported_extensions() if extensions is None else frozenset(e.lower().lstrip(".") for e in extensions)

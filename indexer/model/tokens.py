@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from indexer.errors import ModelNotFoundError
+from clipindex.errors import ModelNotFoundError
 
 
 def valid_unicode(text: str) -> str:

@@ -1,7 +1,7 @@
 """The command line's options, declared once per concept and shared as decorators.
 
 Every option reads, in order: the flag, then its environment variable (shown in ``--help``), then the default;
-names and defaults come from :mod:`indexer.settings`. Each option hands its value to the command as a
+names and defaults come from :mod:`clipindex.settings`. Each option hands its value to the command as a
 parameter: nothing is kept on the click context.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from indexer import settings
+from clipindex import settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,13 +49,13 @@ def _stack(*options: Callable[[F], F]) -> Callable[[F], F]:
 
 
 class DeviceType(click.ParamType):
-    """``--device``: auto, cpu, cuda or cuda:N (checked by :func:`indexer.encode.parse_device`)."""
+    """``--device``: auto, cpu, cuda or cuda:N (checked by :func:`clipindex.model.encode.parse_device`)."""
 
     name = "[auto|cpu|cuda|cuda:N]"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        from indexer.encode import parse_device
-        from indexer.errors import DeviceError
+        from clipindex.errors import DeviceError
+        from clipindex.model.encode import parse_device
 
         try:
             parse_device(str(value))
@@ -216,11 +216,11 @@ def quiet_option(help: str) -> Callable[[F], F]:
 
 def collection_settings_options(func: F) -> F:
     """--quantization, --hnsw-m, --hnsw-ef-construct: a new server collection's vector storage, handed to the
-    command as one ``collection_settings`` parameter (:class:`indexer.store.sizing.CollectionSettings`)."""
+    command as one ``collection_settings`` parameter (:class:`clipindex.store.sizing.CollectionSettings`)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, quantization: str, hnsw_m: int, hnsw_ef_construct: int, **kwargs: Any) -> Any:
-        from indexer.store.sizing import CollectionSettings
+        from clipindex.store.sizing import CollectionSettings
 
         kwargs["collection_settings"] = CollectionSettings(quantization, hnsw_m, hnsw_ef_construct)  # type: ignore[arg-type]
         return func(*args, **kwargs)

@@ -4,14 +4,14 @@ Promises, per file (:func:`load_image`, :func:`decode_file`, :func:`load_image_b
 
 * only a non-empty regular file is read, opened without blocking (no FIFO, device, socket or folder);
 * an image declaring more than ``max_pixels`` pixels is refused before any pixel is decoded
-  (:class:`~indexer.errors.ImageTooLargeError`; ``None``: :data:`~indexer.settings.DEFAULT_MAX_PIXELS`, ``0``:
+  (:class:`~clipindex.errors.ImageTooLargeError`; ``None``: :data:`~clipindex.settings.DEFAULT_MAX_PIXELS`, ``0``:
   no limit); one declaring no pixels is refused;
-* a truncated or corrupt file raises :class:`~indexer.errors.ImageError` (never padded with grey); so does any
+* a truncated or corrupt file raises :class:`~clipindex.errors.ImageError` (never padded with grey); so does any
   decoder failure; the first frame of an animation or multi-page file is used;
 * EXIF orientation is applied like ``ImageOps.exif_transpose`` (an unreadable EXIF block is ignored);
 * :func:`to_rgb` follows transformers' ``convert_to_rgb``: transparency composited onto white, other modes
   converted; high-depth grey (16-bit, 32-bit, float) is scaled to 8 bits rather than clipped;
-* ``draft`` (JPEG only, :data:`~indexer.settings.DEFAULT_DRAFT`): a DCT-scaled decode keeping both sides
+* ``draft`` (JPEG only, :data:`~clipindex.settings.DEFAULT_DRAFT`): a DCT-scaled decode keeping both sides
   >= :data:`DRAFT_OVERSAMPLE` times the model's shortest edge, resized straight to the size preprocessing
   would resize to; ``draft=False`` is bit-exact with transformers.
 
@@ -29,19 +29,17 @@ import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, NamedTuple
+from typing import IO, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFile
 
-from indexer.crop_resize import resample_filter, resize_size
-from indexer.errors import ImageError, ImageTooLargeError
-from indexer.settings import DEFAULT_DRAFT, DEFAULT_MAX_PIXELS
-from indexer.walk import file_kind, register_optional_plugins
-
-if TYPE_CHECKING:
-    from indexer.preprocess import PreprocessConfig, Preprocessor
+from clipindex.errors import ImageError, ImageTooLargeError
+from clipindex.images.config import CLIP_DEFAULT, DecodeSettings, PreprocessConfig, resolve_draft
+from clipindex.images.crop_resize import resample_filter, resize_size
+from clipindex.images.formats import file_kind, register_optional_plugins
+from clipindex.settings import DEFAULT_MAX_PIXELS
 
 __all__ = [
     "DRAFT_OVERSAMPLE",
@@ -66,15 +64,10 @@ _DRAFTABLE = frozenset({"JPEG", "MPO"})
 
 
 def _draft_target(config: PreprocessConfig | None, draft: bool | None) -> PreprocessConfig | None:
-    """The model settings a draft decode resizes for (``None``: no draft). The default is the pipeline's
-    :data:`~indexer.preprocess.CLIP_DEFAULT`, imported here on use: the pipeline imports this module."""
-    if not _resolve_draft(draft):
+    """The model settings a draft decode resizes for (``None``: no draft); by default OpenAI's."""
+    if not resolve_draft(draft):
         return None
-    if config is not None:
-        return config
-    from indexer.preprocess import CLIP_DEFAULT
-
-    return CLIP_DEFAULT
+    return CLIP_DEFAULT if config is None else config
 
 
 def resolve_max_pixels(max_pixels: int | None) -> int:
@@ -98,10 +91,6 @@ def _allow_pil_limit(limit: int) -> None:
         Image.MAX_IMAGE_PIXELS = None
     elif current is not None and limit > current:
         Image.MAX_IMAGE_PIXELS = limit
-
-
-def _resolve_draft(draft: bool | None) -> bool:
-    return DEFAULT_DRAFT if draft is None else bool(draft)
 
 
 def _too_large(name: str, width: int, height: int, max_pixels: int) -> ImageTooLargeError:
@@ -195,11 +184,11 @@ def load_image(
     ``max_pixels``: refuse images declaring more pixels; ``None``: :data:`DEFAULT_MAX_PIXELS`,
     ``0``: no limit. ``draft``: ``None`` means :data:`DEFAULT_DRAFT`.
     ``draft``: JPEG only; decode at 1/2, 1/4 or 1/8 scale (see the module doc) and return the image
-    already resized to ``config``'s resize size (default :data:`~indexer.preprocess.CLIP_DEFAULT`), so that
+    already resized to ``config``'s resize size (default :data:`~clipindex.images.preprocess.CLIP_DEFAULT`), so that
     :func:`preprocess` only crops. Without draft, or when the JPEG is too small to be scaled down,
     the full-size image is returned and ``config`` is not used.
-    Raises :class:`~indexer.errors.ImageError` (or its subclass
-    :class:`~indexer.errors.ImageTooLargeError`) for anything that is not a decodable image.
+    Raises :class:`~clipindex.errors.ImageError` (or its subclass
+    :class:`~clipindex.errors.ImageTooLargeError`) for anything that is not a decodable image.
     """
     name = os.fspath(path)
     with _open_regular(name) as fp:
@@ -219,7 +208,7 @@ def load_image_bytes(
 ) -> Image.Image:
     """:func:`load_image` for an image held in memory (the bytes of a file): the same decoding, limits, draft
     rule and EXIF orientation, so the same bytes give the same pixels as the file would. ``name`` is what an
-    :class:`~indexer.errors.ImageError` names."""
+    :class:`~clipindex.errors.ImageError` names."""
     view = memoryview(data)
     if view.nbytes == 0:
         raise ImageError(name, "empty (0 bytes)")
@@ -302,26 +291,27 @@ class DecodedFile:
 
 def decode_file(
     path: str | os.PathLike[str],
-    preprocessor: Preprocessor | None = None,
+    settings: DecodeSettings | None = None,
     *,
     decode_pixels: Callable[[str], bool] | None = None,
 ) -> DecodedFile:
     """Read ``path`` once: sha256 of its bytes, header checks, then (unless ``decode_pixels(sha256)``
-    is false) decode those same bytes like :func:`load_image` with ``preprocessor``'s settings (draft,
-    max_pixels, config; default ``Preprocessor()``). Raises :class:`ImageError` like
+    is false) decode those same bytes like :func:`load_image` with ``settings`` (draft, max_pixels, config: a
+    :class:`~clipindex.images.preprocess.Preprocessor`; by default OpenAI's config and the default limits).
+    Raises :class:`ImageError` like
     :func:`load_image`, also when only the header is read (not an image, too large...).
     """
     name = os.fspath(path)
-    if preprocessor is None:
-        from indexer.preprocess import Preprocessor  # the pipeline imports this module
-
-        preprocessor = Preprocessor()
-    pre = preprocessor
-    draft_config = pre.config if pre.draft else None
+    if settings is None:
+        draft_config = CLIP_DEFAULT if resolve_draft(None) else None
+        max_pixels = resolve_max_pixels(None)
+    else:
+        draft_config = settings.config if settings.draft else None
+        max_pixels = settings.max_pixels
     with _open_regular(name) as fp:
         # The header first (Pillow reads only what it needs): a file that is no image, or one declaring too
         # many pixels, fails in milliseconds instead of being read and hashed in full (a 10 GB file named .jpg)
-        _decode_guarded(fp, name, pre.max_pixels, None, pixels=False)
+        _decode_guarded(fp, name, max_pixels, None, pixels=False)
         try:
             fp.seek(0)
             size = os.fstat(fp.fileno()).st_size
@@ -344,7 +334,7 @@ def decode_file(
         else:
             fp.seek(0)
             source = fp
-        decoded = _decode_guarded(source, name, pre.max_pixels, draft_config, pixels=wanted)
+        decoded = _decode_guarded(source, name, max_pixels, draft_config, pixels=wanted)
     return DecodedFile(name, size, digest, decoded.width, decoded.height, decoded.format, decoded.image)
 
 

@@ -14,12 +14,13 @@ binary file-like object (has ``read()``)      its remaining bytes (``open(path, 
 ============================================  ==========================================================
 
 Bytes of every origin (bytes, file-like, base64, data URI, URL) go through
-:func:`indexer.decode.load_image_bytes`: the decoder, pixel limit, draft rule and EXIF orientation of a file,
+:func:`clipindex.images.decode.load_image_bytes`: the decoder, pixel limit, draft rule and EXIF orientation of a file,
 so the same bytes give the same vector as ingest gives the file. A PIL image that ``Image.open`` returned and
 nothing has decoded yet is decoded from its file (or the bytes of its file object) the same way
-(:meth:`indexer.preprocess.Preprocessor.load_decoded`). Decoded pixels (a loaded or computed PIL image, an array)
+(:meth:`clipindex.images.preprocess.Preprocessor.load_decoded`). Decoded pixels (a loaded or computed PIL image, an
+array)
 get the pixel limit, EXIF orientation (a PIL image that still carries the tag) and the RGB conversion
-(:func:`indexer.decode.prepare_decoded_image`), but no draft decoding; an RGBA array is composited onto white
+(:func:`clipindex.images.decode.prepare_decoded_image`), but no draft decoding; an RGBA array is composited onto white
 like an RGBA file.
 
 Strings (data URI, URL, base64 or path) and URLs follow the rules in :func:`load_input`.
@@ -45,9 +46,9 @@ from typing import IO, Any, TypeAlias
 import numpy as np
 from PIL import Image
 
-from indexer.errors import ImageError
-from indexer.preprocess import Preprocessor
-from indexer.settings import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT_S
+from clipindex.errors import ImageError
+from clipindex.images.preprocess import Preprocessor
+from clipindex.settings import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT_S
 
 #: Anything :func:`load_input` accepts.
 ImageInput: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes] | Image.Image | np.ndarray"
@@ -121,7 +122,7 @@ def as_items(images: ImageInput | Iterable[ImageInput]) -> list[Any]:
 def load_input(item: Any, preprocessor: Preprocessor, *, name: str, urls: UrlPolicy = UrlPolicy()) -> Image.Image:
     """``item`` (any kind of the module doc) -> the RGB image ingest would decode from the same bytes.
 
-    Raises :class:`~indexer.errors.ImageError` naming ``name`` when the item cannot be read or decoded, is of no
+    Raises :class:`~clipindex.errors.ImageError` naming ``name`` when the item cannot be read or decoded, is of no
     supported kind, or is a URL while ``urls.allow`` is false.
 
     Strings
@@ -144,7 +145,7 @@ def load_input(item: Any, preprocessor: Preprocessor, *, name: str, urls: UrlPol
     (:data:`DEFAULT_MAX_URL_BYTES`); ``timeout_s`` (:data:`DEFAULT_URL_TIMEOUT_S`) is the deadline for connecting and
     downloading, checked between reads, and a connect or read that stalls times out after it too (the name lookup is the
     system's); redirects are followed to ``http(s)`` only. With ``allow_urls=False`` a URL is refused (an
-    :class:`~indexer.errors.ImageError`, like an unreadable image), which services that embed user-supplied strings
+    :class:`~clipindex.errors.ImageError`, like an unreadable image), which services that embed user-supplied strings
     should set. Errors name a URL without its query string (which may hold a token).
     """
     if isinstance(item, Image.Image):
@@ -243,7 +244,7 @@ def fetch_url(url: str, policy: UrlPolicy, *, name: str | None = None) -> bytes:
     name = name or _redacted(url)
     if not policy.allow:
         raise ImageError(name, "URLs are not allowed here (allow_urls=False); fetch the image yourself")
-    from indexer import __version__
+    from clipindex.version import __version__
 
     request = urllib.request.Request(url, headers={"User-Agent": f"clipindex/{__version__}", "Accept": "image/*"})
     opener = urllib.request.build_opener(_HttpRedirectsOnly())

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from indexer.lock import IngestLock
-from indexer.store.base import VectorStore
+from clipindex.lock import IngestLock
+from clipindex.store.base import VectorStore
 
 __all__ = ["OptimizeReport", "optimize_collection"]
 
@@ -65,8 +65,8 @@ def optimize_collection(
 ) -> OptimizeReport:
     """Run the store's optimisation until nothing changes (at most :data:`MAX_ROUNDS` rounds), then flush.
 
-    Opens the existing collection (never creates one: :class:`~indexer.errors.CollectionNotFoundError`), under
-    the ingest lock unless ``lock`` is False (:class:`~indexer.errors.LockHeldError` while an ingest runs).
+    Opens the existing collection (never creates one: :class:`~clipindex.errors.CollectionNotFoundError`), under
+    the ingest lock unless ``lock`` is False (:class:`~clipindex.errors.LockHeldError` while an ingest runs).
     ``on_round(round, changed)`` is called after each round.
     """
     started = time.monotonic()

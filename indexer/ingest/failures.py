@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from indexer.store.base import VectorStore
+from clipindex.store.base import VectorStore
 
 __all__ = ["FailureMemory", "Remembered", "memory_path"]
 
@@ -45,7 +45,7 @@ class Remembered:
 
 def memory_path(store: VectorStore) -> Path:
     """Where ``store``'s remembered failures live (module doc)."""
-    from indexer.store.edge import EdgeStore
+    from clipindex.store.edge import EdgeStore
 
     if isinstance(store, EdgeStore):
         return store.root / FILE_NAME
@@ -110,8 +110,8 @@ class FailureMemory:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """The portable lock of :mod:`indexer.lock` (runs of several shards update the file one at a time)."""
-        from indexer.lock import FileLock
+        """The portable lock of :mod:`clipindex.lock` (runs of several shards update the file one at a time)."""
+        from clipindex.lock import FileLock
 
         lock = FileLock(self.path.with_name(f".{self.path.name}.lock"))
         if not lock.acquire(timeout_s=LOCK_WAIT_S):

@@ -16,26 +16,25 @@ Nothing here depends on the current folder: a relative ``--model-dir`` is made a
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import ModelNotFoundError
-from indexer.manifest import MANIFEST_NAME, VISION_FILE, ModelManifest, missing_manifest_message
-from indexer.settings import ENV_MODEL_DIR, default_model_dir
+from clipindex.errors import ModelNotFoundError
+from clipindex.model.manifest import ModelManifest
+from clipindex.model.model_format import MANIFEST_NAME, VISION_FILE
+from clipindex.settings import ENV_MODEL_DIR, default_model_dir
 
 __all__ = [
     "ModelLocation",
     "ModelOrigin",
     "default_model_dir",
-    "ensure_model",
     "model_record",
     "recorded_model_dir",
     "require_model",
     "resolve_model_dir",
-    "run_converter",
 ]
 
 #: summary keys of the model that built a collection (saved with the last ingest's summary)
@@ -100,56 +99,10 @@ def resolve_model_dir(
 
 def require_model(location: ModelLocation) -> ModelLocation:
     """``location``, unless it is the default folder and holds no model yet: then say what makes one (the
-    other folders get :class:`~indexer.manifest.ModelManifest`'s own message)."""
+    other folders get :class:`~clipindex.model.manifest.ModelManifest`'s own message)."""
     if location.origin == ModelOrigin.DEFAULT and not (location.path / MANIFEST_NAME).exists():
         raise ModelNotFoundError(
             f"no model yet (none in {location.path}, the default model folder): `clipindex ingest DIR` converts "
             "one first, or run `clipindex convert` (or pass --model-dir / set CLIPINDEX_MODEL_DIR)"
         )
     return location
-
-
-def ensure_model(location: ModelLocation, source_model: str, progress: Callable[[str], None] | None = None) -> None:
-    """Convert ``source_model`` first when the default folder has no model (the README's one-command start).
-
-    A folder the user named (--model-dir, CLIPINDEX_MODEL_DIR) is never converted into, and neither is a folder
-    holding other files: a typo must not become a model. ``progress`` hears the conversion's steps.
-    """
-    import shlex
-
-    model_dir: Path = location.path
-    if (model_dir / MANIFEST_NAME).is_file():
-        return
-    if location.origin != ModelOrigin.DEFAULT:
-        if model_dir.exists():
-            raise ModelNotFoundError(missing_manifest_message(model_dir))
-        raise ModelNotFoundError(
-            f"{model_dir}: no such model folder ({location.origin.value}); convert a model into it with "
-            f"`clipindex convert --output {shlex.quote(str(model_dir))}`, or leave {location.origin.value} out to "
-            "use the default model folder"
-        )
-    empty_dir = model_dir.is_dir() and not any(model_dir.iterdir())
-    if model_dir.exists() and not empty_dir:  # never convert over someone's files
-        raise ModelNotFoundError(missing_manifest_message(model_dir))
-    if progress is not None:
-        progress(f"No model in {model_dir}: converting {source_model} first (clipindex convert)")
-    run_converter(source_model, model_dir, force=empty_dir, progress=progress)
-
-
-def run_converter(
-    source: str,
-    output: Path | None,
-    *,
-    quantize: str | None = None,
-    force: bool = False,
-    progress: Callable[[str], None] | None = None,
-) -> Any:
-    """Run :func:`convert.api.convert_model` (the [convert] extra): the runtime's only import of ``convert``.
-
-    Fails with one line naming the extra when torch, transformers or onnx are missing, before anything is
-    loaded. Returns the :class:`convert.api.ConvertResult`.
-    """
-    from convert.api import convert_model, require_convert_extra
-
-    require_convert_extra()
-    return convert_model(source, output, quantize=quantize, force=force, progress=progress)

@@ -3,7 +3,7 @@ last ingest went. Library API: :func:`collect_status` -> :class:`Status` (``as_j
 
 Nothing is created or written. It works before any ingest (the collection is reported as absent) and
 without a model folder (the model is reported as missing). A running ingest is shown with its live progress
-(:mod:`indexer.live`). The embedded store is read in turn with other processes (:mod:`indexer.store.turns`);
+(:mod:`clipindex.ingest.live`). The embedded store is read in turn with other processes (:mod:`clipindex.store.turns`);
 one that stays in use past the store's wait is reported as busy, with everything else still shown.
 """
 
@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import CollectionNotFoundError, ModelNotFoundError, StoreBusyError, StoreError
-from indexer.live import read_live_progress
-from indexer.output import aligned, printable
-from indexer.store.base import UNKNOWN_MODEL, VectorStore
+from clipindex.display import aligned, printable
+from clipindex.errors import CollectionNotFoundError, ModelNotFoundError, StoreBusyError, StoreError
+from clipindex.ingest.live import read_live_progress
+from clipindex.store.base import UNKNOWN_MODEL, VectorStore
 
 __all__ = ["Status", "collect_status"]
 
@@ -177,7 +177,7 @@ def collect_status(model_dir: str | Path, store: VectorStore) -> Status:
 
     Raises the store's errors other than "no collection" and "busy" (e.g. an unreachable server).
     """
-    from indexer.manifest import ModelManifest
+    from clipindex.model.manifest import ModelManifest
 
     model = source = error = None
     dim: int | None = None

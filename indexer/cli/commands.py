@@ -1,7 +1,7 @@
 """The ``clipindex`` command line: thin Click wrappers over the library API.
 
-Only this module turns :class:`indexer.errors.ClipIndexError` into one-line messages and exit codes. The options
-are :mod:`indexer.options`' shared decorators; their defaults live in :mod:`indexer.settings`.
+Only this module turns :class:`clipindex.errors.ClipIndexError` into one-line messages and exit codes. The options
+are :mod:`clipindex.cli.options`' shared decorators; their defaults live in :mod:`clipindex.settings`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from indexer import __version__, settings
-from indexer.errors import ClipIndexError, StoreBusyError
-from indexer.options import (
+from clipindex import settings
+from clipindex.cli.options import (
     api_key_file_option,
     collection_option,
     collection_settings_options,
@@ -34,19 +33,21 @@ from indexer.options import (
     timeout_option,
     wait_option,
 )
+from clipindex.errors import ClipIndexError, StoreBusyError
+from clipindex.version import __version__
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
-    from indexer.locate import ModelLocation
-    from indexer.store.base import VectorStore
-    from indexer.store.sizing import CollectionSettings
+    from clipindex.model.locate import ModelLocation
+    from clipindex.store.base import VectorStore
+    from clipindex.store.sizing import CollectionSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str, code: int = 1, hints: tuple[str, ...] = ()) -> None:
-    from indexer.output import printable  # file names may hold newlines or escape sequences
+    from clipindex.display import printable  # file names may hold newlines or escape sequences
 
     click.echo(f"Error: {printable(message)}", err=True)
     for hint in hints:  # the ways forward, one per line under the error
@@ -141,7 +142,7 @@ def convert(source_arg: str | None, source: str, output: Path | None, quantize: 
     """
     from click.core import ParameterSource
 
-    from indexer.locate import run_converter
+    from clipindex.convert.auto import run_converter
 
     if source_arg is not None:  # the positional SOURCE; an explicit --model must name the same checkpoint
         given, positional = Path(source).expanduser(), Path(source_arg).expanduser()
@@ -184,13 +185,13 @@ def next_ingest_command(output: Path) -> str:
 
 
 def locate_model(model_dir: Path | None, store: VectorStore | None = None) -> ModelLocation:
-    """The model folder to use (:func:`indexer.locate.resolve_model_dir`): --model-dir, CLIPINDEX_MODEL_DIR,
+    """The model folder to use (:func:`clipindex.model.locate.resolve_model_dir`): --model-dir, CLIPINDEX_MODEL_DIR,
     the folder recorded by the collection's last ingest (when ``store`` is given), the per-user default."""
     from click.core import ParameterSource
 
-    from indexer.errors import StoreBusyError, StoreUnavailableError
-    from indexer.errors import StoreError as _StoreError
-    from indexer.locate import ModelOrigin, resolve_model_dir
+    from clipindex.errors import StoreBusyError, StoreUnavailableError
+    from clipindex.errors import StoreError as _StoreError
+    from clipindex.model.locate import ModelOrigin, resolve_model_dir
 
     ctx = click.get_current_context(silent=True)
     source = ctx.get_parameter_source("model_dir") if ctx is not None else None
@@ -232,8 +233,8 @@ def make_store(
     wait_s: float = settings.DEFAULT_WAIT_S,
     role: str = "clipindex",
 ) -> Any:
-    """The store the options name (:func:`indexer.store.open_store`), warnings and waits told on stderr."""
-    from indexer.store import open_store
+    """The store the options name (:func:`clipindex.store.open_store`), warnings and waits told on stderr."""
+    from clipindex.store import open_store
 
     return open_store(
         data_dir,
@@ -291,8 +292,8 @@ def timestamp() -> str:
 
 
 def quiet_c_stderr() -> AbstractContextManager[None]:
-    """Keep what C libraries print while files are decoded out of the terminal (:mod:`indexer.cstderr`)."""
-    from indexer.cstderr import capture_c_stderr
+    """Keep what C libraries print while files are decoded out of the terminal (:mod:`clipindex.cstderr`)."""
+    from clipindex.cstderr import capture_c_stderr
 
     return capture_c_stderr()
 
@@ -397,12 +398,14 @@ def ingest(
     the lock (at once), or the embedded store stayed in use by other processes for --wait seconds (try again
     later).
     """
-    from indexer.encode import Embedder
-    from indexer.errors import FailedFilesError
-    from indexer.locate import ensure_model
-    from indexer.output import TqdmProgress, json_line, printable
-    from indexer.pipeline import FailedFile, IngestOptions
-    from indexer.pipeline import ingest as run_ingest
+    from clipindex.cli.output import json_line
+    from clipindex.convert.auto import ensure_model
+    from clipindex.display import printable
+    from clipindex.errors import FailedFilesError
+    from clipindex.ingest.pipeline import FailedFile, IngestOptions
+    from clipindex.ingest.pipeline import ingest as run_ingest
+    from clipindex.model.encode import Embedder
+    from clipindex.progress import TqdmProgress
 
     shard_spec = parse_shard(shard)
     check_ingest_directory(directory)
@@ -524,10 +527,10 @@ def search(
     collection, or another error; 2 usage error; 69 Qdrant server unreachable; 75 the embedded store
     stayed in use by other processes for --wait seconds (a running ingest lets searches in between batches).
     """
-    from indexer.encode import Embedder
-    from indexer.locate import require_model
-    from indexer.output import format_results, json_document
-    from indexer.search import search_image, search_text
+    from clipindex.cli.output import format_results, json_document
+    from clipindex.model.encode import Embedder
+    from clipindex.model.locate import require_model
+    from clipindex.ops.search import search_image, search_text
 
     if (query is None) == (image is None):
         raise click.UsageError("give a text QUERY or --image PATH (one of them)")
@@ -564,7 +567,7 @@ def search(
             scoring = f" scoring {threshold} or more" if threshold is not None else ""
             info(f"No results{scoring}" + (f" under {path_prefix}" if path_prefix is not None else ""))
         if html_file is not None:
-            from indexer.contact_sheet import write_contact_sheet
+            from clipindex.cli.contact_sheet import write_contact_sheet
 
             title = query if query is not None else f"more like {image}"
             written = write_contact_sheet(
@@ -636,12 +639,13 @@ def classify(
     Exit codes: 0 done; 1 an image could not be read (the others are still printed) or another error;
     2 usage error.
     """
-    from indexer.encode import Embedder
-    from indexer.errors import FailedFilesError, ImageError
-    from indexer.locate import require_model
-    from indexer.output import format_classifications, json_document, printable
-    from indexer.search import classify as run_classify
-    from indexer.search import label_texts, parse_labels
+    from clipindex.cli.output import format_classifications, json_document
+    from clipindex.display import printable
+    from clipindex.errors import FailedFilesError, ImageError
+    from clipindex.model.classify import classify as run_classify
+    from clipindex.model.classify import label_texts, parse_labels
+    from clipindex.model.encode import Embedder
+    from clipindex.model.locate import require_model
 
     try:
         names = parse_labels(labels)
@@ -700,10 +704,11 @@ def status(
     Exit codes: 0 done; 1 the store failed; 69 Qdrant server unreachable; 75 the embedded store stayed in use
     by other processes for --wait seconds.
     """
-    from indexer.encode import ort_cache_dir
-    from indexer.failures import FailureMemory
-    from indexer.output import aligned, json_document, printable
-    from indexer.status import collect_status
+    from clipindex.cli.output import json_document
+    from clipindex.display import aligned, printable
+    from clipindex.ingest.failures import FailureMemory
+    from clipindex.model.encode import ort_cache_dir
+    from clipindex.ops.status import collect_status
 
     store = make_store(
         data_dir, qdrant_url, api_key_file, collection, timeout_s=timeout_s, wait_s=wait_s, role="status"
@@ -817,9 +822,10 @@ def migrate(
     Exit codes: 0 copied and verified; 1 failed (no collection to copy, another model built the target,
     verification failed); 69 Qdrant server unreachable; 75 the embedded store or the target is busy.
     """
-    from indexer.migrate import migrate as run_migrate
-    from indexer.output import TqdmProgress, json_line
-    from indexer.store import EdgeStore
+    from clipindex.cli.output import json_line
+    from clipindex.ops.migrate import migrate as run_migrate
+    from clipindex.progress import TqdmProgress
+    from clipindex.store.edge import EdgeStore
 
     source = EdgeStore(data_dir if data_dir is not None else settings.default_data_dir(), collection, role="migrate")
     target = make_store(
@@ -872,8 +878,8 @@ def optimize(
     Exit codes: 0 done; 1 nothing indexed yet, or the store failed; 69 Qdrant server unreachable; 75 an ingest
     holds the store, or other processes kept it for --wait seconds (try again later).
     """
-    from indexer.optimize import optimize_collection
-    from indexer.output import json_line
+    from clipindex.cli.output import json_line
+    from clipindex.ops.optimize import optimize_collection
 
     store = make_store(
         data_dir, qdrant_url, api_key_file, collection, timeout_s=timeout_s, wait_s=wait_s, role="optimize"
@@ -884,7 +890,7 @@ def optimize(
 
 
 def main() -> None:
-    """The ``clipindex`` command (also ``python -m indexer``)."""
+    """The ``clipindex`` command (also ``python -m clipindex``)."""
     import warnings
 
     global _standalone

@@ -1,14 +1,14 @@
 """CLIP preprocessing: an image -> ``pixel_values``, bit for bit as transformers' ``CLIPImageProcessorPil``.
 
-For an RGB image and a model's :class:`PreprocessConfig` (from its manifest; :data:`CLIP_DEFAULT` is OpenAI's):
+For an RGB image and a model's ``PreprocessConfig`` (from its manifest; ``CLIP_DEFAULT`` is OpenAI's):
 
 1. resize the short side to ``shortest_edge`` (long side ``int(S * long / short)``), ``resample`` = bicubic;
-2. center-crop to ``crop_height x crop_width`` (zero fill past the edges) (:mod:`indexer.crop_resize`);
+2. center-crop to ``crop_height x crop_width`` (zero fill past the edges) (:mod:`clipindex.images.crop_resize`);
 3. ``x = float32(float64(v) * rescale_factor)``, then ``(x - mean[c]) / std[c]`` in float32, per channel;
 4. lay out ``float32 [3, crop_height, crop_width]``; :func:`preprocess_batch` stacks ``[N, 3, H, W]``.
 
-Files are decoded by :mod:`indexer.decode` (whose public functions this module re-exports);
-:class:`Preprocessor` holds one model's settings for both steps.
+Files are decoded by :mod:`clipindex.images.decode`; :class:`Preprocessor` holds one model's settings for both
+steps (:mod:`clipindex.images.config` holds :class:`~clipindex.images.config.PreprocessConfig`).
 """
 
 from __future__ import annotations
@@ -17,92 +17,24 @@ import functools
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFile
 
-from indexer.crop_resize import RESIZE_PIXEL_BUDGET, crop_box, resample_filter, resize_crop, resize_size
-from indexer.decode import (
-    DRAFT_OVERSAMPLE,
-    DecodedFile,
-    _resolve_draft,
-    apply_exif_orientation,
-    decode_file,
-    load_image,
-    load_image_bytes,
-    prepare_decoded_image,
-    resolve_max_pixels,
-    to_rgb,
-)
-from indexer.errors import ImageError
-from indexer.manifest import ModelManifest
-from indexer.settings import DEFAULT_DRAFT, DEFAULT_MAX_PIXELS
+from clipindex.errors import ImageError
+from clipindex.images.config import CLIP_DEFAULT, PreprocessConfig, PreprocessRules, resolve_draft
+from clipindex.images.crop_resize import resample_filter, resize_crop
+from clipindex.images.decode import load_image, load_image_bytes, prepare_decoded_image, resolve_max_pixels, to_rgb
 
 __all__ = [
-    "CLIP_DEFAULT",
-    "DEFAULT_DRAFT",
-    "DEFAULT_MAX_PIXELS",
-    "DRAFT_OVERSAMPLE",
-    "RESIZE_PIXEL_BUDGET",
-    "DecodedFile",
-    "PreprocessConfig",
     "Preprocessor",
-    "apply_exif_orientation",
-    "crop_box",
-    "decode_file",
     "load_and_preprocess",
-    "load_image",
-    "load_image_bytes",
-    "prepare_decoded_image",
     "preprocess",
     "preprocess_batch",
-    "resample_filter",
-    "resize_size",
-    "resolve_max_pixels",
-    "to_rgb",
 ]
 
-OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 _STREAM_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True, slots=True)
-class PreprocessConfig:
-    """The preprocessing parameters of one model (from its ``manifest.json``)."""
-
-    shortest_edge: int = 224
-    crop_height: int = 224
-    crop_width: int = 224
-    resample: str = "bicubic"
-    rescale_factor: float = 1 / 255
-    image_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
-    image_std: tuple[float, float, float] = OPENAI_CLIP_STD
-
-    @classmethod
-    def from_manifest(cls, manifest: ModelManifest) -> PreprocessConfig:
-        config = cls(
-            shortest_edge=manifest.resize_shortest_edge,
-            crop_height=manifest.crop_height,
-            crop_width=manifest.crop_width,
-            resample=manifest.resample,
-            rescale_factor=manifest.rescale_factor,
-            image_mean=manifest.image_mean,
-            image_std=manifest.image_std,
-        )
-        resample_filter(config.resample)  # fail early on a bad manifest
-        return config
-
-    @property
-    def output_shape(self) -> tuple[int, int, int]:
-        """``(3, crop_height, crop_width)``."""
-        return (3, self.crop_height, self.crop_width)
-
-
-#: OpenAI CLIP's preprocessing (all public CLIP checkpoints on the Hugging Face hub use it).
-CLIP_DEFAULT = PreprocessConfig()
 
 
 @functools.lru_cache(maxsize=16)
@@ -182,12 +114,12 @@ class Preprocessor:
         resample_filter(config.resample)
         self.config = config
         #: resolved settings: ``draft`` a bool, ``max_pixels`` an int (0: no limit)
-        self.draft = _resolve_draft(draft)
+        self.draft = resolve_draft(draft)
         self.max_pixels = resolve_max_pixels(max_pixels)
 
     @classmethod
     def from_manifest(
-        cls, manifest: ModelManifest, *, draft: bool | None = None, max_pixels: int | None = None
+        cls, manifest: PreprocessRules, *, draft: bool | None = None, max_pixels: int | None = None
     ) -> Preprocessor:
         return cls(PreprocessConfig.from_manifest(manifest), draft=draft, max_pixels=max_pixels)
 

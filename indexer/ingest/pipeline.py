@@ -2,11 +2,11 @@
 
 Phases of one run (the CLI's ``clipindex ingest`` is a thin wrapper around :func:`ingest`):
 
-1. **Lock** the store (:class:`indexer.lock.IngestLock`): a second concurrent ingest fails at once.
+1. **Lock** the store (:class:`clipindex.lock.IngestLock`): a second concurrent ingest fails at once.
 2. **Open** the collection: created with the model's ``embedding_dim`` and cosine distance on first use; a
    collection built by another model stops the run before anything is written.
 3. **Index**: read ``size, mtime_ns, sha256`` of every stored point (payloads only, no vectors).
-4. **Walk** the folder (:mod:`indexer.walk`). A file whose point exists with the same size and mtime is
+4. **Walk** the folder (:mod:`clipindex.ingest.walk`). A file whose point exists with the same size and mtime is
    *unchanged* and costs nothing but its ``stat``. ``--shard K/N`` keeps the paths hashing to shard K. The walk
    streams: the files it finds to embed feed the next phase as it goes, so the first batch is embedded long
    before a large tree is fully walked (``Progress.start`` gets the total when the walk ends).
@@ -36,20 +36,20 @@ from typing import Any
 
 import numpy as np
 
-from indexer import cstderr
-from indexer.decode import DecodedFile, decode_file
-from indexer.encode import Embedder, available_cores
-from indexer.errors import CountMismatchError, ImageError, StoreUnavailableError
-from indexer.failures import FailureMemory, Remembered, new_entry
-from indexer.live import LiveProgress, progress_path
-from indexer.locate import model_record
-from indexer.lock import IngestLock
-from indexer.output import Progress
-from indexer.points import INDEX_FIELDS, absolute, absolute_point_id, display_path, in_shard, make_payload
-from indexer.prefetch import decode_ahead
-from indexer.settings import DEFAULT_BATCH_SIZE
-from indexer.store.base import PATH_KEY, Point, VectorStore
-from indexer.walk import iter_image_entries
+from clipindex import cstderr
+from clipindex.errors import CountMismatchError, ImageError, StoreUnavailableError
+from clipindex.images.decode import DecodedFile, decode_file
+from clipindex.images.prefetch import decode_ahead
+from clipindex.ingest.failures import FailureMemory, Remembered, new_entry
+from clipindex.ingest.live import LiveProgress, progress_path
+from clipindex.ingest.points import INDEX_FIELDS, absolute, absolute_point_id, display_path, in_shard, make_payload
+from clipindex.ingest.walk import iter_image_entries
+from clipindex.lock import IngestLock
+from clipindex.model.encode import Embedder, available_cores
+from clipindex.model.locate import model_record
+from clipindex.progress import Progress
+from clipindex.settings import DEFAULT_BATCH_SIZE
+from clipindex.store.base import PATH_KEY, Point, VectorStore
 
 #: how often (seconds) the embedded store is flushed during a run; it is flushed at the end too
 FLUSH_INTERVAL_S = 30.0
@@ -70,7 +70,7 @@ YIELD_CHECK_S = 0.2
 class FailedFile:
     path: str
     reason: str
-    #: failed before with the same size and mtime: not decoded again (:mod:`indexer.failures`)
+    #: failed before with the same size and mtime: not decoded again (:mod:`clipindex.ingest.failures`)
     known: bool = False
 
 
@@ -115,7 +115,7 @@ class IngestOptions:
     #: decode/preprocess threads; default: the cores
     decode_workers: int | None = None
     flush_interval_s: float = FLUSH_INTERVAL_S
-    #: remember the files that fail, and skip them while they do not change (:mod:`indexer.failures`)
+    #: remember the files that fail, and skip them while they do not change (:mod:`clipindex.ingest.failures`)
     remember_failures: bool = True
     #: decode the remembered failures again
     retry_failed: bool = False

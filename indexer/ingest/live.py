@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from indexer.lock import is_locked, read_holder_note, read_json_file
+from clipindex.lock import is_locked, read_holder_note, read_json_file
 
 __all__ = ["LiveProgress", "progress_path", "read_live_progress"]
 

@@ -2,7 +2,7 @@
 
 The usual move is from the embedded store (Qdrant Edge, ``--data-dir``) to a server or a cluster
 (``--to http://qdrant:6333``) once a collection outgrows one machine's disk or needs to be shared, but
-:func:`migrate` takes any two :class:`~indexer.store.base.VectorStore`.
+:func:`migrate` takes any two :class:`~clipindex.store.base.VectorStore`.
 
 What is copied, and how it is checked:
 
@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from indexer.errors import CountMismatchError, StoreError
-from indexer.lock import IngestLock
-from indexer.output import Progress
-from indexer.settings import DEFAULT_MIGRATE_BATCH_SIZE
-from indexer.store.base import Point, VectorStore
+from clipindex.errors import CountMismatchError, StoreError
+from clipindex.lock import IngestLock
+from clipindex.progress import Progress
+from clipindex.settings import DEFAULT_MIGRATE_BATCH_SIZE
+from clipindex.store.base import Point, VectorStore
 
 __all__ = ["DEFAULT_BATCH_SIZE", "MigrateReport", "migrate"]
 

@@ -1,6 +1,6 @@
 """The model folder's ``manifest.json``, read and checked: what the runtime needs from a converted model.
 
-The folder's layout is :mod:`indexer.model_format`'s contract.
+The folder's layout is :mod:`clipindex.model.model_format`'s contract.
 """
 
 from __future__ import annotations
@@ -11,8 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import ModelNotFoundError
-from indexer.model_format import FORMAT_VERSION, MANIFEST_NAME, TEXT_FILE, TOKENIZER_FILE, VISION_FILE, quantized_name
+from clipindex.errors import ModelNotFoundError
+from clipindex.model.model_format import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    TEXT_FILE,
+    TOKENIZER_FILE,
+    VISION_FILE,
+    quantized_name,
+)
 
 __all__ = [
     "FORMAT_VERSION",

@@ -1,6 +1,7 @@
 """Decode-ahead: run a per-item function on a small thread pool, a few batches ahead of their consumer.
 
-What ``clipindex ingest`` and :meth:`indexer.encode.Embedder.encode_images` share: while the caller runs the model
+What ``clipindex ingest`` and :meth:`clipindex.model.encode.Embedder.encode_images` share: while the caller runs the
+model
 on batch *i*, the pool decodes and preprocesses batches *i + 1 .. i + lookahead* (Pillow's decoders, its resize and
 ONNX Runtime all release the GIL, so the threads really overlap)::
 

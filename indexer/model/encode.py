@@ -16,34 +16,25 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
+from typing import Any, Literal, NamedTuple, overload
 
 import numpy as np
 
-from indexer.errors import DeviceError, DeviceFallbackWarning, ImageError, ModelIntegrityError, ModelNotFoundError
-from indexer.inputs import (
+from clipindex.errors import DeviceError, DeviceFallbackWarning, ImageError, ModelIntegrityError, ModelNotFoundError
+from clipindex.images.inputs import ImageInput, UrlPolicy, as_items, describe, load_input
+from clipindex.images.prefetch import decode_ahead
+from clipindex.model.classify import Classification, classify
+from clipindex.model.manifest import ModelManifest, reconvert_hint
+from clipindex.model.model_format import TEXT_FILE, TOKENIZER_FILE, VISION_FILE, quantized_name
+from clipindex.model.similarity import TopK, l2_normalise, similarity, top_k
+from clipindex.settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DEVICE,
     DEFAULT_MAX_URL_BYTES,
+    DEFAULT_PRECISION,
     DEFAULT_URL_TIMEOUT_S,
-    ImageInput,
-    UrlPolicy,
-    as_items,
-    describe,
-    load_input,
+    cache_dir,
 )
-from indexer.manifest import (
-    TEXT_FILE,
-    TOKENIZER_FILE,
-    VISION_FILE,
-    ModelManifest,
-    quantized_name,
-    reconvert_hint,
-)
-from indexer.prefetch import decode_ahead
-from indexer.settings import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_PRECISION, cache_dir
-from indexer.similarity import TopK, l2_normalise, similarity, top_k
-
-if TYPE_CHECKING:
-    from indexer.search import Classification
 
 Device = str  # "auto", "cpu", "cuda" or "cuda:N"
 Precision = Literal["fp32", "int8"]
@@ -105,7 +96,7 @@ def resolve_providers(device: str) -> list[str]:
     ``cuda``/``cuda:N`` raise :class:`DeviceError` saying why CUDA cannot run: this onnxruntime is not the GPU
     build, or no CUDA device (or not that many) is visible. ``auto`` takes CUDA when onnxruntime-gpu sees a device;
     when onnxruntime-gpu is installed but finds none, it runs on the CPU after one notice (a
-    :class:`~indexer.errors.DeviceFallbackWarning`, once per process). The plain CPU build means CPU, silently.
+    :class:`~clipindex.errors.DeviceFallbackWarning`, once per process). The plain CPU build means CPU, silently.
     """
     import onnxruntime as ort
 
@@ -159,7 +150,7 @@ def _session_options(intra_op_threads: int | None) -> Any:
 
 
 def ort_cache_dir() -> Path | None:
-    """Where optimised models are cached (:func:`indexer.settings.cache_dir`); ``None``: no cache."""
+    """Where optimised models are cached (:func:`clipindex.settings.cache_dir`); ``None``: no cache."""
     return cache_dir()
 
 
@@ -329,7 +320,7 @@ class EncodedImage(NamedTuple):
     """One item's outcome in :meth:`Embedder.encode_images_detailed`: its vector, or the error that stopped it.
 
     ``vector``: float32 ``[D]``, L2-normalised, or ``None`` when the item failed; ``error``: ``None``, or the
-    :class:`~indexer.errors.ImageError` (``error.reason`` says why, ``error.path`` names the item).
+    :class:`~clipindex.errors.ImageError` (``error.reason`` says why, ``error.path`` names the item).
     """
 
     vector: np.ndarray | None
@@ -359,7 +350,7 @@ class Embedder:
     the errors and the one notice of ``auto``'s fallback.
 
     **URLs.** ``allow_urls`` (default on): whether ``http(s)://`` strings given to ``encode_images`` are fetched;
-    ``url_timeout_s`` and ``max_url_bytes`` bound each download (:mod:`indexer.inputs`).
+    ``url_timeout_s`` and ``max_url_bytes`` bound each download (:mod:`clipindex.images.inputs`).
     """
 
     def __init__(
@@ -467,7 +458,7 @@ class Embedder:
     @property
     def preprocessor(self) -> Any:
         if self._preprocessor is None:
-            from indexer.preprocess import Preprocessor
+            from clipindex.images.preprocess import Preprocessor
 
             with self._lazy_lock:
                 if self._preprocessor is None:
@@ -479,7 +470,7 @@ class Embedder:
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from indexer.tokens import TextTokenizer
+            from clipindex.model.tokens import TextTokenizer
 
             with self._lazy_lock:
                 if self._tokenizer is None:
@@ -527,12 +518,12 @@ class Embedder:
         progress: bool = False,
         allow_urls: bool | None = None,
     ) -> np.ndarray | list[np.ndarray | None]:
-        """Images of any kind (:mod:`indexer.inputs`: paths, bytes, file objects, data URIs, base64, URLs, PIL
+        """Images of any kind (:mod:`clipindex.images.inputs`: paths, bytes, file objects, data URIs, base64, URLs, PIL
         images, HWC uint8 arrays, mixed freely) -> vectors, decoded and preprocessed exactly as ``clipindex
-        ingest`` does, on the same decode-ahead thread pool (:mod:`indexer.prefetch`).
+        ingest`` does, on the same decode-ahead thread pool (:mod:`clipindex.images.prefetch`).
 
         ``errors="raise"`` (default): float32 ``[N, D]``, L2-normalised; the first item that cannot be read raises
-        :class:`~indexer.errors.ImageError` naming it. ``errors="none"``: a list of N ``[D]`` vectors with ``None``
+        :class:`~clipindex.errors.ImageError` naming it. ``errors="none"``: a list of N ``[D]`` vectors with ``None``
         where an item failed (:meth:`encode_images_detailed` says why). ``progress``: a tqdm bar on stderr when it
         is a terminal. ``allow_urls``: overrides the embedder's setting for this call. One item (not in a list) is
         a batch of one.
@@ -682,7 +673,8 @@ class Embedder:
 
     @staticmethod
     def top_k(queries: np.ndarray, candidates: np.ndarray, k: int) -> TopK:
-        """For each query vector, the ``k`` most similar candidate vectors, best first: :func:`indexer.similarity.top_k`
+        """For each query vector, the ``k`` most similar candidate vectors, best first:
+        :func:`clipindex.model.similarity.top_k`
         (texts -> images with text queries, images -> texts the other way round)."""
         return top_k(queries, candidates, k)
 
@@ -695,10 +687,8 @@ class Embedder:
         on_error: Callable[[ImageError], None] | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> list[Classification]:
-        """Zero-shot labels per image, no store needed: :func:`indexer.search.classify` (what ``clipindex
-        classify`` runs), returning :class:`~indexer.search.Classification` rows."""
-        from indexer.search import classify
-
+        """Zero-shot labels per image, no store needed: :func:`clipindex.model.classify.classify` (what
+        ``clipindex classify`` runs), returning :class:`~clipindex.model.classify.Classification` rows."""
         return classify(self, images, labels, template=template, on_error=on_error, batch_size=batch_size)
 
 
