@@ -27,9 +27,9 @@ class SourceUnavailableError(ConvertError):
         self.hints = (
             "real weights: pass a local checkpoint folder: `clipindex convert /path/to/checkpoint` "
             "(ingest: --source-model /path/to/checkpoint, or CLIPINDEX_SOURCE_MODEL=/path/to/checkpoint)",
-            "a trial without them: `python -m clipindex.convert.checkpoint /tmp/clip-trial` writes a random-weight "
-            "CLIP, then "
-            "`clipindex convert /tmp/clip-trial` (random weights: the rankings are meaningless)",
+            "a trial without them (random weights: the rankings are meaningless): "
+            "`python -m clipindex.convert.checkpoint /tmp/clip-trial && "
+            "CLIPINDEX_SOURCE_MODEL=/tmp/clip-trial clipindex ingest ./images`",
         )
 
 

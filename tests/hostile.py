@@ -17,15 +17,10 @@ from __future__ import annotations
 import io
 import os
 import struct
-import threading
 import zlib
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from PIL import Image
-
-T = TypeVar("T")
 
 #: entries that are not regular files (after following symlinks)
 NOT_REGULAR: frozenset[str] = frozenset(
@@ -194,28 +189,3 @@ def _exif_orientation_payload(orientation: int) -> bytes:
     """A minimal little-endian TIFF/EXIF block holding only an Orientation tag (0x0112)."""
     entry = struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0)
     return b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1) + entry + struct.pack("<I", 0)
-
-
-def call_with_deadline(fn: Callable[[], T], seconds: float) -> T:
-    """Run ``fn()`` in a daemon thread; raise ``TimeoutError`` if it has not returned within ``seconds``.
-
-    For "must not hang" checks: a call blocked on a FIFO or reading ``/dev/zero`` fails the test
-    instead of freezing the whole run (the stuck daemon thread is abandoned).
-    """
-    outcome: list[T] = []
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            outcome.append(fn())
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        raise TimeoutError(f"still running after {seconds} s (blocked on a special file?)")
-    if failure:
-        raise failure[0]
-    return outcome[0]

@@ -103,9 +103,9 @@ def test_clipindex_services_ingest_on_a_schedule_against_the_server(
     volumes = service["volumes"]
     mounts = {volume(v)[1]: volume(v) for v in volumes}
     assert mounts["/images"][2] == "ro" and required_var(mounts["/images"][0], "IMAGES_DIR")
-    assert mounts["/models"] == ("models", "/models", "ro") and mounts["/state"][2] == "rw"
+    assert mounts["/models"] == ("./models", "/models", "ro") and mounts["/state"][2] == "rw"
     for source, _, _ in mounts.values():
-        assert source.startswith("${") or source in compose["volumes"]
+        assert source.startswith(("${", "./")) or source in compose["volumes"]
     assert service["read_only"] is True and service["init"] is True and service["restart"] == "unless-stopped"
 
 
@@ -129,14 +129,15 @@ def test_cluster_profile_bootstraps_three_peers_and_creates_a_sharded_replicated
     assert set(compose["services"]["clipindex-cluster"]["depends_on"]) == set(QDRANT_NODES)
 
 
-def test_convert_profile_builds_the_convert_extra_into_the_models_volume(compose: dict[str, Any]) -> None:
+def test_convert_profile_builds_the_convert_extra_into_the_models_folder(compose: dict[str, Any]) -> None:
     convert = compose["services"]["convert"]
     assert convert["build"]["args"]["EXTRAS"] == "convert"
     assert convert["command"][0] == "convert" and convert["command"][-2:] == [
         "--output",
         "/models/clip-vit-base-patch32",
     ]
-    assert "models:/models" in convert["volumes"]
+    assert "./models:/models" in convert["volumes"]
+    assert (REPO / "models" / "README.md").is_file()  # the bind-mounted folder exists in a fresh clone
     assert convert["image"] != compose["services"]["clipindex"]["image"]
 
 

@@ -262,9 +262,16 @@ def test_readme_first_lines_run_offline_in_a_fresh_home(tmp_path: Path) -> None:
     then a search from another folder with no flags."""
     if shutil.which("clipindex") is None:
         pytest.skip("the clipindex script is not installed")
-    head = (REPO / "README.md").read_text(encoding="utf-8").split("```", 2)[1]
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    head = readme.split("\n## A model: real weights, or a trial\n", 1)[1].split("```bash\n", 1)[1].split("```")[0]
     (trial,) = [line for line in head.splitlines() if line.startswith("python -m clipindex.convert.checkpoint")]
     assert "meaningless" in head.split(trial)[0].splitlines()[-1]  # said right above the command
+    from clipindex.convert.errors import SourceUnavailableError
+
+    hints = SourceUnavailableError("offline").hints
+    assert any(f"`{trial}`" in hint for hint in hints), "the offline error suggests the README's own trial recipe"
+    (real,) = [line for line in head.splitlines() if line.startswith("CLIPINDEX_SOURCE_MODEL=/path/to/checkpoint")]
+    assert any("CLIPINDEX_SOURCE_MODEL=/path/to/checkpoint" in hint for hint in hints), real
     trial = trial.replace("/tmp/clip-trial", str(tmp_path / "clip-trial"))
     env = fresh_env(tmp_path / "home")
     ran = subprocess.run(["bash", "-c", trial], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

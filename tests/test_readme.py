@@ -1,4 +1,5 @@
-"""The README's Library API examples run as written, in order, on the tiny test model."""
+"""The library examples (README's "The library" and docs/library.md) run as written, in order, on the tiny test
+model."""
 
 from __future__ import annotations
 
@@ -18,14 +19,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+LIBRARY_DOC = (ROOT / "docs" / "library.md").read_text(encoding="utf-8")
 #: the host:port of the `python -m http.server -d images 8000` the examples mention
 EXAMPLE_HOST = "localhost:8000"
 
 
-def library_examples() -> list[str]:
-    """The ```python blocks of the README's "Library API" section, in order."""
-    section = README.split("\n## Library API\n", 1)[1].split("\n## ", 1)[0]
+def readme_examples() -> list[str]:
+    """The ```python blocks of the README's "The library" section."""
+    section = README.split("\n## The library\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+
+
+def library_examples() -> list[str]:
+    """The ```python blocks of docs/library.md, in order."""
+    return re.findall(r"```python\n(.*?)```", LIBRARY_DOC, flags=re.DOTALL)
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -83,7 +90,7 @@ def test_library_examples_run(
     with contextlib.redirect_stdout(printed):
         for number, block in enumerate(blocks, start=1):
             code = block.replace(EXAMPLE_HOST, images_server)  # the port the test's server got
-            exec(compile(code, f"README.md Library API example {number}", "exec"), namespace)
+            exec(compile(code, f"docs/library.md example {number}", "exec"), namespace)
     dimension = namespace["embedder"].dimension
     assert namespace["vectors"].shape == (len(list((tmp_path / "images").glob("*.jpg"))), dimension)
     assert namespace["async_images"].shape == (2, dimension)
@@ -92,3 +99,34 @@ def test_library_examples_run(
     output = printed.getvalue()
     assert "failed: item 1 (bytes, 12 bytes)" in output
     assert "images/missing.jpg: cannot open" in output
+
+
+def test_readme_library_example_runs(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipindex.settings import default_model_dir
+
+    (block,) = readme_examples()
+    shutil.copytree(ROOT / "images", tmp_path / "images")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("CLIPINDEX_DATA_DIR", str(tmp_path / "data"))
+    default_model_dir().parent.mkdir(parents=True)
+    default_model_dir().symlink_to(tiny_model_dir, target_is_directory=True)
+    from click.testing import CliRunner
+
+    from clipindex.cli import cli
+
+    result = CliRunner().invoke(cli, ["ingest", "images", "--collection", "images", "--quiet"])
+    assert result.exit_code == 0, result.output
+    namespace: dict[str, Any] = {"__name__": "readme"}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(block, "README.md library example", "exec"), namespace)
+    assert namespace["vectors"].shape == (2, namespace["embedder"].dimension)
+    rows = printed.getvalue().splitlines()
+    assert [row.split()[0] for row in rows] == ["1", "2", "3"]
+    assert all(row.split()[2].endswith(".jpg") for row in rows)
+
+
+def test_the_url_example_says_it_needs_a_server() -> None:
+    blocks = [block for block in library_examples() if EXAMPLE_HOST in block]
+    assert blocks and all("needs" in block for block in blocks)
