@@ -296,6 +296,7 @@ def test_entrypoint_stops_promptly_on_sigterm(stub_env: dict[str, str]) -> None:
     assert proc.returncode == 143 and time.monotonic() - started < 5
 
 
+@pytest.mark.slow
 def test_entrypoint_runs_the_real_ingest_as_the_container_would(tmp_path: Path, tiny_model_dir: Path) -> None:
     images = tmp_path / "images"
     images.mkdir()

@@ -38,6 +38,7 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.slow
 def test_cli_convert_writes_a_verified_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "model"
     result = CliRunner().invoke(
@@ -163,6 +164,7 @@ def test_text_padding_does_not_change_the_vector(tiny_model_dir: Path, torch_cli
     np.testing.assert_allclose(a, ref, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_perturbed_onnx_model_is_refused(tiny_checkpoint: Path, torch_clip, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import onnx
     from onnx import numpy_helper
@@ -181,6 +183,7 @@ def test_perturbed_onnx_model_is_refused(tiny_checkpoint: Path, torch_clip, tmp_
         verify_towers(model, processor, tokenizer, tmp_path, context_length=77)
 
 
+@pytest.mark.slow
 def test_broken_checkpoint_is_refused_and_nothing_written(tiny_checkpoint: Path, tmp_path: Path) -> None:
     import torch
     from safetensors.torch import load_file, save_file
@@ -231,6 +234,7 @@ def test_missing_or_invalid_source_gives_one_clear_line(tmp_path: Path) -> None:
         assert not out.exists()
 
 
+@pytest.mark.slow
 def test_existing_output_needs_force(tiny_model_dir: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "model"
     shutil.copytree(tiny_model_dir, out)
@@ -243,6 +247,7 @@ def test_existing_output_needs_force(tiny_model_dir: Path, tiny_checkpoint: Path
     assert not (out / "marker").exists() and (out / "vision.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_default_output_is_the_per_user_model_folder(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -256,6 +261,7 @@ def test_default_output_is_the_per_user_model_folder(
     assert json.loads((result.output / "manifest.json").read_text())["model_name"] == tiny_checkpoint.name
 
 
+@pytest.mark.slow
 def test_missing_convert_extra_names_the_extra(tmp_path: Path) -> None:
     """Run the real CLI in a subprocess where `import torch` fails, as on a runtime-only install."""
     blocker = tmp_path / "blocker"
@@ -374,6 +380,7 @@ print(json.dumps(results))
 """
 
 
+@pytest.mark.slow
 def test_hub_ids_get_the_checks_of_local_folders_and_fail_fast_offline(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """Hub ids, read from a hub cache with the hub unreachable (no HF_HUB_OFFLINE): a cached BERT or Chinese-CLIP
     or a repository without tokenizer is refused like a local folder; an uncached id fails at once instead of
@@ -415,6 +422,7 @@ def test_hub_ids_get_the_checks_of_local_folders_and_fail_fast_offline(tiny_chec
     assert manifest["source_model"] == "acme/clip-tiny-test" and manifest["model_name"] == "clip-tiny-test"
 
 
+@pytest.mark.slow
 def test_fp16_checkpoint_in_a_hub_cache_snapshot_converts_in_fp32(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -146,6 +146,7 @@ def test_manifest_values_that_cannot_be_right_are_refused(tiny_model_dir: Path, 
         Embedder(model).encode_text(["a cat"])
 
 
+@pytest.mark.slow
 def test_embedding_dim_comes_from_the_checkpoint(tmp_path: Path, sample_photos) -> None:  # type: ignore[no-untyped-def]
     """A 768-d model (like ViT-L/14) goes through convert, ingest and the store: nothing assumes 512."""
     ckpt = write_random_checkpoint(tmp_path / "clip-768", arch="tiny", projection_dim=768)

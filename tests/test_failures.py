@@ -90,6 +90,7 @@ def run_cli(*args: str | Path, env: dict[str, str]) -> subprocess.CompletedProce
     )
 
 
+@pytest.mark.slow
 def test_odd_tiffs_leave_only_the_start_line_and_failed_lines_on_stderr(tmp_path: Path, tiny_model_dir: Path) -> None:
     root = tmp_path / "scans"
     outcome = make_odd_tiffs(root)

@@ -245,6 +245,7 @@ def cli(*args: str | Path, env: dict[str, str], timeout: float = 120) -> subproc
 # --- SIGKILL at random moments ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_mid_batch_flush_and_prune_then_rerun_converges(
     tmp_path: Path, tiny_model_dir: Path, env: dict[str, str]
 ) -> None:
@@ -328,6 +329,7 @@ def test_sigkill_at_random_moments_mid_batch_flush_and_prune_then_rerun_converge
 # --- server unreachable, connection dropped -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_unreachable_server_fails_within_the_timeout_with_exit_69(
     tmp_path: Path, tiny_model_dir: Path, env: dict[str, str]
 ) -> None:
@@ -364,6 +366,7 @@ def rest_server() -> Iterator[QdrantRestServer]:
         yield server
 
 
+@pytest.mark.slow
 def test_connection_drop_mid_run_stops_cleanly_then_next_run_resumes(
     tmp_path: Path, tiny_model_dir: Path, env: dict[str, str], rest_server: QdrantRestServer
 ) -> None:
@@ -419,6 +422,7 @@ def _can_loop_mount(tmp_path: Path) -> bool:
     return ok
 
 
+@pytest.mark.slow
 def test_full_disk_stops_with_a_clear_error_and_the_store_survives(
     tmp_path: Path, tiny_model_dir: Path, env: dict[str, str]
 ) -> None:
@@ -475,6 +479,7 @@ def test_full_disk_stops_with_a_clear_error_and_the_store_survives(
     assert_exact_index(copy, valid)
 
 
+@pytest.mark.slow
 def test_file_size_limit_is_a_clear_error_and_leaves_nothing_broken(
     tmp_path: Path, tiny_model_dir: Path, env: dict[str, str]
 ) -> None:
@@ -506,6 +511,7 @@ def test_file_size_limit_is_a_clear_error_and_leaves_nothing_broken(
     assert_exact_index(data, valid)
 
 
+@pytest.mark.slow
 def test_read_only_data_dir_is_a_clear_error_and_the_store_is_untouched(
     tmp_path: Path, tiny_model_dir: Path, env: dict[str, str]
 ) -> None:
@@ -536,6 +542,7 @@ def test_read_only_data_dir_is_a_clear_error_and_the_store_is_untouched(
 # --- two ingests at once; no stale lock after SIGKILL -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_ingests_at_once_exactly_one_runs_and_a_killed_holder_leaves_no_lock(
     tmp_path: Path, tiny_model_dir: Path, env: dict[str, str]
 ) -> None:
@@ -588,6 +595,7 @@ print("optimized", flush=True)
 """
 
 
+@pytest.mark.slow
 def test_orphan_temp_segments_of_an_interrupted_optimisation_are_removed_on_open(
     tmp_path: Path, tiny_model_dir: Path, env: dict[str, str]
 ) -> None:
@@ -640,6 +648,7 @@ def test_orphan_temp_segments_of_an_interrupted_optimisation_are_removed_on_open
 # --- security: the API key, plain http, TLS -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_api_key_is_never_printed_even_in_errors(tmp_path: Path, tiny_model_dir: Path, env: dict[str, str]) -> None:
     root = tmp_path / "tree"
     valid = make_tree(root, 4, seed=11, broken=False)
@@ -663,6 +672,7 @@ def test_api_key_is_never_printed_even_in_errors(tmp_path: Path, tiny_model_dir:
     assert SECRET not in help_text and "--api-key " not in help_text  # no flag that would put it in `ps`
 
 
+@pytest.mark.slow
 def test_api_key_over_plain_http_to_a_remote_host_warns_through_the_cli(
     tmp_path: Path, tiny_model_dir: Path, env: dict[str, str]
 ) -> None:
@@ -698,6 +708,7 @@ def test_api_key_over_plain_http_to_a_remote_host_warns_through_the_cli(
     assert local.returncode == 69 and "Warning:" not in local.stderr, local.stderr
 
 
+@pytest.mark.slow
 def test_https_urls_reach_the_client(tmp_path: Path) -> None:
     """An https URL is accepted and used as is: the unreachable error names the https URL (TLS is wired)."""
     port = closed_port()

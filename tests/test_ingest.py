@@ -245,6 +245,7 @@ def test_concurrent_ingest_is_refused(photo_dir: Path, tiny_model_dir: Path, tmp
         pass
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_gives_the_exact_index(
     tmp_path: Path, tiny_model_dir: Path, sample_photos: dict[str, Image.Image]
 ) -> None:
@@ -334,6 +335,7 @@ def test_missing_model_and_missing_dir_are_one_line_errors(tmp_path: Path, tiny_
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.slow
 def test_python_dash_m_indexer_runs_ingest_without_torch(photo_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     code = (
         "import sys, runpy\n"
@@ -353,6 +355,7 @@ def test_python_dash_m_indexer_runs_ingest_without_torch(photo_dir: Path, tiny_m
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
 
 
+@pytest.mark.slow
 def test_ingest_converts_the_model_first_when_missing(photo_dir: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     """The README's one-command start: no model yet, CLIPINDEX_SOURCE_MODEL names a local checkpoint; the model
     goes to the per-user default folder (the only one ingest converts into)."""
@@ -394,6 +397,7 @@ def test_noop_rerun_never_loads_the_vision_model(photo_dir: Path, tiny_model_dir
     assert embedder._towers == {}, "an unchanged tree must cost stat() calls, not a model load"
 
 
+@pytest.mark.slow
 def test_ingest_seals_segments_as_it_goes_and_search_stays_exact(
     tmp_path: Path, tiny_model_dir: Path, sample_photos: dict[str, Image.Image], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -138,6 +138,7 @@ def kinds_of(path: Path, http_base: str) -> dict[str, Any]:
     return items
 
 
+@pytest.mark.slow
 def test_every_input_kind_gives_ingests_vector(
     embedder: Embedder, photo_dir: Path, ingested: dict[str, np.ndarray], http_base: str
 ) -> None:
@@ -253,6 +254,7 @@ def test_the_pixel_limit_applies_to_every_kind(tiny_model_dir: Path, photo_dir: 
         assert isinstance(result.error, ImageTooLargeError), result
 
 
+@pytest.mark.slow
 def test_urls_from_a_local_server(tiny_model_dir: Path, http_base: str, photo_dir: Path) -> None:
     embedder = Embedder(tiny_model_dir, device="cpu", url_timeout_s=1.0)
     url = f"{http_base}/chelsea.jpg"
@@ -287,6 +289,7 @@ def test_urls_from_a_local_server(tiny_model_dir: Path, http_base: str, photo_di
         silent.close()
 
 
+@pytest.mark.slow
 def test_aencode_keeps_the_event_loop_responsive(tiny_model_dir: Path, photo_dir: Path) -> None:
     """A heartbeat coroutine ticks every <= 50 ms while 100 images are encoded on worker threads."""
     names = ("chelsea.jpg", "rotated.jpg", "coffee.png", "rgba.png")

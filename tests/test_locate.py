@@ -47,6 +47,7 @@ def photo_tree(folder: Path, sample_photos: dict[str, Image.Image]) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_zero_flag_workflow_from_three_folders(
     tiny_checkpoint: Path, sample_photos: dict[str, Image.Image], tmp_path: Path
 ) -> None:
@@ -140,6 +141,7 @@ def test_mistyped_model_dir_exits_non_zero_and_creates_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
 
 
+@pytest.mark.slow
 def test_first_run_offline_names_the_two_ways_forward(tmp_path: Path) -> None:
     """No model and no hub: the error, then one line per way forward (a local checkpoint; a random-weight
     trial, said to rank meaninglessly); nothing is left in the default model folder."""
@@ -176,6 +178,7 @@ def test_ingest_of_a_missing_folder_or_a_file_is_a_usage_error(tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pics"]
 
 
+@pytest.mark.slow
 def test_missing_int8_files_hint_is_a_command_that_works(
     tiny_checkpoint: Path, tmp_path: Path, sample_photos: dict[str, Image.Image]
 ) -> None:
@@ -204,6 +207,7 @@ def test_missing_int8_files_hint_is_a_command_that_works(
     shutil.rmtree(model)
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_convert_says_nothing_was_written(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """SIGINT in the middle of a conversion: convert's own message (not ingest's "finished batches are kept"),
     exit 130, and no model folder."""
@@ -257,6 +261,7 @@ def test_optimised_model_cache_has_one_entry_per_model_content_and_status_shows_
     assert json.loads(result.stdout)["model_cache"] == {"dir": str(cache), "bytes": size}
 
 
+@pytest.mark.slow
 def test_readme_first_lines_run_offline_in_a_fresh_home(tmp_path: Path) -> None:
     """The README's offline trial line, run as written by bash from the checkout (./images), in a fresh HOME,
     then a search from another folder with no flags."""

@@ -95,6 +95,7 @@ def test_refusal_names_a_holder_that_has_not_written_its_note_yet(tmp_path: Path
     assert f"pid {os.getpid()} " in str(exc.value)
 
 
+@pytest.mark.slow
 def test_refusal_reports_the_note_it_read_when_no_live_holder_appears(tmp_path: Path) -> None:
     path = tmp_path / "ingest.lock"
     with FileLock(path):  # held, with no note at all

@@ -184,6 +184,7 @@ def test_migrate_verification_catches_a_bad_copy(edge_dir: Path, tmp_path: Path,
 # --- the CLI, against a real HTTP server ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_migrate_to_a_server_then_ingest_there_needs_no_re_embedding(
     edge_dir: Path, photo_dir: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -237,6 +238,7 @@ def test_cli_migrate_to_a_server_then_ingest_there_needs_no_re_embedding(
         assert other.count() == 0
 
 
+@pytest.mark.slow
 def test_cli_migrate_errors_are_one_line_with_their_exit_codes(edge_dir: Path, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{closed_port()}"
     result = run_cli("migrate", "--data-dir", edge_dir, "--to", url, "--timeout", "0.5")

@@ -100,6 +100,7 @@ def test_parity_other_config_padding_and_filters(tmp_path: Path) -> None:
             assert float(np.abs(ours - ref).max()) <= PARITY
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(3, 2000), (2000, 3), (700, 2400), (1, 5000), (5000, 11)])
 def test_elongated_images_resize_only_the_crop_bit_for_bit(
     clip_processor: Any, monkeypatch: pytest.MonkeyPatch, size: tuple[int, int]

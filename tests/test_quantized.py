@@ -75,6 +75,7 @@ def queries(vectors: npt.NDArray[np.float32], count: int, seed: int = 1) -> Iter
         yield (q / np.linalg.norm(q)).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_quantized_search_ranks_like_exact_search_on_synthetic_512d(tmp_path: Path, small_segments: None) -> None:
     vectors = clustered(4000)
     with EdgeStore(tmp_path / "data", COLLECTION) as store:
@@ -122,6 +123,7 @@ def crops(sample_photos: dict[str, Image.Image], root: Path, count: int) -> None
         image.crop((x, y, x + 96, y + 96)).save(folder / f"{i:03d}.jpg", quality=90)
 
 
+@pytest.mark.slow
 def test_quantized_search_ranks_like_exact_search_on_the_tiny_model(
     tmp_path: Path, tiny_model_dir: Path, sample_photos: dict[str, Image.Image], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -161,6 +163,7 @@ def old_config(vector_dim: int) -> qe.EdgeConfig:
     )
 
 
+@pytest.mark.slow
 def test_a_store_written_before_quantization_is_searched_then_upgraded_by_clipindex_optimize(
     tmp_path: Path, small_segments: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -237,6 +240,7 @@ def _int8_copy_looks_cached(shard: Path) -> bool:
         return _looks_cached(handle.fileno())
 
 
+@pytest.mark.slow
 def test_a_full_payload_read_gives_back_its_pages_as_it_goes(
     tmp_path: Path, small_segments: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -35,6 +35,19 @@ def library_examples() -> list[str]:
     return re.findall(r"```python\n(.*?)```", LIBRARY_DOC, flags=re.DOTALL)
 
 
+def in_a_checkout_with_the_default_model(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The examples' world: a copy of the checkout's images/ as the current folder, the test model as the
+    default model folder, and a store of the test's own."""
+    from clipindex.settings import default_model_dir
+
+    shutil.copytree(ROOT / "images", tmp_path / "images")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("CLIPINDEX_DATA_DIR", str(tmp_path / "data"))
+    default_model_dir().parent.mkdir(parents=True)
+    default_model_dir().symlink_to(tiny_model_dir, target_is_directory=True)
+
+
 class _QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -75,14 +88,7 @@ def test_there_are_examples_for_each_part_of_the_library() -> None:
 def test_library_examples_run(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, images_server: str
 ) -> None:
-    from clipindex.settings import default_model_dir
-
-    shutil.copytree(ROOT / "images", tmp_path / "images")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # the default model folder is the test model
-    monkeypatch.setenv("CLIPINDEX_DATA_DIR", str(tmp_path / "data"))
-    default_model_dir().parent.mkdir(parents=True)
-    default_model_dir().symlink_to(tiny_model_dir, target_is_directory=True)
+    in_a_checkout_with_the_default_model(tmp_path, tiny_model_dir, monkeypatch)
     namespace: dict[str, Any] = {"__name__": "readme"}
     printed = io.StringIO()
     blocks = library_examples()
@@ -102,18 +108,12 @@ def test_library_examples_run(
 
 
 def test_readme_library_example_runs(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from clipindex.settings import default_model_dir
-
-    (block,) = readme_examples()
-    shutil.copytree(ROOT / "images", tmp_path / "images")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("CLIPINDEX_DATA_DIR", str(tmp_path / "data"))
-    default_model_dir().parent.mkdir(parents=True)
-    default_model_dir().symlink_to(tiny_model_dir, target_is_directory=True)
     from click.testing import CliRunner
 
     from clipindex.cli import cli
+
+    (block,) = readme_examples()
+    in_a_checkout_with_the_default_model(tmp_path, tiny_model_dir, monkeypatch)
 
     result = CliRunner().invoke(cli, ["ingest", "images", "--collection", "images", "--quiet"])
     assert result.exit_code == 0, result.output

@@ -203,6 +203,7 @@ def test_limit_is_exact(indexed: Indexed) -> None:
     assert search_cli(indexed, "a rocket", "--limit", "0").exit_code == 2
 
 
+@pytest.mark.slow
 def test_threshold_is_exact_and_inclusive(indexed: Indexed) -> None:
     everything = search_json(indexed, "a cup of coffee", "--limit", "100")
     scores = [d["score"] for d in everything]
@@ -224,6 +225,7 @@ def test_threshold_is_exact_and_inclusive(indexed: Indexed) -> None:
     assert search_cli(indexed, "x", "--threshold", "nan").exit_code == 2
 
 
+@pytest.mark.slow
 def test_path_prefix_is_an_exact_folder_filter(indexed: Indexed, monkeypatch: pytest.MonkeyPatch) -> None:
     root = indexed.root
     everything = search_json(indexed, "flowers", "--limit", "100")
@@ -349,6 +351,7 @@ def test_nothing_indexed_is_one_line_and_creates_nothing(tiny_model_dir: Path, t
         search_vector(store, np.ones(512, dtype=np.float32))
 
 
+@pytest.mark.slow
 def test_model_mismatch_is_one_clear_line(tiny_model_dir: Path, tmp_path: Path) -> None:
     model_name = Embedder(tiny_model_dir).model_name
     for other_name, dim in (("clip-vit-large-patch14", 768), ("another-512-model", 512)):
@@ -367,6 +370,7 @@ def test_model_mismatch_is_one_clear_line(tiny_model_dir: Path, tmp_path: Path) 
 # --- speed: no heavy imports, only the tower the query needs -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_text_search_imports_nothing_heavy_and_never_loads_the_vision_tower(
     indexed: Indexed, tmp_path: Path
 ) -> None:

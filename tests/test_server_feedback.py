@@ -48,6 +48,7 @@ def clipindex(*args: str | Path, env: dict[str, str]) -> tuple[subprocess.Comple
     return proc, time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_the_wait_is_announced_at_once_and_the_run_goes_on_when_the_server_comes(
     photos: Path, tiny_model_dir: Path, env: dict[str, str]
 ) -> None:
@@ -82,6 +83,7 @@ def test_the_wait_is_announced_at_once_and_the_run_goes_on_when_the_server_comes
     assert "indexed 3" in out
 
 
+@pytest.mark.slow
 def test_a_host_name_that_does_not_resolve_fails_at_once(
     photos: Path, tiny_model_dir: Path, env: dict[str, str]
 ) -> None:
@@ -95,6 +97,7 @@ def test_a_host_name_that_does_not_resolve_fails_at_once(
     assert SECRET not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_a_refused_api_key_fails_at_once_with_exit_1(photos: Path, tiny_model_dir: Path, env: dict[str, str]) -> None:
     with QdrantRestServer(api_key=SECRET) as server:
         url = server.url
@@ -135,6 +138,7 @@ def untrusted_tls_server(tmp_path: Path) -> Iterator[str]:
         httpd.server_close()
 
 
+@pytest.mark.slow
 def test_a_tls_certificate_that_does_not_verify_fails_at_once(untrusted_tls_server: str, env: dict[str, str]) -> None:
     args = ["status", "--qdrant-url", untrusted_tls_server, "--timeout", "120"]
     result, elapsed = clipindex(*args, env=dict(env, QDRANT_API_KEY=SECRET))
@@ -144,6 +148,7 @@ def test_a_tls_certificate_that_does_not_verify_fails_at_once(untrusted_tls_serv
     assert SECRET not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_migrate_has_its_own_message(
     photos: Path, tiny_model_dir: Path, tmp_path: Path, env: dict[str, str]
 ) -> None:
@@ -182,6 +187,7 @@ def test_ctrl_c_during_migrate_has_its_own_message(
     assert "re-run the same clipindex migrate" in err and "finished batches" not in err
 
 
+@pytest.mark.slow
 def test_a_server_that_accepts_but_never_answers_is_announced_within_seconds(env: dict[str, str]) -> None:
     """Connections are accepted (by the kernel's backlog) but no reply ever comes: without the notice, nothing
     would be said for a whole request timeout (10 s)."""

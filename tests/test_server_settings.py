@@ -40,6 +40,7 @@ def photo_dir(tmp_path: Path, sample_photos: dict[str, Image.Image]) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_ingest_creates_a_quantized_collection_and_search_rescores(photo_dir: Path, tiny_model_dir: Path) -> None:
     with QdrantRestServer() as server:
         result = run_cli("ingest", photo_dir, "--model-dir", tiny_model_dir, "--qdrant-url", server.url, "-q")

@@ -119,6 +119,7 @@ def run_shards_at_once(root: Path, model_dir: Path, url: str, env: dict[str, str
     return reports
 
 
+@pytest.mark.slow
 def test_three_shards_at_once_give_exactly_the_single_run_index(
     tree: Path, tiny_model_dir: Path, tmp_path: Path, env: dict[str, str], server: QdrantRestServer
 ) -> None:
@@ -148,6 +149,7 @@ def test_three_shards_at_once_give_exactly_the_single_run_index(
     assert max(float(np.abs(vectors[i] - want_vectors[i]).max()) for i in want_vectors) <= 1e-6
 
 
+@pytest.mark.slow
 def test_prune_with_shard_only_prunes_its_own_shard(
     tree: Path, tiny_model_dir: Path, env: dict[str, str], server: QdrantRestServer
 ) -> None:

@@ -498,6 +498,7 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_server_unreachable_fails_fast_without_leaking_the_key() -> None:
     port = closed_port()
     url = f"http://127.0.0.1:{port}"
@@ -629,6 +630,7 @@ def _rss_file_mb() -> float:
     pytest.skip("no RssFile in /proc/self/status")
 
 
+@pytest.mark.slow
 def test_edge_release_memory_unmaps_what_a_full_read_paged_in(tmp_path: Path) -> None:
     """Reading every payload (ingest's index) leaves the store's pages mapped into the process; release_memory
     gives them back and the store stays open, with every point and payload as before."""

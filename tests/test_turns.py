@@ -283,6 +283,7 @@ NO_FCNTL = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_every_runtime_module_imports_and_the_locks_work_without_fcntl(tmp_path: Path, env: dict[str, str]) -> None:
     """As on Windows, where there is no fcntl: every runtime module imports, and the portable lock API works (on a
     platform with neither flock nor LockFileEx it falls back to marker files)."""
@@ -297,6 +298,7 @@ def test_every_runtime_module_imports_and_the_locks_work_without_fcntl(tmp_path:
 # --- searches and status share the store --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_eight_searches_started_together_all_print_results(
     indexed: Path, tiny_model_dir: Path, env: dict[str, str]
 ) -> None:
@@ -311,6 +313,7 @@ def test_eight_searches_started_together_all_print_results(
     assert not list((indexed / COLLECTION / "waiting").glob("*.lock"))  # every waiter cleaned up after itself
 
 
+@pytest.mark.slow
 @posix_only
 def test_wait_runs_out_on_a_stuck_reader_with_exit_75_naming_it(
     indexed: Path, tiny_model_dir: Path, env: dict[str, str]
@@ -336,6 +339,7 @@ def test_wait_runs_out_on_a_stuck_reader_with_exit_75_naming_it(
     assert ok.returncode == 0, ok.stderr
 
 
+@pytest.mark.slow
 @posix_only
 def test_searches_and_status_during_an_ingest_see_what_it_verified(
     indexed: Path, tiny_model_dir: Path, tmp_path: Path, env: dict[str, str]
@@ -376,6 +380,7 @@ def test_searches_and_status_during_an_ingest_see_what_it_verified(
     assert len(stored_points(indexed)) == 248
 
 
+@pytest.mark.slow
 @posix_only
 def test_an_ingest_started_while_searches_hold_the_store_waits_and_completes(
     indexed: Path, tiny_model_dir: Path, tmp_path: Path, env: dict[str, str]
@@ -401,6 +406,7 @@ def test_an_ingest_started_while_searches_hold_the_store_waits_and_completes(
         assert search.wait(timeout=120) == 0, search.stderr.read() if search.stderr else b""
 
 
+@pytest.mark.slow
 @posix_only
 def test_sigkill_of_ingests_and_searches_at_random_moments_then_the_rerun_is_exact(
     indexed: Path, tiny_model_dir: Path, tmp_path: Path, env: dict[str, str]

@@ -228,6 +228,7 @@ def test_deep_tree_has_no_recursion_limit(tmp_path: Path) -> None:
         os.close(fds[0])
 
 
+@pytest.mark.slow
 def test_many_files_are_cheap(tmp_path: Path) -> None:
     for folder in range(10):
         sub = tmp_path / f"f{folder:02d}"
