@@ -554,3 +554,67 @@ def test_cli_device_option_takes_cuda_n(tiny_model_dir: Path, photo_dir: Path) -
     if CUDA not in ort.get_available_providers():
         result = CliRunner().invoke(cli, [*args, "--device", "cuda:1"])
         assert result.exit_code == 1 and "--device cuda:1: no onnxruntime-gpu" in result.output
+
+
+# --- the URL deadline holds however slowly a server sends ----------------------------------------------------
+
+#: how each slow server misbehaves: what it sends at once, then what it drips one byte every 50 ms
+SLOW_SERVERS = {
+    "a body slower than the deadline": (b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n", b"x" * 100000),
+    "headers slower than the deadline": (b"", b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"y" * 100000),
+    "a chunked body slower than the deadline": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"".join(b"1\r\nx\r\n" for _ in range(20000)),
+    ),
+}
+
+
+@pytest.fixture
+def slow_server(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A loopback server that answers every connection by dripping bytes: its URL."""
+    head, drip = SLOW_SERVERS[request.param]
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                if head:
+                    conn.sendall(head)
+                for i in range(len(drip)):
+                    if stop.wait(0.05):
+                        return
+                    conn.sendall(drip[i : i + 1])
+            except OSError:
+                return
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/slow.jpg"
+    finally:
+        stop.set()
+        listener.close()
+
+
+@pytest.mark.parametrize("slow_server", sorted(SLOW_SERVERS), indirect=True)
+def test_the_url_deadline_covers_headers_and_body_however_slow(slow_server: str) -> None:
+    from clipindex.images.inputs import UrlPolicy, fetch_url
+
+    started = time.monotonic()
+    with pytest.raises(ImageError) as caught:
+        fetch_url(slow_server, UrlPolicy(allow=True, timeout_s=1.0, max_bytes=1 << 26))
+    elapsed = time.monotonic() - started
+    assert "timed out after 1 s (url_timeout_s)" in caught.value.reason
+    assert "\n" not in caught.value.reason
+    assert 0.9 <= elapsed < 3.0, elapsed  # the drip alone would take 100 s or more

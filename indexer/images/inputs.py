@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import http.client
 import io
 import os
 import re
+import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -239,38 +242,118 @@ class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+class _Watchdog:
+    """Shuts down every socket a fetch opened once its deadline passes, so that a read blocked on a server that
+    drips one byte at a time returns at once: the deadline covers connecting, the headers and the body together."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.deadline = time.monotonic() + timeout_s
+        self.expired = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(timeout_s, self._expire)
+        self._timer.daemon = True
+
+    def remaining_s(self) -> float:
+        return max(0.001, self.deadline - time.monotonic())
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired.is_set():
+                self._shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired.set()
+            for sock in self._sockets:
+                self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+def _watched_handlers(watchdog: _Watchdog) -> list[urllib.request.BaseHandler]:
+    """http and https handlers whose connections report their socket to ``watchdog`` as soon as it exists."""
+
+    class WatchedHTTPConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            watchdog.watch(self.sock)
+
+    class WatchedHTTPSConnection(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            watchdog.watch(self.sock)
+
+    class WatchedHTTPHandler(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(WatchedHTTPConnection, req)
+
+    class WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(WatchedHTTPSConnection, req)
+
+    return [WatchedHTTPHandler(), WatchedHTTPSHandler()]
+
+
 def fetch_url(url: str, policy: UrlPolicy, *, name: str | None = None) -> bytes:
-    """The body of an http(s) ``url``, within ``policy``'s time and size limits; :class:`ImageError` otherwise."""
+    """The body of an http(s) ``url``, within ``policy``'s limits; :class:`ImageError` otherwise.
+
+    ``policy.timeout_s`` is one deadline for connecting, the headers and the whole body, however slowly the bytes
+    come (the name lookup is the system's); ``policy.max_bytes`` caps the body, declared or counted.
+    """
     name = name or _redacted(url)
     if not policy.allow:
         raise ImageError(name, "URLs are not allowed here (allow_urls=False); fetch the image yourself")
     from clipindex.version import __version__
 
     request = urllib.request.Request(url, headers={"User-Agent": f"clipindex/{__version__}", "Accept": "image/*"})
-    opener = urllib.request.build_opener(_HttpRedirectsOnly())
-    deadline = time.monotonic() + policy.timeout_s
-    try:
-        with opener.open(request, timeout=policy.timeout_s) as response:
-            declared = response.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > policy.max_bytes:
-                raise ImageError(name, _too_big(int(declared), policy.max_bytes))
-            body = io.BytesIO()
-            while chunk := response.read(_READ_CHUNK_BYTES):
-                body.write(chunk)
-                if body.tell() > policy.max_bytes:
-                    raise ImageError(name, _too_big(None, policy.max_bytes))
-                if time.monotonic() > deadline:
-                    raise ImageError(name, f"download took longer than {policy.timeout_s:g} s (url_timeout_s)")
-            return body.getvalue()
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        raise ImageError(name, f"HTTP {exc.code} {exc.reason}") from exc
-    except urllib.error.URLError as exc:
-        raise ImageError(name, f"cannot fetch: {exc.reason}") from exc
-    except TimeoutError as exc:
-        raise ImageError(name, f"timed out after {policy.timeout_s:g} s (url_timeout_s)") from exc
-    except (OSError, ValueError, http.client.HTTPException) as exc:  # reset, a bad response, a malformed URL
-        raise ImageError(name, f"cannot fetch: {type(exc).__name__}: {exc}") from exc
+    too_slow = f"timed out after {policy.timeout_s:g} s (url_timeout_s)"
+    with _Watchdog(policy.timeout_s) as watchdog:
+        opener = urllib.request.build_opener(_HttpRedirectsOnly(), *_watched_handlers(watchdog))
+        try:
+            with opener.open(request, timeout=policy.timeout_s) as response:
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > policy.max_bytes:
+                    raise ImageError(name, _too_big(int(declared), policy.max_bytes))
+                body = io.BytesIO()
+                while chunk := response.read1(_READ_CHUNK_BYTES):
+                    body.write(chunk)
+                    if body.tell() > policy.max_bytes:
+                        raise ImageError(name, _too_big(None, policy.max_bytes))
+                    if watchdog.expired.is_set():
+                        raise ImageError(name, too_slow)
+                if watchdog.expired.is_set():  # the watchdog cut the body short: not the whole image
+                    raise ImageError(name, too_slow)
+                return body.getvalue()
+        except ImageError:
+            raise
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            raise ImageError(name, f"HTTP {exc.code} {exc.reason}") from exc
+        except (TimeoutError, OSError, ValueError, http.client.HTTPException) as exc:
+            if watchdog.expired.is_set() or isinstance(exc, TimeoutError):
+                raise ImageError(name, too_slow) from exc
+            if isinstance(exc, urllib.error.URLError):
+                if isinstance(exc.reason, TimeoutError):
+                    raise ImageError(name, too_slow) from exc
+                raise ImageError(name, f"cannot fetch: {_one_line(str(exc.reason))}") from exc
+            raise ImageError(name, f"cannot fetch: {type(exc).__name__}: {_one_line(str(exc))}") from exc
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line: a reason never carries a newline into a log."""
+    return " ".join(text.split())
 
 
 def _too_big(declared: int | None, limit: int) -> str:
