@@ -97,7 +97,7 @@ def model_name_for(source: str) -> str:
 
 def default_output(source: str | None = None) -> Path:
     """Where ``convert`` writes unless told: the per-user model folder that ingest, search and status read
-    (:func:`clipindex.model.model_format.default_model_dir`), whatever the source and the current folder."""
+    (:func:`clipindex.settings.default_model_dir`), whatever the source and the current folder."""
     return default_model_dir()
 
 
@@ -462,7 +462,7 @@ def convert_model(
     progress: Progress | None = None,
 ) -> ConvertResult:
     """Convert ``source`` into a verified model folder at ``output`` (default: the per-user model folder,
-    :func:`clipindex.model.model_format.default_model_dir`, where ingest looks)."""
+    :func:`clipindex.settings.default_model_dir`, where ingest looks)."""
     say: Progress = progress or (lambda _msg: None)
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ConvertError(f"--quantize {quantize!r} is not supported; use one of {', '.join(QUANTIZATIONS)}")

@@ -7,7 +7,6 @@ python docs/generate_cli.py --check   # exit 1 if docs/cli.md differs from what 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -21,8 +20,7 @@ WIDTH = 100  # --help is wrapped at this width, whatever the terminal
 
 
 def help_text(args: list[str]) -> str:
-    env = {"COLUMNS": str(WIDTH), "TERM": "dumb"}
-    result = CliRunner().invoke(cli, [*args, "--help"], prog_name="clipindex", env=env, terminal_width=WIDTH)
+    result = CliRunner().invoke(cli, [*args, "--help"], prog_name="clipindex", terminal_width=WIDTH)
     if result.exit_code != 0:
         raise SystemExit(f"clipindex {' '.join(args)} --help failed: {result.output}")
     return result.output.rstrip() + "\n"
@@ -45,19 +43,21 @@ def render() -> str:
     return "".join(parts)
 
 
+def is_fresh(target: Path = TARGET) -> bool:
+    """``target`` holds exactly what the commands' ``--help`` says now."""
+    return target.exists() and target.read_text(encoding="utf-8") == render()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail when docs/cli.md is stale instead of writing it")
     args = parser.parse_args()
-    os.environ.pop("CLIPINDEX_MODEL_DIR", None)
-    text = render()
     if args.check:
-        current = TARGET.read_text(encoding="utf-8") if TARGET.exists() else ""
-        if current != text:
+        if not is_fresh():
             print(f"{TARGET} is stale: run `python docs/generate_cli.py` and commit it", file=sys.stderr)
             return 1
         return 0
-    TARGET.write_text(text, encoding="utf-8")
+    TARGET.write_text(render(), encoding="utf-8")
     print(f"wrote {TARGET}")
     return 0
 

@@ -36,8 +36,6 @@ def modules() -> dict[str, Path]:
             rel = path.relative_to(folder).with_suffix("")
             parts = [p for p in rel.parts if p != "__init__"]
             name = ".".join([package, *parts])
-            if package == "clipindex" and parts and parts[0] == "convert":
-                continue  # never a folder of its own under indexer/
             found[name] = path
     return found
 

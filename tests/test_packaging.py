@@ -53,26 +53,17 @@ def test_editable_install_imports_one_name(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_wheel_installs_only_clipindex(tmp_path: Path) -> None:
+    def pip(*args: str) -> None:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
     dist = tmp_path / "dist"
-    build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(ROOT)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        cwd=tmp_path,
-    )
-    assert build.returncode == 0, build.stdout + build.stderr
+    pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(ROOT))
     (wheel,) = dist.glob("clipindex-*.whl")
     site = tmp_path / "site"
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--target", str(site), str(wheel)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert install.returncode == 0, install.stdout + install.stderr
+    pip("install", "--no-deps", "--no-compile", "--target", str(site), str(wheel))
     (record,) = site.glob("clipindex-*.dist-info/RECORD")
     with record.open(newline="", encoding="utf-8") as fp:
         paths = [row[0] for row in csv.reader(fp) if row]

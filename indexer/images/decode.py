@@ -184,7 +184,7 @@ def load_image(
     ``max_pixels``: refuse images declaring more pixels; ``None``: :data:`DEFAULT_MAX_PIXELS`,
     ``0``: no limit. ``draft``: ``None`` means :data:`DEFAULT_DRAFT`.
     ``draft``: JPEG only; decode at 1/2, 1/4 or 1/8 scale (see the module doc) and return the image
-    already resized to ``config``'s resize size (default :data:`~clipindex.images.preprocess.CLIP_DEFAULT`), so that
+    already resized to ``config``'s resize size (default :data:`~clipindex.images.config.CLIP_DEFAULT`), so that
     :func:`preprocess` only crops. Without draft, or when the JPEG is too small to be scaled down,
     the full-size image is returned and ``config`` is not used.
     Raises :class:`~clipindex.errors.ImageError` (or its subclass
@@ -302,12 +302,8 @@ def decode_file(
     :func:`load_image`, also when only the header is read (not an image, too large...).
     """
     name = os.fspath(path)
-    if settings is None:
-        draft_config = CLIP_DEFAULT if resolve_draft(None) else None
-        max_pixels = resolve_max_pixels(None)
-    else:
-        draft_config = settings.config if settings.draft else None
-        max_pixels = settings.max_pixels
+    draft_config = _draft_target(settings.config, settings.draft) if settings else _draft_target(None, None)
+    max_pixels = resolve_max_pixels(settings.max_pixels if settings else None)
     with _open_regular(name) as fp:
         # The header first (Pillow reads only what it needs): a file that is no image, or one declaring too
         # many pixels, fails in milliseconds instead of being read and hashed in full (a 10 GB file named .jpg)

@@ -17,18 +17,15 @@ runtime.
 
 from __future__ import annotations
 
-from clipindex.settings import DEFAULT_MODEL_ID, default_model_dir
 from clipindex.version import __version__
 
 __all__ = [
-    "DEFAULT_MODEL_ID",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "RUNTIME_VERSION",
     "TEXT_FILE",
     "TOKENIZER_FILE",
     "VISION_FILE",
-    "default_model_dir",
     "quantized_name",
 ]
 
