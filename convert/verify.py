@@ -47,7 +47,7 @@ def probe_images() -> list[Any]:
     """The real photos shipped with the converter, as RGB PIL images."""
     from PIL import Image
 
-    folder = resources.files("convert") / "probe_images"
+    folder = resources.files("clipindex.convert") / "probe_images"
     images = []
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".jpg"):

@@ -16,10 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBE = """
 import importlib, importlib.util, sys
 import clipindex, clipindex.cli, clipindex.convert, clipindex.convert.api
-from importlib import resources
+from clipindex.convert.verify import probe_images
 print(clipindex.__file__)
 print(clipindex.__version__)
-print(len(list(resources.files("clipindex.convert").joinpath("probe_images").iterdir())))
+print(len(probe_images()))  # what the converter verifies with, found through the installed package
 print(callable(clipindex.Embedder), callable(clipindex.open_store))
 for gone in ("indexer", "convert"):
     print(gone, importlib.util.find_spec(gone) is None)
