@@ -187,3 +187,29 @@ def test_batch_is_padded_to_longest_row_only(runtime_tokenizer: TextTokenizer) -
     batch = runtime_tokenizer.encode(["a cat", "a photo of a cat"])
     assert batch.input_ids.shape == (2, 7)
     assert batch.input_ids.dtype == np.int64
+
+
+def test_load_tokenizer_equals_tokenizers_own_loader(tiny_model_dir: Path) -> None:
+    """The piecewise loader builds the very tokenizer ``Tokenizer.from_file`` builds: same serialised JSON
+    (vocabulary, merges, added tokens and their ids, normalizer, pre-tokenizer, post-processor, decoder)."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    from clipindex.model.tokens import load_tokenizer
+
+    path = tiny_model_dir / "tokenizer.json"
+    ours, theirs = load_tokenizer(path), Tokenizer.from_file(str(path))
+    assert json.loads(ours.to_str()) == json.loads(theirs.to_str())
+    for text in ("a photo of a cat", "<|endoftext|> Héllo  wörld!! 123", "日本語の写真", ""):
+        assert ours.encode(text).ids == theirs.encode(text).ids
+
+
+def test_an_unreadable_tokenizer_is_a_model_error(tmp_path: Path) -> None:
+    from clipindex.errors import ModelNotFoundError
+
+    for body in (b'{"model": {"type": "BPE", "vocab": {}, "merges": [["a", "b"]', b"\xff\xfe not utf-8"):
+        path = tmp_path / "tokenizer.json"
+        path.write_bytes(body)
+        with pytest.raises(ModelNotFoundError, match="unreadable tokenizer"):
+            TextTokenizer(path, context_length=77, pad_token_id=49407)
