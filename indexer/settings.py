@@ -38,6 +38,13 @@ ENV_MIN_FREE_MB = "CLIPINDEX_MIN_FREE_MB"
 ENV_QUANTIZATION = "CLIPINDEX_QUANTIZATION"
 ENV_HNSW_M = "CLIPINDEX_HNSW_M"
 ENV_HNSW_EF_CONSTRUCT = "CLIPINDEX_HNSW_EF_CONSTRUCT"
+ENV_SERVE_HOST = "CLIPINDEX_SERVE_HOST"
+ENV_SERVE_PORT = "CLIPINDEX_SERVE_PORT"
+ENV_SERVE_TOKEN = "CLIPINDEX_SERVE_TOKEN"
+ENV_SERVE_TOKEN_FILE = "CLIPINDEX_SERVE_TOKEN_FILE"
+ENV_SERVE_CORS_ORIGIN = "CLIPINDEX_SERVE_CORS_ORIGIN"
+ENV_THUMBNAIL_CACHE_MB = "CLIPINDEX_THUMBNAIL_CACHE_MB"
+ENV_NO_SERVER = "CLIPINDEX_NO_SERVER"
 
 # --- defaults -------------------------------------------------------------------------------------------------
 
@@ -72,6 +79,19 @@ DEFAULT_HNSW_EF_CONSTRUCT = 100
 #: image inputs given as URLs: seconds per request, and bytes at most
 DEFAULT_URL_TIMEOUT_S = 10.0
 DEFAULT_MAX_URL_BYTES = 64 * 1024 * 1024
+
+#: ``clipindex serve``: loopback only unless told, on this port (0 picks a free one)
+DEFAULT_SERVE_HOST = "127.0.0.1"
+DEFAULT_SERVE_PORT = 8765
+#: request bodies (an uploaded query image) above this are refused with 413
+DEFAULT_MAX_UPLOAD_BYTES = 64 * 2**20
+#: thumbnails: the longest side served by default, the largest one asked for, and the disk cache's cap
+DEFAULT_THUMBNAIL_SIZE = 256
+MAX_THUMBNAIL_SIZE = 1024
+DEFAULT_THUMBNAIL_CACHE_BYTES = 512 * 2**20
+#: results one API search returns at most (``limit``), and how deep ``offset`` may page
+MAX_SEARCH_LIMIT = 1000
+MAX_SEARCH_OFFSET = 10_000
 
 # --- per-user folders -----------------------------------------------------------------------------------------
 
@@ -115,6 +135,12 @@ def cache_dir() -> Path | None:
         return Path(explicit).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / APP
+
+
+def thumbnail_cache_bytes_from_env() -> int:
+    """``$CLIPINDEX_THUMBNAIL_CACHE_MB`` in bytes, else :data:`DEFAULT_THUMBNAIL_CACHE_BYTES`."""
+    value = os.environ.get(ENV_THUMBNAIL_CACHE_MB)
+    return int(float(value) * 2**20) if value else DEFAULT_THUMBNAIL_CACHE_BYTES
 
 
 def api_key_from_env() -> str | None:

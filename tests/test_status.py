@@ -39,6 +39,7 @@ KEYS = [
     "model_dir_from",
     "failed_files",
     "model_cache",
+    "thumbnail_cache",
 ]
 IMAGES = Path(__file__).resolve().parent.parent / "images"
 

@@ -6,7 +6,6 @@ are :mod:`clipindex.cli.options`' shared decorators; their defaults live in :mod
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import sys
@@ -705,66 +704,27 @@ def status(
     by other processes for --wait seconds.
     """
     from clipindex.cli.output import json_document
-    from clipindex.display import aligned, printable
-    from clipindex.ingest.failures import FailureMemory
-    from clipindex.model.encode import ort_cache_dir
-    from clipindex.ops.status import collect_status
+    from clipindex.display import printable
+    from clipindex.ops.status import collect_report
 
     store = make_store(
         data_dir, qdrant_url, api_key_file, collection, timeout_s=timeout_s, wait_s=wait_s, role="status"
     )
     location = locate_model(model_dir, store)
     with store:
-        report = collect_status(location.path, store)
-        memory = FailureMemory.for_store(store)
-    failed = sorted(memory.entries.values(), key=lambda e: e.path)
-    cache = ort_cache_dir()
-    cache_bytes = tree_bytes(cache / "ort") if cache is not None else 0
+        report = collect_report(location, store)
     if list_failed:
         if as_json:
-            click.echo(json_document([{"path": e.path, "reason": e.reason} for e in failed]))
+            click.echo(json_document([{"path": e.path, "reason": e.reason} for e in report.failed]))
         else:
-            for entry in failed:
+            for entry in report.failed:
                 click.echo(printable(f"{entry.path}: {entry.reason}"))
-            if not failed:
+            if not report.failed:
                 info("no remembered failures")
         return
-    if as_json:
-        data = report.as_json()
-        data["model_dir_from"] = location.origin.value
-        data["failed_files"] = len(failed)
-        data["model_cache"] = {"dir": str(cache) if cache is not None else None, "bytes": cache_bytes}
-        click.echo(json_document(data))
-    else:
-        lines: list[tuple[str, str]] = []
-        for key, value in report.rows():
-            if key == "model dir":  # which rule chose it (--model-dir, the environment, the collection, the default)
-                value = f"{value}  (from {location.origin.value})"
-            lines.append((key, printable(value)))
-        more = [
-            (
-                "failed files",
-                f"{len(failed)} remembered (not decoded again until they change; "
-                "`clipindex status --failed` lists them, `ingest --retry-failed` retries)"
-                if failed
-                else "none",
-            ),
-            ("model cache", f"{cache_bytes / 1e6:.1f} MB in {cache} (safe to delete)" if cache else "off"),
-        ]
-        lines += [(key, printable(value)) for key, value in more]
-        click.echo(aligned(lines))
+    click.echo(json_document(report.as_json()) if as_json else report.format())
     if report.busy:  # everything else was shown; the exit code says the store could not be read
         sys.exit(StoreBusyError.exit_code)
-
-
-def tree_bytes(folder: Path) -> int:
-    """Total size of the files under ``folder`` (0 when it does not exist)."""
-    total = 0
-    for dirpath, _dirs, files in os.walk(folder):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total
 
 
 # --- migrate ----------------------------------------------------------------------------------------------

@@ -9,18 +9,24 @@ one that stays in use past the store's wait is reported as busy, with everything
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipindex.display import aligned, printable
 from clipindex.errors import CollectionNotFoundError, ModelNotFoundError, StoreBusyError, StoreError
 from clipindex.ingest.live import read_live_progress
 from clipindex.store.base import UNKNOWN_MODEL, VectorStore
 
-__all__ = ["Status", "collect_status"]
+if TYPE_CHECKING:
+    from clipindex.ingest.failures import Remembered
+    from clipindex.model.locate import ModelLocation
+
+__all__ = ["CacheUse", "Report", "Status", "collect_report", "collect_status", "thumbnail_cache_dir", "tree_bytes"]
 
 
 @dataclass(frozen=True)
@@ -239,4 +245,106 @@ def collect_status(model_dir: str | Path, store: VectorStore) -> Status:
         running_ingest=running,
         interrupted_ingest=interrupted,
         busy_reason=busy_reason,
+    )
+
+
+# --- the whole report: what ``clipindex status`` and ``GET /api/v1/status`` show --------------------------------
+
+
+def tree_bytes(folder: Path) -> int:
+    """Total size of the files under ``folder`` (0 when it does not exist)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+def thumbnail_cache_dir() -> Path | None:
+    """Where ``clipindex serve`` caches thumbnails: ``<cache>/thumbnails`` (:func:`clipindex.settings.cache_dir`)."""
+    from clipindex.settings import cache_dir
+
+    root = cache_dir()
+    return root / "thumbnails" if root is not None else None
+
+
+@dataclass(frozen=True)
+class CacheUse:
+    """A cache folder (None: caching is off) and the bytes it holds."""
+
+    dir: str | None
+    bytes: int
+
+    @classmethod
+    def of(cls, folder: Path | None) -> CacheUse:
+        return cls(str(folder) if folder is not None else None, tree_bytes(folder) if folder is not None else 0)
+
+    def line(self) -> str:
+        return f"{self.bytes / 1e6:.1f} MB in {self.dir} (safe to delete)" if self.dir else "off"
+
+
+@dataclass(frozen=True)
+class Report:
+    """:class:`Status` plus where the model folder came from, the remembered failures and the caches."""
+
+    status: Status
+    #: which rule chose the model folder (flag, environment, collection, default)
+    model_dir_from: str
+    failed: tuple[Remembered, ...]
+    model_cache: CacheUse
+    thumbnail_cache: CacheUse
+
+    @property
+    def busy(self) -> bool:
+        return self.status.busy
+
+    def as_json(self) -> dict[str, Any]:
+        """What ``clipindex status --json`` prints."""
+        data = self.status.as_json()
+        data["model_dir_from"] = self.model_dir_from
+        data["failed_files"] = len(self.failed)
+        data["model_cache"] = asdict(self.model_cache)
+        data["thumbnail_cache"] = asdict(self.thumbnail_cache)
+        return data
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The ``(key, value)`` lines ``clipindex status`` prints (values not yet escaped)."""
+        lines: list[tuple[str, str]] = []
+        for key, value in self.status.rows():
+            if key == "model dir":  # which rule chose it (--model-dir, the environment, the collection, the default)
+                value = f"{value}  (from {self.model_dir_from})"
+            lines.append((key, value))
+        failed = (
+            f"{len(self.failed)} remembered (not decoded again until they change; "
+            "`clipindex status --failed` lists them, `ingest --retry-failed` retries)"
+            if self.failed
+            else "none"
+        )
+        lines += [
+            ("failed files", failed),
+            ("model cache", self.model_cache.line()),
+            ("thumbnails", self.thumbnail_cache.line()),
+        ]
+        return lines
+
+    def format(self) -> str:
+        return aligned([(key, printable(value)) for key, value in self.rows()])
+
+
+def collect_report(location: ModelLocation, store: VectorStore) -> Report:
+    """:func:`collect_status` of the located model and ``store`` (opened here; close it afterwards), with the
+    remembered failures (sorted by path) and the sizes of the optimised-model and thumbnail caches."""
+    from clipindex.ingest.failures import FailureMemory
+    from clipindex.model.encode import ort_cache_dir
+
+    status = collect_status(location.path, store)
+    memory = FailureMemory.for_store(store)
+    model_cache = ort_cache_dir()
+    return Report(
+        status=status,
+        model_dir_from=location.origin.value,
+        failed=tuple(sorted(memory.entries.values(), key=lambda e: e.path)),
+        model_cache=CacheUse.of(model_cache / "ort" if model_cache is not None else None),
+        thumbnail_cache=CacheUse.of(thumbnail_cache_dir()),
     )

@@ -408,6 +408,15 @@ class EdgeStore(VectorStore):
         self._take_back(waiting)
         return len(waiting)
 
+    def close_if_waited_for(self) -> bool:
+        """For a process that keeps the store open between its reads (``clipindex serve``): when other processes
+        wait for the store, close the shard (a flush first) and give them the turn; the next read reopens it,
+        waiting its turn. Costs one listing of an empty folder when nobody waits. True when it handed over."""
+        if self._shard is None or not self.turns.waiting_readers():
+            return False
+        self.close()
+        return True
+
     @contextlib.contextmanager
     def lend_to_readers(self) -> Iterator[Lending]:
         """Around work that does not touch the store (a batch's inference): a watcher thread checks for waiting
