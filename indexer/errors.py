@@ -108,6 +108,31 @@ class OutputError(ClipIndexError):
     """An output file (``search --html FILE``) could not be written."""
 
 
+# --- serve (clipindex.web) ---------------------------------------------------------------------------------
+
+
+class PointNotFoundError(ClipIndexError):
+    """No indexed point has this id (a thumbnail or image asked for by id), or its file is gone."""
+
+
+class ServeError(ClipIndexError):
+    """``clipindex serve`` cannot start: a non-loopback address without a token, a port in use, a bad token file."""
+
+
+class RequestTooLargeError(ClipIndexError):
+    """A request body (an uploaded query image) is over the upload cap."""
+
+
+class ServedError(ClipIndexError):
+    """An error a running ``clipindex serve`` answered a request with: its message, exit code and hints, so that
+    ``clipindex search`` through the server fails exactly as it would in-process."""
+
+    def __init__(self, message: str, exit_code: int = 1, hints: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.hints = hints
+
+
 # --- warnings -------------------------------------------------------------------------------------
 
 

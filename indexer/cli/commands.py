@@ -36,9 +36,11 @@ from clipindex.errors import ClipIndexError, StoreBusyError
 from clipindex.version import __version__
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from contextlib import AbstractContextManager
 
     from clipindex.model.locate import ModelLocation
+    from clipindex.ops.search import SearchResult
     from clipindex.store.base import VectorStore
     from clipindex.store.sizing import CollectionSettings
 
@@ -494,6 +496,14 @@ def ingest(
 @max_pixels_option
 @device_options(settings.DEFAULT_QUERY_DEVICE)
 @wait_option
+@click.option(
+    "--no-server",
+    is_flag=True,
+    envvar=settings.ENV_NO_SERVER,
+    show_envvar=True,
+    help="Search in this process even when a `clipindex serve` runs for the store (by default the running server "
+    "answers: same results, no model load).",
+)
 @handle_errors
 def search(
     query: str | None,
@@ -513,6 +523,7 @@ def search(
     device: str,
     precision: str,
     wait_s: float,
+    no_server: bool,
 ) -> None:
     """Find the indexed images that best match a text QUERY, or an image (--image).
 
@@ -526,7 +537,6 @@ def search(
     collection, or another error; 2 usage error; 69 Qdrant server unreachable; 75 the embedded store
     stayed in use by other processes for --wait seconds (a running ingest lets searches in between batches).
     """
-    from clipindex.cli.output import format_results, json_document
     from clipindex.model.encode import Embedder
     from clipindex.model.locate import require_model
     from clipindex.ops.search import search_image, search_text
@@ -542,6 +552,18 @@ def search(
     store = make_store(
         data_dir, qdrant_url, api_key_file, collection, timeout_s=timeout_s, wait_s=wait_s, role="search"
     )
+    if not no_server and not _model_options_given():
+        served = search_through_server(store, query, image, limit=limit, threshold=threshold, path_prefix=path_prefix)
+        if served is not None:
+            print_search_results(served, as_json=as_json, threshold=threshold, path_prefix=path_prefix)
+            if html_file is not None:
+                from clipindex.cli.contact_sheet import write_contact_sheet
+
+                title = query if query is not None else f"more like {image}"
+                written = write_contact_sheet(html_file, served, query=title, query_image=image, store=store.describe())
+                info(f"Wrote {written} ({len(served)} result{'s' if len(served) != 1 else ''})")
+            exit_now_if_cli()
+            return
     location = require_model(locate_model(model_dir, store))
     embedder = Embedder(location.path, device=device, precision=precision, max_pixels=max_pixels)
 
@@ -558,13 +580,7 @@ def search(
         else:
             assert image is not None
             results = search_image(store, embedder, image, **where)
-        if as_json:
-            click.echo(json_document([r.as_json() for r in results]))
-        elif results:
-            click.echo(format_results(results))
-        else:
-            scoring = f" scoring {threshold} or more" if threshold is not None else ""
-            info(f"No results{scoring}" + (f" under {path_prefix}" if path_prefix is not None else ""))
+        print_search_results(results, as_json=as_json, threshold=threshold, path_prefix=path_prefix)
         if html_file is not None:
             from clipindex.cli.contact_sheet import write_contact_sheet
 
@@ -576,6 +592,80 @@ def search(
         exit_now_if_cli()
     finally:
         store.close()
+
+
+def print_search_results(
+    results: Sequence[SearchResult], *, as_json: bool, threshold: float | None, path_prefix: str | None
+) -> None:
+    from clipindex.cli.output import format_results, json_document
+
+    if as_json:
+        click.echo(json_document([r.as_json() for r in results]))
+    elif results:
+        click.echo(format_results(results))
+    else:
+        scoring = f" scoring {threshold} or more" if threshold is not None else ""
+        info(f"No results{scoring}" + (f" under {path_prefix}" if path_prefix is not None else ""))
+
+
+def _model_options_given() -> bool:
+    """Options only an in-process search honours (the server has its own model and device): any given by flag or
+    environment makes the search run here."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return False
+    chosen = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return any(ctx.get_parameter_source(name) in chosen for name in ("model_dir", "device", "precision", "max_pixels"))
+
+
+def search_through_server(
+    store: VectorStore,
+    query: str | None,
+    image: Path | None,
+    *,
+    limit: int,
+    threshold: float | None,
+    path_prefix: str | None,
+) -> list[SearchResult] | None:
+    """The results of a running ``clipindex serve`` for this store (:mod:`clipindex.web.client`), or None when
+    none runs or it does not answer (then the search runs in-process). Never loads a model."""
+    from clipindex.ops.search import SearchResult, resolve_path_prefix
+    from clipindex.web import client
+    from clipindex.web.discovery import find_serve
+
+    record = find_serve(store.lock_path)
+    if record is None:
+        return None
+    data: bytes | None = None
+    if image is not None:
+        try:
+            data = image.read_bytes()
+        except OSError as exc:
+            from clipindex.errors import ImageError
+
+            raise ImageError(str(image), f"cannot read: {exc.strerror or exc}") from None
+    try:
+        answer = client.search(
+            record, text=query, image=data, limit=limit, min_score=threshold, folder=resolve_path_prefix(path_prefix)
+        )
+    except client.ServeUnreachable:
+        return None
+    for warning in answer.get("warnings") or []:
+        info(f"Warning: {warning}")
+    return [
+        SearchResult(
+            rank=int(hit["rank"]),
+            score=float(hit["score"]),
+            path=str(hit["path"]),
+            width=hit.get("width"),
+            height=hit.get("height"),
+            id=str(hit["id"]),
+            payload={},
+        )
+        for hit in answer.get("results") or []
+    ]
 
 
 #: set by :func:`main`: this process is the ``clipindex`` command (not a caller running a command in-process)
@@ -725,6 +815,140 @@ def status(
     click.echo(json_document(report.as_json()) if as_json else report.format())
     if report.busy:  # everything else was shown; the exit code says the store could not be read
         sys.exit(StoreBusyError.exit_code)
+
+
+# --- serve ------------------------------------------------------------------------------------------------
+
+
+def read_serve_token(token_file: Path | None) -> str | None:
+    """The serve token: from --token-file, else $CLIPINDEX_SERVE_TOKEN. Never printed, never an argument."""
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise click.BadParameter(f"{token_file}: cannot read ({exc.strerror})", param_hint="--token-file") from None
+        if not token:
+            raise click.BadParameter(f"{token_file} is empty", param_hint="--token-file")
+        return token
+    return os.environ.get(settings.ENV_SERVE_TOKEN) or None
+
+
+@cli.command()
+@model_dir_option
+@store_options
+@click.option(
+    "--host",
+    envvar=settings.ENV_SERVE_HOST,
+    show_envvar=True,
+    default=settings.DEFAULT_SERVE_HOST,
+    show_default=True,
+    help="Address to listen on. Any address other than loopback needs a token.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    envvar=settings.ENV_SERVE_PORT,
+    show_envvar=True,
+    default=settings.DEFAULT_SERVE_PORT,
+    show_default=True,
+    help="TCP port; 0 picks a free one (the printed URL shows it).",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=settings.ENV_SERVE_TOKEN_FILE,
+    show_envvar=True,
+    default=None,
+    help=f"File holding the token every API call must carry (Authorization: Bearer TOKEN); else "
+    f"${settings.ENV_SERVE_TOKEN}. Required with a non-loopback --host.",
+)
+@click.option(
+    "--allow-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Another name the Host header may carry (a reverse proxy's); repeatable. The bound names always work.",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    envvar=settings.ENV_SERVE_CORS_ORIGIN,
+    show_envvar=True,
+    metavar="ORIGIN",
+    help="Let pages from ORIGIN (https://example.org) call the API; repeatable. Off by default.",
+)
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in the default browser once serving.")
+@max_pixels_option
+@device_options(settings.DEFAULT_QUERY_DEVICE)
+@wait_option
+@handle_errors
+def serve(
+    model_dir: Path | None,
+    data_dir: Path | None,
+    qdrant_url: str | None,
+    api_key_file: Path | None,
+    collection: str,
+    timeout_s: float,
+    host: str,
+    port: int,
+    token_file: Path | None,
+    allowed_hosts: tuple[str, ...],
+    cors_origins: tuple[str, ...],
+    open_browser: bool,
+    max_pixels: int | None,
+    device: str,
+    precision: str,
+    wait_s: float,
+) -> None:
+    """Serve a search page and a JSON API for the store, with the model and the store kept warm.
+
+    Prints the URL to open (http://127.0.0.1:8765/). The page searches as you type, shows thumbnails, finds
+    "more like this", and searches by a dropped or pasted image; the API is under /api/v1 (OpenAPI document at
+    /api/v1/openapi.json), and /knn-service answers clip-retrieval's clients. `clipindex search` for the same
+    store asks the running server (--no-server to search in-process). A cron ingest runs beside it: the server
+    hands the embedded store over whenever the ingest waits for it, and its next query sees the new points.
+    Ctrl-C or SIGTERM stops it.
+
+    \b
+    Exit codes: 0 stopped cleanly; 1 could not start (a non-loopback --host without a token, the port in use,
+    another serve for this store, no model); 2 usage error.
+    """
+    from clipindex.model.encode import Embedder
+    from clipindex.model.locate import require_model
+    from clipindex.ops.status import thumbnail_cache_dir
+    from clipindex.web.config import ServeSettings
+    from clipindex.web.server import serve as run_server
+    from clipindex.web.service import SearchService
+    from clipindex.web.thumbnails import ThumbnailCache
+
+    serve_settings = ServeSettings(
+        host=host,
+        port=port,
+        token=read_serve_token(token_file),
+        allowed_hosts=allowed_hosts,
+        cors_origins=tuple(o for value in cors_origins for o in value.split()),
+        thumbnail_cache_dir=thumbnail_cache_dir(),
+        thumbnail_cache_bytes=settings.thumbnail_cache_bytes_from_env(),
+        max_pixels=max_pixels,
+    )
+    if not serve_settings.loopback and not serve_settings.token:
+        raise click.UsageError(
+            f"--host {host} is reachable from other machines: give a token (--token-file FILE or "
+            f"${settings.ENV_SERVE_TOKEN}), or serve on 127.0.0.1"
+        )
+    store = make_store(data_dir, qdrant_url, api_key_file, collection, timeout_s=timeout_s, wait_s=wait_s, role="serve")
+    location = require_model(locate_model(model_dir, store))
+    embedder = Embedder(location.path, device=device, precision=precision, max_pixels=max_pixels)
+    thumbnails = ThumbnailCache(
+        serve_settings.thumbnail_cache_dir, serve_settings.thumbnail_cache_bytes, max_pixels=max_pixels
+    )
+    service = SearchService(store, embedder, location, thumbnails)
+
+    def ready(url: str) -> None:
+        click.echo(f"Serving {store.describe()} at {url}  (Ctrl-C stops)")
+
+    run_server(service, serve_settings, on_ready=ready, open_browser=open_browser)
 
 
 # --- migrate ----------------------------------------------------------------------------------------------

@@ -1,0 +1,406 @@
+"""The ASGI app of ``clipindex serve`` (FastAPI): the JSON API under ``/api/v1``, clip-retrieval's
+``/knn-service``, and the page at ``/``. Routes are thin: each calls one :class:`~clipindex.web.service.SearchService`
+method and turns its typed errors into status codes (:data:`STATUS_OF`).
+
+Routes are plain functions, so FastAPI runs them on its worker threads: decoding, inference and store reads never
+run on the event loop. The OpenAPI document is at ``/api/v1/openapi.json``; there is no documentation UI (it
+would load scripts from a CDN).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from clipindex.errors import (
+    ClipIndexError,
+    CollectionMismatchError,
+    ImageError,
+    NothingIndexedError,
+    PointNotFoundError,
+    RequestTooLargeError,
+    StoreBusyError,
+    StoreUnavailableError,
+)
+from clipindex.settings import (
+    DEFAULT_LIMIT,
+    DEFAULT_THUMBNAIL_SIZE,
+    MAX_SEARCH_LIMIT,
+    MAX_SEARCH_OFFSET,
+    MAX_THUMBNAIL_SIZE,
+)
+from clipindex.version import __version__
+from clipindex.web.config import ServeSettings
+from clipindex.web.security import Guard
+from clipindex.web.service import SearchOutcome, SearchService, decode_base64_image, thumbnail_url
+
+__all__ = ["STATUS_OF", "create_app"]
+
+#: typed errors -> HTTP status (the most specific class first); any other ClipIndexError is a 500
+STATUS_OF: tuple[tuple[type[ClipIndexError], int], ...] = (
+    (PointNotFoundError, 404),
+    (NothingIndexedError, 404),
+    (CollectionMismatchError, 409),
+    (ImageError, 422),
+    (RequestTooLargeError, 413),
+    (StoreBusyError, 503),
+    (StoreUnavailableError, 503),
+)
+
+# --- the API's types ------------------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    #: what ``clipindex search`` exits with for the same error
+    exit_code: int
+    hints: list[str]
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Hit(BaseModel):
+    id: str
+    rank: int
+    score: float
+    path: str
+    width: int | None
+    height: int | None
+    #: URL path of its thumbnail (``/api/v1/thumbnails/{id}?size=256&v=...``)
+    thumbnail: str
+
+
+class SearchResponse(BaseModel):
+    results: list[Hit]
+    took_ms: float
+    #: notes on the query (text past the model's context, say): ``clipindex search`` prints them as warnings
+    warnings: list[str] = []
+
+
+Limit = Annotated[int, Field(ge=1, le=MAX_SEARCH_LIMIT)]
+Offset = Annotated[int, Field(ge=0, le=MAX_SEARCH_OFFSET)]
+Score = Annotated[float, Field(ge=-1.0, le=1.0)]
+
+
+class SearchBody(BaseModel):
+    """One query: ``text``, ``image_id`` (an indexed point: "more like this") or ``image`` (base64)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: Annotated[str, Field(min_length=1, max_length=10_000)] | None = None
+    image_id: str | None = None
+    image: str | None = None
+    limit: Limit = DEFAULT_LIMIT
+    offset: Offset = 0
+    min_score: Score | None = None
+    folder: str | None = None
+
+    @model_validator(mode="after")
+    def one_query(self) -> SearchBody:
+        given = [name for name in ("text", "image_id", "image") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of text, image_id and image")
+        return self
+
+
+class KnnRequest(BaseModel):
+    """clip-retrieval's clip-back request (``ClipClient`` and clip-front send these fields)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    text: str | None = None
+    image: str | None = None
+    image_url: str | None = None
+    embedding_input: list[float] | None = None
+    modality: Literal["image", "text"] = "image"
+    num_images: Annotated[int, Field(ge=1, le=MAX_SEARCH_LIMIT)] = 40
+    num_result_ids: int | None = None
+    indice_name: str | None = None
+
+
+class KnnResult(BaseModel):
+    id: str
+    similarity: float
+    url: str
+    caption: str
+
+
+def _error(exc: ClipIndexError) -> JSONResponse:
+    status = next((code for cls, code in STATUS_OF if isinstance(exc, cls)), 500)
+    body = ErrorBody(
+        error=ErrorDetail(
+            type=type(exc).__name__,
+            message=" ".join(str(exc).split()),
+            exit_code=exc.exit_code,
+            hints=list(exc.hints),
+        )
+    )
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def _value_error(exc: ValueError) -> JSONResponse:
+    body = ErrorBody(error=ErrorDetail(type="ValueError", message=str(exc), exit_code=2, hints=[]))
+    return JSONResponse(body.model_dump(), status_code=422)
+
+
+def _response(outcome: SearchOutcome) -> SearchResponse:
+    return SearchResponse(
+        results=[
+            Hit(
+                id=r.id,
+                rank=r.rank,
+                score=r.score,
+                path=r.path,
+                width=r.width,
+                height=r.height,
+                thumbnail=thumbnail_url(
+                    r.id, r.payload.get("sha256") if isinstance(r.payload.get("sha256"), str) else None
+                ),
+            )
+            for r in outcome.results
+        ],
+        took_ms=outcome.took_ms,
+        warnings=outcome.warnings,
+    )
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (404, "no such point, or nothing indexed"),
+        (409, "the collection was built by another model"),
+        (413, "the request body is over the upload cap"),
+        (422, "invalid parameters, or an image that cannot be read"),
+        (503, "the store is busy or unreachable; try again"),
+    )
+}
+
+_SEARCH_BODY_SCHEMA = SearchBody.model_json_schema()
+_MULTIPART_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "image": {"type": "string", "format": "binary"},
+        "limit": {"type": "integer", "minimum": 1, "maximum": MAX_SEARCH_LIMIT},
+        "offset": {"type": "integer", "minimum": 0, "maximum": MAX_SEARCH_OFFSET},
+        "min_score": {"type": "number", "minimum": -1, "maximum": 1},
+        "folder": {"type": "string"},
+    },
+    "required": ["image"],
+}
+
+
+def _static_dir() -> str:
+    return str(resources.files("clipindex.web").joinpath("static"))
+
+
+PAGE_HEADERS = {
+    # the page runs only its own script; file names can never become markup that runs
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
+    "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def create_app(service: SearchService, settings: ServeSettings) -> Any:
+    """The ASGI app: FastAPI routes inside :class:`~clipindex.web.security.Guard` (and CORS when asked for)."""
+    app = FastAPI(
+        title="clipindex",
+        version=__version__,
+        description="Search an indexed photo collection by text, by image, or by an indexed image.",
+        openapi_url="/api/v1/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    @app.exception_handler(ClipIndexError)
+    async def clipindex_error(_request: Request, exc: ClipIndexError) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(ValueError)
+    async def value_error(_request: Request, exc: ValueError) -> JSONResponse:
+        return _value_error(exc)
+
+    # --- API ----------------------------------------------------------------------------------------------
+
+    @app.get("/api/v1/search", response_model=SearchResponse, responses=ERRORS, tags=["search"])
+    def search_get(
+        q: Annotated[str, Query(min_length=1, max_length=10_000, description="the text query")],
+        limit: Annotated[int, Query(ge=1, le=MAX_SEARCH_LIMIT)] = DEFAULT_LIMIT,
+        offset: Annotated[int, Query(ge=0, le=MAX_SEARCH_OFFSET)] = 0,
+        min_score: Annotated[float | None, Query(ge=-1.0, le=1.0)] = None,
+        folder: Annotated[str | None, Query(description="only files under this absolute folder")] = None,
+    ) -> SearchResponse:
+        """Images best matching a text query; ranks and scores equal ``clipindex search --json``'s."""
+        return _response(service.search_text(q, limit=limit, offset=offset, min_score=min_score, folder=folder))
+
+    @app.post(
+        "/api/v1/search",
+        response_model=SearchResponse,
+        responses=ERRORS,
+        tags=["search"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": _SEARCH_BODY_SCHEMA},
+                    "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+                },
+            }
+        },
+    )
+    async def search_post(request: Request) -> Any:
+        """A query as JSON (``text``, ``image_id`` or a base64 ``image``), or an image uploaded as multipart."""
+        from starlette.concurrency import run_in_threadpool
+
+        body = await _read_search_body(request)
+        where = {"limit": body.limit, "offset": body.offset, "min_score": body.min_score, "folder": body.folder}
+        if body.text is not None:
+            outcome = await run_in_threadpool(lambda: service.search_text(body.text or "", **where))
+        elif body.image_id is not None:
+            outcome = await run_in_threadpool(lambda: service.search_point(body.image_id or "", **where))
+        else:
+            data = decode_base64_image(body.image or "")
+            outcome = await run_in_threadpool(lambda: service.search_image(data, **where))
+        return _response(outcome)
+
+    @app.get("/api/v1/status", tags=["status"], responses=ERRORS)
+    def status() -> dict[str, Any]:
+        """What ``clipindex status --json`` prints, a running ingest's live progress included."""
+        return service.status()
+
+    @app.get(
+        "/api/v1/thumbnails/{point_id}",
+        tags=["images"],
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG"}, 304: {"description": "unchanged"}}
+        | {404: ERRORS[404], 422: ERRORS[422]},
+    )
+    def thumbnail(
+        point_id: str,
+        request: Request,
+        size: Annotated[int, Query(ge=16, le=MAX_THUMBNAIL_SIZE)] = DEFAULT_THUMBNAIL_SIZE,
+        v: Annotated[str | None, Query(max_length=64, description="content version, for caching")] = None,
+    ) -> Response:
+        """An indexed image's thumbnail (its short side ``size`` pixels), cached on disk."""
+        thumb = service.thumbnail(point_id, size)
+        # a URL naming the content it shows may be cached for good; any other must be revalidated (ETag)
+        cache = "private, max-age=31536000, immutable" if v and v == thumb.version else "private, no-cache"
+        headers = {"ETag": thumb.etag, "Cache-Control": cache, "X-Content-Type-Options": "nosniff"}
+        if request.headers.get("if-none-match") == thumb.etag:
+            return Response(status_code=304, headers=headers)
+        return Response(thumb.data, media_type="image/jpeg", headers=headers)
+
+    @app.get(
+        "/api/v1/images/{point_id}",
+        tags=["images"],
+        response_class=FileResponse,
+        responses={200: {"content": {"image/*": {}}, "description": "the file"}, 404: ERRORS[404]},
+    )
+    def image(point_id: str) -> FileResponse:
+        """An indexed image's file, as stored."""
+        path, media = service.image(point_id)
+        return FileResponse(
+            path,
+            media_type=media,
+            headers={"Cache-Control": "private, no-cache", "X-Content-Type-Options": "nosniff"},
+            content_disposition_type="inline",
+        )
+
+    # --- clip-retrieval --------------------------------------------------------------------------------------
+
+    @app.get("/indices-list", tags=["clip-retrieval"])
+    def indices_list() -> list[str]:
+        """clip-back's list of indices: this server's collection."""
+        return [service.store.collection]
+
+    @app.post("/knn-service", response_model=list[KnnResult], responses=ERRORS, tags=["clip-retrieval"])
+    def knn_service(body: KnnRequest, request: Request) -> list[KnnResult]:
+        """clip-back's search: ``text``, a base64 ``image`` or an ``embedding_input`` vector, ``num_images``
+        results as ``[{id, similarity, url, caption}]``. Only the image modality exists here (no captions are
+        indexed); ``image_url`` is refused: the server never fetches URLs."""
+        if body.modality == "text":
+            return []
+        if body.image_url is not None and body.text is None and body.image is None and body.embedding_input is None:
+            raise ValueError("image_url is not supported: send the image itself, base64-encoded, as image")
+        where: dict[str, Any] = {"limit": body.num_images}
+        if body.embedding_input is not None:
+            outcome = service.search_embedding(body.embedding_input, **where)
+        elif body.image is not None:
+            outcome = service.search_image(decode_base64_image(body.image), **where)
+        elif body.text is not None and body.text.strip():
+            outcome = service.search_text(body.text, **where)
+        else:
+            raise ValueError("give text, image (base64) or embedding_input")
+        base = str(request.base_url).rstrip("/")
+        return [
+            KnnResult(
+                id=r.id, similarity=r.score, url=f"{base}/api/v1/images/{r.id}", caption=r.path.rsplit("/", 1)[-1]
+            )
+            for r in outcome.results
+        ]
+
+    # --- the page -------------------------------------------------------------------------------------------
+
+    static = _static_dir()
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(f"{static}/index.html", media_type="text/html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=static), name="static")
+
+    inner: Any = app
+    if settings.cors_origins:
+        inner = CORSMiddleware(
+            inner,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    return Guard(
+        inner,
+        host_names=settings.host_names(),
+        token=settings.token,
+        max_body_bytes=settings.max_upload_bytes,
+    )
+
+
+async def _read_search_body(request: Request) -> SearchBody:
+    """The JSON body, or a multipart form whose ``image`` is an uploaded file; 422 when neither is valid."""
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    try:
+        if kind == "multipart/form-data":
+            import base64
+
+            form = await request.form(max_files=1, max_fields=10)
+            upload = form.get("image")
+            if upload is None or isinstance(upload, str):
+                raise RequestValidationError(
+                    [{"loc": ("body", "image"), "msg": "upload the image as a file", "type": "missing"}]
+                )
+            data = await upload.read()
+            fields: dict[str, Any] = {k: v for k, v in form.items() if k != "image" and isinstance(v, str)}
+            return SearchBody.model_validate({**fields, "image": base64.b64encode(data).decode("ascii")})
+        try:
+            payload = json.loads(await request.body())
+        except ValueError:
+            raise RequestValidationError(
+                [{"loc": ("body",), "msg": "send a JSON object, or a multipart form", "type": "json_invalid"}]
+            ) from None
+        return SearchBody.model_validate(payload)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None

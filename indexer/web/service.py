@@ -1,0 +1,294 @@
+"""The warm state behind ``clipindex serve``: one embedder, one store, one thumbnail cache, and the operations the
+routes call. The routes only translate HTTP to these calls and their typed errors to status codes.
+
+* The text tower loads in :meth:`SearchService.warm` (before the server accepts requests); the vision tower on
+  the first image query. The store is opened once and kept open between requests
+  (:class:`~clipindex.store.resident.ResidentStore`), handed to a cron ingest or a ``clipindex status`` whenever
+  one waits for it.
+* Searches are :func:`clipindex.ops.search.search_vector` on the query's vector, the same call ``clipindex search``
+  makes, so ranks and scores equal the CLI's. The query is embedded outside the store's lock: concurrent requests
+  embed in parallel and only take turns on the store.
+* Files are only ever named by the store: a thumbnail or an image is asked for by point id, and the path comes
+  from that point's payload. An id seen in a recent result needs no store read.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import mimetypes
+import os
+import posixpath
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from clipindex.errors import ImageError, NothingIndexedError, PointNotFoundError
+from clipindex.images.inputs import load_input
+from clipindex.model.encode import Embedder
+from clipindex.model.locate import ModelLocation
+from clipindex.ops.search import SearchResult, search_vector
+from clipindex.ops.status import collect_report
+from clipindex.settings import DEFAULT_LIMIT, DEFAULT_THUMBNAIL_SIZE
+from clipindex.store.base import VectorStore, check_id
+from clipindex.store.resident import ResidentStore
+from clipindex.web.thumbnails import Thumbnail, ThumbnailCache
+
+__all__ = ["FileRef", "SearchOutcome", "SearchService", "decode_base64_image", "thumbnail_url"]
+
+#: ids of recent results whose file is remembered (no store read for their thumbnails)
+RECENT_POINTS = 50_000
+_FILE_FIELDS = ("path", "sha256", "format")
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """Where an indexed point's file is, as its payload says."""
+
+    path: str
+    sha256: str
+    format: str | None
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    results: list[SearchResult]
+    took_ms: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def thumbnail_url(point_id: str, sha256: str | None, size: int = DEFAULT_THUMBNAIL_SIZE) -> str:
+    """The thumbnail's URL path; ``v`` names the file's content, so a browser may cache it for good."""
+    version = f"&v={sha256[:16]}" if sha256 else ""
+    return f"/api/v1/thumbnails/{point_id}?size={size}{version}"
+
+
+def decode_base64_image(text: str) -> bytes:
+    """The bytes of a base64 image (plain, or a ``data:`` URI); ImageError when it is not base64."""
+    body = text.split(",", 1)[1] if text.startswith("data:") and "," in text else text
+    try:
+        data = base64.b64decode("".join(body.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError("<image>", "not valid base64: send the image's bytes base64-encoded") from None
+    if not data:
+        raise ImageError("<image>", "empty (0 bytes)")
+    return data
+
+
+def _folder(folder: str | None) -> str | None:
+    """A folder filter, normalised without touching the disk; it must be absolute (paths are stored that way)."""
+    if folder is None or folder == "":
+        return None
+    if "\x00" in folder or not os.path.isabs(folder):
+        raise ValueError("folder must be an absolute path, e.g. /home/me/Pictures")
+    return posixpath.normpath(folder) if os.sep == "/" else os.path.normpath(folder)
+
+
+class SearchService:
+    """The operations of the API, over one embedder and one store (``close()`` when done)."""
+
+    def __init__(self, store: VectorStore, embedder: Embedder, location: ModelLocation, thumbnails: ThumbnailCache):
+        self.resident = ResidentStore(store)
+        self.embedder = embedder
+        self.location = location
+        self.thumbnails = thumbnails
+        self._recent: OrderedDict[str, FileRef] = OrderedDict()
+        self._recent_lock = threading.Lock()
+
+    @property
+    def store(self) -> VectorStore:
+        return self.resident.store
+
+    def warm(self) -> None:
+        """Load the tokenizer and the text tower, and open the store's collection when there is one."""
+        self.embedder.encode_text(["a photo"])
+
+        def open_collection(store: VectorStore) -> None:
+            try:
+                store.collection_info()
+            except NothingIndexedError:
+                pass
+            except Exception:  # reported by the first request, with the request's error
+                pass
+
+        self.resident.read(open_collection)
+
+    def close(self) -> None:
+        self.resident.close()
+
+    # --- searches ---------------------------------------------------------------------------------------------
+
+    def _search(
+        self, vector: np.ndarray, *, limit: int, offset: int, min_score: float | None, folder: str | None
+    ) -> list[SearchResult]:
+        prefix = _folder(folder)
+        found = self.resident.read(
+            lambda store: search_vector(
+                store,
+                vector,
+                limit=offset + limit,
+                threshold=min_score,
+                path_prefix=prefix,
+                model_name=self.embedder.model_name,
+            )
+        )
+        page = found[offset:]
+        self._remember(page)
+        return page
+
+    def _remember(self, results: Sequence[SearchResult]) -> None:
+        with self._recent_lock:
+            for r in results:
+                sha = r.payload.get("sha256")
+                if isinstance(sha, str) and r.path:
+                    fmt = r.payload.get("format")
+                    self._recent[r.id] = FileRef(r.path, sha, fmt if isinstance(fmt, str) else None)
+                    self._recent.move_to_end(r.id)
+            while len(self._recent) > RECENT_POINTS:
+                self._recent.popitem(last=False)
+
+    def search_text(
+        self,
+        text: str,
+        *,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+        min_score: float | None = None,
+        folder: str | None = None,
+    ) -> SearchOutcome:
+        started = time.perf_counter()
+        if not text.strip():
+            raise ValueError("the query is empty")
+        warnings: list[str] = []
+
+        def truncated(_text: str) -> None:
+            warnings.append(
+                f"the query is longer than {self.embedder.manifest.context_length} tokens; "
+                "CLIP sees only its beginning (the rest is ignored)"
+            )
+
+        vector = self.embedder.encode_text([text], on_truncate=truncated)[0]
+        results = self._search(vector, limit=limit, offset=offset, min_score=min_score, folder=folder)
+        return SearchOutcome(results, _ms_since(started), warnings)
+
+    def search_image(
+        self,
+        data: bytes,
+        *,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+        min_score: float | None = None,
+        folder: str | None = None,
+    ) -> SearchOutcome:
+        """Images like an uploaded one: decoded and preprocessed exactly as ingest does (its pixel limit and
+        checks); ImageError when the bytes are not a readable image."""
+        started = time.perf_counter()
+        preprocessor = self.embedder.preprocessor
+        image = load_input(bytes(data), preprocessor, name="the uploaded image")
+        pixels = preprocessor.preprocess(image)
+        vector = self.embedder.encode_pixels(pixels[None])[0]
+        results = self._search(vector, limit=limit, offset=offset, min_score=min_score, folder=folder)
+        return SearchOutcome(results, _ms_since(started))
+
+    def search_point(
+        self,
+        point_id: str,
+        *,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+        min_score: float | None = None,
+        folder: str | None = None,
+    ) -> SearchOutcome:
+        """ "More like this": the images nearest to an indexed point's stored vector (itself first)."""
+        started = time.perf_counter()
+        canonical = _point_id(point_id)
+
+        def vector_of(store: VectorStore) -> np.ndarray | None:
+            store.collection_info()
+            return store.get_vectors([canonical]).get(canonical)
+
+        vector = self.resident.read(vector_of)
+        if vector is None:
+            raise PointNotFoundError(f"no indexed image has the id {canonical}")
+        results = self._search(vector, limit=limit, offset=offset, min_score=min_score, folder=folder)
+        return SearchOutcome(results, _ms_since(started))
+
+    def search_embedding(
+        self,
+        values: Sequence[float],
+        *,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+        min_score: float | None = None,
+        folder: str | None = None,
+    ) -> SearchOutcome:
+        started = time.perf_counter()
+        vector = np.asarray(values, dtype=np.float32).reshape(-1)
+        if vector.shape[0] != self.embedder.dimension:
+            raise ValueError(f"the embedding has {vector.shape[0]} values, the model {self.embedder.dimension}")
+        if not np.all(np.isfinite(vector)) or not float(np.linalg.norm(vector)) > 0:
+            raise ValueError("the embedding must be finite and not all zero")
+        results = self._search(vector, limit=limit, offset=offset, min_score=min_score, folder=folder)
+        return SearchOutcome(results, _ms_since(started))
+
+    # --- status, files ------------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """What ``clipindex status --json`` prints for this store and model."""
+        return self.resident.read(lambda store: collect_report(self.location, store)).as_json()
+
+    def file_of(self, point_id: str) -> FileRef:
+        """The file of an indexed point, from its payload; PointNotFoundError for any other id."""
+        canonical = _point_id(point_id)
+        with self._recent_lock:
+            known = self._recent.get(canonical)
+        if known is not None:
+            return known
+
+        def payload(store: VectorStore) -> dict[str, Any] | None:
+            try:
+                store.collection_info()
+            except NothingIndexedError:
+                return None
+            return store.get_payloads([canonical], _FILE_FIELDS).get(canonical)
+
+        found = self.resident.read(payload)
+        path = found.get("path") if found else None
+        sha = found.get("sha256") if found else None
+        if not isinstance(path, str) or not path:
+            raise PointNotFoundError(f"no indexed image has the id {canonical}")
+        fmt = found.get("format") if found else None
+        return FileRef(path, sha if isinstance(sha, str) else "", fmt if isinstance(fmt, str) else None)
+
+    def thumbnail(self, point_id: str, size: int = DEFAULT_THUMBNAIL_SIZE) -> Thumbnail:
+        ref = self.file_of(point_id)
+        try:
+            return self.thumbnails.get(_point_id(point_id), ref.sha256, ref.path, size)
+        except ImageError as exc:
+            raise PointNotFoundError(f"the file of {point_id} cannot be read now: {exc}") from exc
+
+    def image(self, point_id: str) -> tuple[str, str]:
+        """``(path, media type)`` of an indexed point's file, when it is still a regular file."""
+        ref = self.file_of(point_id)
+        if not os.path.isfile(ref.path):
+            raise PointNotFoundError(f"the file of {point_id} is gone (re-run ingest with --prune)")
+        media = mimetypes.guess_type(ref.path)[0] or "application/octet-stream"
+        return ref.path, media
+
+
+def _point_id(point_id: str) -> str:
+    try:
+        return check_id(point_id)
+    except ValueError:
+        raise PointNotFoundError("no indexed image has this id (ids are UUIDs)") from None
+
+
+def _ms_since(started: float) -> float:
+    took = (time.perf_counter() - started) * 1000
+    return round(took, 3) if math.isfinite(took) else 0.0
