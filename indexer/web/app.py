@@ -19,6 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipindex.errors import (
     ClipIndexError,
@@ -54,6 +55,9 @@ STATUS_OF: tuple[tuple[type[ClipIndexError], int], ...] = (
     (StoreBusyError, 503),
     (StoreUnavailableError, 503),
 )
+
+#: a folder filter is an absolute path (paths are stored absolute); it is matched, never opened
+FOLDER_PATTERN = r"^/[^\x00]*$"
 
 # --- the API's types ------------------------------------------------------------------------------------------
 
@@ -104,7 +108,7 @@ class SearchBody(BaseModel):
     limit: Limit = DEFAULT_LIMIT
     offset: Offset = 0
     min_score: Score | None = None
-    folder: str | None = None
+    folder: Annotated[str, Field(pattern=FOLDER_PATTERN)] | None = None
 
     @model_validator(mode="after")
     def one_query(self) -> SearchBody:
@@ -117,7 +121,12 @@ class SearchBody(BaseModel):
 class KnnRequest(BaseModel):
     """clip-retrieval's clip-back request (``ClipClient`` and clip-front send these fields)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "anyOf": [{"required": ["text"]}, {"required": ["image"]}, {"required": ["embedding_input"]}]
+        },
+    )
 
     text: str | None = None
     image: str | None = None
@@ -150,6 +159,18 @@ def _error(exc: ClipIndexError) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
+def _validation_message(exc: RequestValidationError) -> str:
+    """FastAPI's validation errors as one line: ``query.limit: Input should be less than or equal to 1000``."""
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
+        message = str(error.get("msg", "invalid"))
+        if FOLDER_PATTERN in message:
+            message = "must be an absolute path, e.g. /home/me/Pictures"
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts) or "invalid request"
+
+
 def _value_error(exc: ValueError) -> JSONResponse:
     body = ErrorBody(error=ErrorDetail(type="ValueError", message=str(exc), exit_code=2, hints=[]))
     return JSONResponse(body.model_dump(), status_code=422)
@@ -179,6 +200,7 @@ def _response(outcome: SearchOutcome) -> SearchResponse:
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in (
+        (400, "a body that cannot be parsed (JSON or multipart)"),
         (404, "no such point, or nothing indexed"),
         (409, "the collection was built by another model"),
         (413, "the request body is over the upload cap"),
@@ -187,16 +209,27 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     )
 }
 
-_SEARCH_BODY_SCHEMA = SearchBody.model_json_schema()
-_MULTIPART_SCHEMA = {
+_QUERY_FIELDS: dict[str, Any] = {
+    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_SEARCH_LIMIT, "default": DEFAULT_LIMIT},
+    "offset": {"type": "integer", "minimum": 0, "maximum": MAX_SEARCH_OFFSET, "default": 0},
+    "min_score": {"type": "number", "minimum": -1, "maximum": 1},
+    "folder": {"type": "string", "pattern": FOLDER_PATTERN, "description": "only files under this absolute folder"},
+}
+#: the JSON body, exactly one query field (what SearchBody checks), written out for the OpenAPI document
+_SEARCH_BODY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "image": {"type": "string", "format": "binary"},
-        "limit": {"type": "integer", "minimum": 1, "maximum": MAX_SEARCH_LIMIT},
-        "offset": {"type": "integer", "minimum": 0, "maximum": MAX_SEARCH_OFFSET},
-        "min_score": {"type": "number", "minimum": -1, "maximum": 1},
-        "folder": {"type": "string"},
+        "text": {"type": "string", "minLength": 1, "maxLength": 10_000},
+        "image_id": {"type": "string", "format": "uuid", "description": "an indexed point: more like this"},
+        "image": {"type": "string", "format": "byte", "description": "an image file's bytes, base64"},
+        **_QUERY_FIELDS,
     },
+    "oneOf": [{"required": ["text"]}, {"required": ["image_id"]}, {"required": ["image"]}],
+    "additionalProperties": False,
+}
+_MULTIPART_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"image": {"type": "string", "format": "binary"}, **_QUERY_FIELDS},
     "required": ["image"],
 }
 
@@ -234,6 +267,16 @@ def create_app(service: SearchService, settings: ServeSettings) -> Any:
     async def value_error(_request: Request, exc: ValueError) -> JSONResponse:
         return _value_error(exc)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+        body = ErrorBody(error=ErrorDetail(type="HTTPError", message=detail, exit_code=1, hints=[]))
+        return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _value_error(ValueError(_validation_message(exc)))
+
     # --- API ----------------------------------------------------------------------------------------------
 
     @app.get("/api/v1/search", response_model=SearchResponse, responses=ERRORS, tags=["search"])
@@ -242,7 +285,9 @@ def create_app(service: SearchService, settings: ServeSettings) -> Any:
         limit: Annotated[int, Query(ge=1, le=MAX_SEARCH_LIMIT)] = DEFAULT_LIMIT,
         offset: Annotated[int, Query(ge=0, le=MAX_SEARCH_OFFSET)] = 0,
         min_score: Annotated[float | None, Query(ge=-1.0, le=1.0)] = None,
-        folder: Annotated[str | None, Query(description="only files under this absolute folder")] = None,
+        folder: Annotated[
+            str | None, Query(pattern=FOLDER_PATTERN, description="only files under this absolute folder")
+        ] = None,
     ) -> SearchResponse:
         """Images best matching a text query; ranks and scores equal ``clipindex search --json``'s."""
         return _response(service.search_text(q, limit=limit, offset=offset, min_score=min_score, folder=folder))

@@ -229,7 +229,8 @@ class SearchService:
         folder: str | None = None,
     ) -> SearchOutcome:
         started = time.perf_counter()
-        vector = np.asarray(values, dtype=np.float32).reshape(-1)
+        with np.errstate(over="ignore"):  # values past float32's range become inf, refused below
+            vector = np.asarray(values, dtype=np.float32).reshape(-1)
         if vector.shape[0] != self.embedder.dimension:
             raise ValueError(f"the embedding has {vector.shape[0]} values, the model {self.embedder.dimension}")
         if not np.all(np.isfinite(vector)) or not float(np.linalg.norm(vector)) > 0:
