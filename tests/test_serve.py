@@ -312,7 +312,10 @@ def test_no_cors_unless_asked(http: httpx.Client) -> None:
 def test_a_token_guards_every_api_call(library: Library, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
-    with serving(library.data, library.model, tmp_path / "cache", "--token-file", str(token_file)) as served:
+    run = clipindex(library, "ingest", library.photos, "--model-dir", library.model, "--collection", "guarded")
+    assert run.returncode == 0, run.stderr
+    guarded = ("--collection", "guarded")
+    with serving(library.data, library.model, tmp_path / "cache", "--token-file", str(token_file), *guarded) as served:
         with httpx.Client(base_url=served.url, timeout=60) as http:
             for path in ("/api/v1/status", "/api/v1/search?q=cat", "/api/v1/openapi.json", "/indices-list"):
                 assert http.get(path).status_code == 401, path
@@ -322,7 +325,7 @@ def test_a_token_guards_every_api_call(library: Library, tmp_path: Path) -> None
             assert http.get("/api/v1/status", headers=good).status_code == 200
             assert http.get("/api/v1/status", cookies={"clipindex_token": "s3cret-token"}).status_code == 200
             assert http.get("/").status_code == 200  # the page holds no data
-        run = clipindex(library, "search", "a cat", "-n", "2", "--json")  # finds it, with the recorded token
+        run = clipindex(library, "search", "a cat", "-n", "2", "--json", *guarded)  # with the recorded token
         assert run.returncode == 0, run.stderr
         assert len(json.loads(run.stdout)) == 2
 
