@@ -283,6 +283,8 @@ class EdgeStore(VectorStore):
         self.shard_dir = self.root / SHARD_DIR
         self._shard: qe.EdgeShard | None = None
         self._info: CollectionInfo | None = None
+        #: the processes close_if_waited_for() handed the store to (the next open lets them go first)
+        self._let_in: list[Path] = []
         if wait_s < 0 or wait_s != wait_s:
             raise ValueError(f"wait_s must be a number of seconds >= 0, not {wait_s}")
         self.wait_s = float(wait_s)
@@ -408,13 +410,22 @@ class EdgeStore(VectorStore):
         self._take_back(waiting)
         return len(waiting)
 
+    @property
+    def is_open(self) -> bool:
+        """Whether this process has the shard open (and so holds the store's turn)."""
+        return self._shard is not None
+
     def close_if_waited_for(self) -> bool:
         """For a process that keeps the store open between its reads (``clipindex serve``): when other processes
         wait for the store, close the shard (a flush first) and give them the turn; the next read reopens it,
         waiting its turn. Costs one listing of an empty folder when nobody waits. True when it handed over."""
-        if self._shard is None or not self.turns.waiting_readers():
+        if self._shard is None:
+            return False
+        waiting = self.turns.waiting_readers()
+        if not waiting:
             return False
         self.close()
+        self._let_in = waiting  # the next open waits until they have had their turn (it would win the race)
         return True
 
     @contextlib.contextmanager
@@ -728,7 +739,11 @@ class EdgeStore(VectorStore):
         """Take the store's turn (waiting up to ``wait_s``), then open the shard; on failure the turn is given
         back."""
         took = not self.turns.held
-        self.turns.take(self.wait_s)
+        let_in, self._let_in = self._let_in, []
+        if let_in and took:
+            self.turns.take_back(let_in, self.wait_s)
+        else:
+            self.turns.take(self.wait_s)
         try:
             cleanup_orphan_temp_segments(self.shard_dir)
             # With the dimension known, (re)apply our configuration: a store created by an older clipindex then

@@ -34,6 +34,9 @@ class ResidentStore:
     def __init__(self, store: VectorStore, *, poll_s: float = HANDOVER_POLL_S) -> None:
         self.store = store
         self._lock = threading.Lock()
+        # while the watcher hands the store over, new reads wait at this gate: a busy server cannot starve it
+        self._gate = threading.Condition()
+        self._handing_over = False
         self._stop = threading.Event()
         #: how many times the store was handed to a waiting process
         self.handovers = 0
@@ -46,8 +49,18 @@ class ResidentStore:
 
     def read(self, fn: Callable[[VectorStore], T]) -> T:
         """``fn(store)`` with the store to itself (opened by ``fn``'s first call if it was handed over)."""
-        with self._lock:
+        while True:
+            with self._gate:
+                while self._handing_over:
+                    self._gate.wait()
+            self._lock.acquire()
+            if not self._handing_over:
+                break
+            self._lock.release()  # the watcher goes next: reads queued on the lock step back to the gate
+        try:
             return fn(self.store)
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         self._stop.set()
@@ -58,12 +71,21 @@ class ResidentStore:
 
     def _watch(self, store: EdgeStore, poll_s: float) -> None:
         while not self._stop.wait(poll_s):
-            if not self._lock.acquire(blocking=False):
-                continue  # a read is running: it ends soon, and the next look hands over
             try:
-                if store.close_if_waited_for():
-                    self.handovers += 1
+                wanted = store.is_open and bool(store.turns.waiting_readers())
+            except Exception:  # a listing that failed: look again next time
+                wanted = False
+            if not wanted:
+                continue
+            with self._gate:
+                self._handing_over = True
+            try:
+                with self._lock:  # the read in flight finishes first; no new one starts
+                    if store.close_if_waited_for():
+                        self.handovers += 1
             except Exception as exc:  # the next read reopens the store and reports what is wrong
                 log.warning("handing %s over failed: %s", store.describe(), exc)
             finally:
-                self._lock.release()
+                with self._gate:
+                    self._handing_over = False
+                    self._gate.notify_all()
