@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -465,3 +466,96 @@ def test_ingest_beside_serve_and_eight_clients(library: Library, tmp_path: Path,
         assert max(counts) == 62 or len(after) == 62
     summary = json.loads(ingest.stdout.strip().splitlines()[-1]) if ingest.stdout.strip().startswith("{") else None
     assert summary is None or summary["points"] == 62
+
+
+# --- the page, in a real browser ---------------------------------------------------------------------------
+
+
+def chromium_path() -> str:
+    """Debian's chromium; in CI (env CI set) its absence is a failure, elsewhere a skip."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: CI must test the page (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return exe
+
+
+@pytest.mark.slow
+def test_the_page_in_headless_chromium(library: Library, server: Served, tmp_path: Path) -> None:
+    """Type a query and see thumbnails; open one and ask for more like it; upload an image; a file named like
+    markup is shown as text and runs nothing; ?q= in the address runs its search on load; keyboard only works."""
+    playwright_sync = pytest.importorskip("playwright.sync_api")
+    executable = chromium_path()
+    errors: list[str] = []
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        # the test's own probes are evaluated scripts, which the page's CSP forbids; without the CSP the page must
+        # still show hostile names as text (the CSP is checked on its own above)
+        context = browser.new_context(bypass_csp=True, viewport={"width": 1200, "height": 800})
+        page = context.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("dialog", lambda dialog: errors.append(f"dialog: {dialog.message}"))
+        page.goto(server.url)
+        page.fill("#q", "a cat")
+        page.wait_for_selector("#results li img")
+        page.wait_for_function(
+            "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
+        tiles = page.locator("#results li")
+        assert tiles.count() == len(library.files)
+        expected = http_search(server, "a cat", len(library.files))
+        names = page.locator("#results .name").all_text_contents()
+        assert names == [Path(h["path"]).name for h in expected]
+        scores = page.locator("#results .score").all_text_contents()
+        assert scores == [f"{h['score']:.3f}" for h in expected]
+        assert HOSTILE in names  # the markup-like name shows as text
+        assert page.evaluate("window.__pwned") is None
+        assert page.locator("#results img[src='x']").count() == 0
+        assert not page.locator("#drop-zone").is_visible() and not page.locator("#token-form").is_visible()
+        assert "q=a+cat" in page.url or "q=a%20cat" in page.url
+        page.screenshot(path=str(tmp_path / "page.png"))
+
+        rocket = next(i for i, h in enumerate(expected) if h["path"] == str(library.files["rocket"]))
+        tiles.nth(rocket).locator("button").click()
+        page.wait_for_selector("#viewer[open]")
+        assert page.locator("#viewer-path").text_content() == str(library.files["rocket"])
+        page.click("#more-like-this")
+        page.wait_for_function("document.querySelector('#message').textContent.startsWith('7 results for images like')")
+        assert page.locator("#results .name").first.text_content() == "rocket.jpg"
+        assert page.locator("#results .score").first.text_content() == "1.000"
+
+        page.set_input_files("#upload", str(library.files["flower"]))
+        page.wait_for_function(
+            "document.querySelector('#message').textContent.includes('results for the image flower.jpg')"
+        )
+        assert page.locator("#results .name").first.text_content() == "flower.jpg"
+
+        page.fill("#folder", str(library.photos / "sub"))
+        page.fill("#q", "")
+        page.keyboard.press("Tab")
+        page.focus("#q")
+        page.keyboard.type("flowers")
+        page.keyboard.press("Enter")
+        page.wait_for_function("document.querySelectorAll('#results li').length === 2")
+        page.keyboard.press("Tab")  # to the folder box, the upload button, then the first result
+        page.keyboard.press("Tab")
+        page.keyboard.press("Tab")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#viewer[open]")
+        page.keyboard.press("Escape")
+        page.wait_for_selector("#viewer:not([open])", state="attached")
+
+        linked = context.new_page()
+        linked.goto(server.url + "?q=a%20rocket")
+        linked.wait_for_selector("#results li")
+        assert linked.locator("#q").input_value() == "a rocket"
+        linked.wait_for_function("/photos/.test(document.querySelector('#status').textContent)")
+        assert f"{len(library.files)} photos" in (linked.locator("#status").text_content() or "")
+        browser.close()
+    assert errors == []
+
+
+def http_search(server: Served, text: str, limit: int) -> list[dict[str, Any]]:
+    answer = httpx.get(server.url + "api/v1/search", params={"q": text, "limit": limit}, timeout=60)
+    return list(answer.json()["results"])
