@@ -91,7 +91,7 @@ def load_tokenizer(tokenizer_json: str | Path) -> Tokenizer:
         return Tokenizer.from_str(text)
     vocab = model.pop("vocab")
     model.pop("merges")
-    pairs = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]
+    pairs: list[tuple[str, str]] = [(a, b) for a, b in (m.split(" ", 1) if isinstance(m, str) else m for m in merges)]
     # the skeleton keeps the added tokens' own ids: they are looked up in the vocabulary it is read with
     skeleton_vocab = {token["content"]: token["id"] for token in data.get("added_tokens") or []}
     tokenizer = Tokenizer.from_str(json.dumps({**data, "model": {**model, "vocab": skeleton_vocab, "merges": []}}))

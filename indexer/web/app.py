@@ -209,6 +209,17 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     )
 }
 
+THUMBNAIL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/jpeg": {}}, "description": "a JPEG"},
+    304: {"description": "unchanged since the ETag the client sent"},
+    404: ERRORS[404],
+    422: ERRORS[422],
+}
+IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/*": {}}, "description": "the file"},
+    404: ERRORS[404],
+}
+
 _QUERY_FIELDS: dict[str, Any] = {
     "limit": {"type": "integer", "minimum": 1, "maximum": MAX_SEARCH_LIMIT, "default": DEFAULT_LIMIT},
     "offset": {"type": "integer", "minimum": 0, "maximum": MAX_SEARCH_OFFSET, "default": 0},
@@ -312,7 +323,12 @@ def create_app(service: SearchService, settings: ServeSettings) -> Any:
         from starlette.concurrency import run_in_threadpool
 
         body = await _read_search_body(request)
-        where = {"limit": body.limit, "offset": body.offset, "min_score": body.min_score, "folder": body.folder}
+        where: dict[str, Any] = {
+            "limit": body.limit,
+            "offset": body.offset,
+            "min_score": body.min_score,
+            "folder": body.folder,
+        }
         if body.text is not None:
             outcome = await run_in_threadpool(lambda: service.search_text(body.text or "", **where))
         elif body.image_id is not None:
@@ -331,8 +347,7 @@ def create_app(service: SearchService, settings: ServeSettings) -> Any:
         "/api/v1/thumbnails/{point_id}",
         tags=["images"],
         response_class=Response,
-        responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG"}, 304: {"description": "unchanged"}}
-        | {404: ERRORS[404], 422: ERRORS[422]},
+        responses=THUMBNAIL_RESPONSES,
     )
     def thumbnail(
         point_id: str,
@@ -353,7 +368,7 @@ def create_app(service: SearchService, settings: ServeSettings) -> Any:
         "/api/v1/images/{point_id}",
         tags=["images"],
         response_class=FileResponse,
-        responses={200: {"content": {"image/*": {}}, "description": "the file"}, 404: ERRORS[404]},
+        responses=IMAGE_RESPONSES,
     )
     def image(point_id: str) -> FileResponse:
         """An indexed image's file, as stored."""

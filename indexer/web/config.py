@@ -70,5 +70,5 @@ class ServeSettings:
             hostname = socket.gethostname()
             names |= {hostname.lower(), socket.getfqdn().lower()}
             with contextlib.suppress(OSError):
-                names |= {info[4][0].lower() for info in socket.getaddrinfo(hostname, None)}
+                names |= {str(info[4][0]).lower() for info in socket.getaddrinfo(hostname, None)}
         return frozenset(names)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from clipindex.errors import ServeError
 from clipindex.web.config import ServeSettings
@@ -85,7 +86,7 @@ def serve(
             server_header=False,
             timeout_graceful_shutdown=5,
         )
-        server = _Server(config)
+        server = _make_server(config)
         write_record(
             lock_path,
             ServeRecord(
@@ -110,35 +111,33 @@ def serve(
         service.close()
 
 
-class _Server:
+def _make_server(config: Any) -> Any:
     """uvicorn's server, stopped by Ctrl-C or SIGTERM through its own flag: it finishes the requests in flight
     and returns, and the process exits 0 (uvicorn's own handlers would re-raise the signal when it returns)."""
+    import contextlib
+    import signal
 
-    def __new__(cls, config: object) -> object:
-        import contextlib
-        import signal
+    import uvicorn
 
-        import uvicorn
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self):  # type: ignore[no-untyped-def]
-                if threading.current_thread() is not threading.main_thread():
-                    yield
-                    return
-                previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-                try:
-                    yield
-                finally:
-                    for sig, handler in previous.items():
-                        signal.signal(sig, handler)
+        def _stop(self, _signum: int, _frame: object) -> None:
+            if self.should_exit:  # a second Ctrl-C: stop waiting for open connections
+                self.force_exit = True
+            self.should_exit = True
 
-            def _stop(self, _signum: int, _frame: object) -> None:
-                if self.should_exit:  # a second Ctrl-C: stop waiting for open connections
-                    self.force_exit = True
-                self.should_exit = True
-
-        return Server(config)  # type: ignore[arg-type]
+    return Server(config)
 
 
 def _announce(server: object, url: str, on_ready: Callable[[str], None] | None, open_browser: bool) -> None:
