@@ -227,11 +227,12 @@ def run(points: int, repeats: int) -> dict[str, Any]:
         result["eight"] = concurrent(serve.url, 8, 15.0)
         served: list[float] = []
         local: list[float] = []
+        here = ("--no-server", "--model-dir", str(model_dir))
         cli_search(serve.env)
-        cli_search(serve.env, "--no-server")
+        cli_search(serve.env, *here)
         for _ in range(repeats):
             served.append(cli_search(serve.env))
-            local.append(cli_search(serve.env, "--no-server"))
+            local.append(cli_search(serve.env, *here))
         result["cli"] = {"served_s": statistics.median(served), "in_process_s": statistics.median(local)}
         result["rss_mb"] = serve.rss_mb()
     finally:
