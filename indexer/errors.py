@@ -113,3 +113,7 @@ class OutputError(ClipIndexError):
 
 class DeviceFallbackWarning(UserWarning):
     """``device="auto"`` runs on the CPU although onnxruntime-gpu is installed (no usable CUDA device)."""
+
+
+class EngineFallbackWarning(UserWarning):
+    """``engine="auto"`` runs a tower on ONNX Runtime because OpenVINO's vectors failed the load-time check."""
