@@ -305,3 +305,24 @@ def test_the_openvino_path_never_imports_torch(tiny_model_dir: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     assert done.stdout.split()[-2:] == ["False", "False"], done.stdout + done.stderr
+
+
+def test_status_counts_vectors_of_runs_that_recorded_no_engine(
+    tiny_model_dir: Path, tmp_path: Path, sample_photos: dict[str, Image.Image]
+) -> None:
+    photos, data = tmp_path / "photos", tmp_path / "data"
+    photos.mkdir()
+    first, second = sorted(sample_photos)[:2]
+    sample_photos[first].save(photos / "one.jpg")
+    assert ingest(photos, tiny_model_dir, data).exit_code == 0
+    embedder = Embedder(tiny_model_dir)
+    with EdgeStore(data, "images") as store:  # the summary a run wrote before summaries recorded engines
+        store.ensure_collection(embedder.dimension, embedder.model_name, create=False)
+        summary = store.load_summary()
+        assert summary is not None and summary.pop("engines") == ["onnxruntime fp32"]
+        store.save_summary(summary)
+    sample_photos[second].save(photos / "two.jpg")
+    assert ingest(photos, tiny_model_dir, data, "--engine", "onnxruntime").exit_code == 0
+    args = ["status", "--model-dir", str(tiny_model_dir), "--data-dir", str(data), "--json"]
+    status = json.loads(CliRunner().invoke(cli, args).stdout)
+    assert status["engines"] == ["onnxruntime fp32", "unrecorded"] and status["mixed_engines"]

@@ -153,11 +153,11 @@ def plan_engine(
       ONNX Runtime, and ``reason`` says why.
     """
     requested = check_engine(requested)
+    onnx = "int8" if precision == "int8" else "fp32"
+    if requested == ENGINE_ONNXRUNTIME:  # nothing looked up: the default costs nothing
+        return EnginePlan(requested, ENGINE_ONNXRUNTIME, onnx)
     flags = cpu_flags() if flags is None else flags
     version = openvino_version() if installed is True else installed
-    onnx = "int8" if precision == "int8" else "fp32"
-    if requested == ENGINE_ONNXRUNTIME:
-        return EnginePlan(requested, ENGINE_ONNXRUNTIME, onnx)
     if requested == ENGINE_OPENVINO:
         if device_kind == "cuda":
             raise DeviceError(
