@@ -785,7 +785,7 @@ def write_markdown(path: Path, data: dict[str, Any]) -> str:
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
     # the sections other scripts write (million.py, server_client.py, concurrency.py, library.py) are kept until
     # those scripts replace them
-    markers = ("<!-- million:start -->", "<!-- concurrency:begin -->", "<!-- library.py -->")
+    markers = ("<!-- nncf_int8.py -->", "<!-- million:start -->", "<!-- concurrency:begin -->", "<!-- library.py -->")
     kept = [old.index(marker) for marker in markers if marker in old]
     if kept:
         text += "\n" + old[min(kept) :]
@@ -861,7 +861,15 @@ def add_openvino(add: Callable[[str], None], data: dict[str, Any]) -> None:
         f"{pure_text or '–'}. rclip is not installed here: its column divides by issue 23's figure for it, measured "
         "on this project's machine, so it is indicative only. The last column is each run's own CPU time (user + "
         "system, median): on a machine whose other users take a share of the cores, the images per CPU second "
-        "show what the engine saves whatever the others' load."
+        "show what the engine saves whatever the others' load. Others' load during the runs (median, share of all "
+        "cores), ingest fp32 · openvino: "
+        + "; ".join(
+            f"{SETS[set_name]['label']} {100 * summary[set_name]['ingest_fp32']['median_background']:.0f} % · "
+            f"{100 * summary[set_name]['ingest_openvino']['median_background']:.0f} %"
+            for set_name in summary
+            if {"ingest_fp32", "ingest_openvino"} <= set(summary[set_name])
+        )
+        + "."
     )
     searches = [data.get("search"), data.get("search_openvino")]
     if all(s and s.get("median_s") is not None for s in searches):
