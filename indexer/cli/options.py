@@ -210,10 +210,9 @@ def device_options(default_device: str) -> Callable[[F], F]:
             show_envvar=True,
             default=settings.DEFAULT_ENGINE,
             show_default=True,
-            help="What runs the towers: onnxruntime; openvino (the [openvino] extra, on the CPU: bfloat16 where the "
-            "CPU has it natively, avx512_bf16 or AMX); auto takes openvino where it is installed, the CPU has "
-            "native bfloat16 and each tower's vectors agree with ONNX Runtime's (cosine >= 0.9999 on the probe "
-            "images), else onnxruntime, saying why. CUDA and int8 run on onnxruntime under auto.",
+            help="What runs the towers: onnxruntime; openvino (the [openvino] extra, on the CPU, in bfloat16 where "
+            "the CPU has it natively); auto takes openvino where it is installed, the CPU has native bfloat16 and "
+            "each tower's vectors agree with ONNX Runtime's at load, else onnxruntime, saying why.",
         ),
     )
 
