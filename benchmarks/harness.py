@@ -283,7 +283,21 @@ def machine() -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
             elif line.startswith("flags") and not flags:
                 flags = set(line.split(":", 1)[1].split())
-    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    simd = [
+        f
+        for f in (
+            "avx2",
+            "fma",
+            "avx512f",
+            "avx512_vnni",
+            "avx512_bf16",
+            "avx_vnni",
+            "amx_tile",
+            "amx_bf16",
+            "amx_int8",
+        )
+        if f in flags
+    ]
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:

@@ -54,8 +54,8 @@ t2 = time.perf_counter()
 from clipindex.model.encode import Embedder
 from clipindex.ops.search import open_collection, search_vector
 from clipindex.store import EdgeStore
-model_dir, data_dir, query = sys.argv[1:4]
-embedder = Embedder(model_dir, device="cpu")
+model_dir, data_dir, query, engine = sys.argv[1:5]
+embedder = Embedder(model_dir, device="cpu", engine=engine)
 t3 = time.perf_counter()
 embedder.tokenizer
 t4 = time.perf_counter()
@@ -120,7 +120,7 @@ def _has_collection(data_dir: Path) -> bool:
     return (data_dir / "images" / "shard" / "edge_config.json").is_file()
 
 
-def _search_cmd(model_dir: Path, data_dir: Path, query: str) -> list[str]:
+def _search_cmd(model_dir: Path, data_dir: Path, query: str, engine: str = "onnxruntime") -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -132,6 +132,8 @@ def _search_cmd(model_dir: Path, data_dir: Path, query: str) -> list[str]:
         "--data-dir",
         str(data_dir),
         "--json",
+        "--engine",
+        engine,
     ]
 
 
@@ -163,6 +165,7 @@ def measure(
     points: int = 100_000,
     repeats: int = 5,
     query: str = DEFAULT_QUERY,
+    engine: str = "onnxruntime",
 ) -> dict[str, Any]:
     """Time ``repeats`` cold ``clipindex search`` processes (after one warm-up for the page cache); print and
     return the figures (see the module doc)."""
@@ -173,7 +176,7 @@ def measure(
         data_dir = WORK / f"search-{points}-{manifest.model_name}"
     if not _has_collection(data_dir):
         build_store(data_dir, model_dir, points)
-    cmd = _search_cmd(model_dir, data_dir, query)
+    cmd = _search_cmd(model_dir, data_dir, query, engine)
     env = _env()
     walls: list[float] = []
     cpus: list[float] = []
@@ -189,7 +192,7 @@ def measure(
         cpus.append(cpu)
         log(f"run {attempt}/{repeats}: {wall:.3f} s wall, {cpu:.3f} s CPU (user+sys), {hits} hits")
     breakdown_proc = subprocess.run(
-        [sys.executable, "-c", _BREAKDOWN, str(model_dir), str(data_dir), query],
+        [sys.executable, "-c", _BREAKDOWN, str(model_dir), str(data_dir), query, engine],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -214,6 +217,7 @@ def measure(
         "model_dir": str(model_dir),
         "data_dir": str(data_dir),
         "query": query,
+        "engine": engine,
         "cores": len(os.sched_getaffinity(0)),
         "load_avg": os.getloadavg()[0],
         "breakdown": breakdown,
@@ -243,8 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--points", type=int, default=100_000, help="points of a store made here")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--query", default=DEFAULT_QUERY)
+    parser.add_argument(
+        "--engine", default="onnxruntime", help="clipindex search --engine (onnxruntime, openvino, auto)"
+    )
     args = parser.parse_args(argv)
-    measure(args.model_dir, args.data_dir, points=args.points, repeats=args.repeats, query=args.query)
+    measure(
+        args.model_dir, args.data_dir, points=args.points, repeats=args.repeats, query=args.query, engine=args.engine
+    )
     return 0
 
 

@@ -138,3 +138,7 @@ class ServedError(ClipIndexError):
 
 class DeviceFallbackWarning(UserWarning):
     """``device="auto"`` runs on the CPU although onnxruntime-gpu is installed (no usable CUDA device)."""
+
+
+class EngineFallbackWarning(UserWarning):
+    """``engine="auto"`` runs a tower on ONNX Runtime because OpenVINO's vectors failed the load-time check."""

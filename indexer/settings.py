@@ -29,6 +29,7 @@ ENV_WAIT = "CLIPINDEX_WAIT"
 ENV_BATCH_SIZE = "CLIPINDEX_BATCH_SIZE"
 ENV_DEVICE = "CLIPINDEX_DEVICE"
 ENV_PRECISION = "CLIPINDEX_PRECISION"
+ENV_ENGINE = "CLIPINDEX_ENGINE"
 ENV_SHARD = "CLIPINDEX_SHARD"
 ENV_WORKERS = "CLIPINDEX_WORKERS"
 ENV_MAX_PIXELS = "CLIPINDEX_MAX_PIXELS"
@@ -66,6 +67,12 @@ DEFAULT_DEVICE = "auto"
 DEFAULT_QUERY_DEVICE = "cpu"
 DEFAULT_PRECISION = "fp32"
 PRECISIONS = ("fp32", "int8")
+#: the inference engines (clipindex.model.engines): ONNX Runtime, OpenVINO (the [openvino] extra), or auto's choice
+ENGINE_ONNXRUNTIME: Final = "onnxruntime"
+ENGINE_OPENVINO: Final = "openvino"
+ENGINE_AUTO: Final = "auto"
+ENGINES: tuple[str, ...] = (ENGINE_ONNXRUNTIME, ENGINE_OPENVINO, ENGINE_AUTO)
+DEFAULT_ENGINE: Final = ENGINE_ONNXRUNTIME
 #: twice Pillow's ``Image.MAX_IMAGE_PIXELS`` (Pillow's own refusal threshold)
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 #: DCT-scaled JPEG decoding (docs/design.md)

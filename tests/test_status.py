@@ -36,6 +36,8 @@ KEYS = [
     "running_ingest",
     "interrupted_ingest",
     "busy_reason",
+    "engines",
+    "mixed_engines",
     "model_dir_from",
     "failed_files",
     "model_cache",

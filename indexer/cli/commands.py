@@ -369,6 +369,7 @@ def ingest(
     batch_size: int,
     device: str,
     precision: str,
+    engine: str,
     prune: bool,
     shard: str | None,
     workers: int | None,
@@ -424,11 +425,15 @@ def ingest(
     )
     location = locate_model(model_dir, store)
     ensure_model(location, source_model, progress=None if quiet or as_json else info)
-    embedder = Embedder(location.path, device=device, precision=precision, draft=draft, max_pixels=max_pixels)
+    embedder = Embedder(
+        location.path, device=device, precision=precision, engine=engine, draft=draft, max_pixels=max_pixels
+    )
     embedder.tower_path("vision")  # fail fast on a missing model file; the session loads at the first batch
-    provider = embedder.planned_provider
+    plan = embedder.engine_plan
+    where = "CPU" if plan.engine == "openvino" else embedder.planned_provider
+    why = f" ({engine}: {plan.reason})" if plan.reason else ""
     if not quiet:
-        info(f"clipindex: {embedder.model_name} ({precision}) on {provider}; {store.describe()}")
+        info(f"clipindex: {embedder.model_name} on {where}, {plan.label}{why}; {store.describe()}")
 
     def on_failed(failed: FailedFile) -> None:
         if not failed.known:  # failed before, unchanged since: counted in the summary, not printed every run
@@ -522,6 +527,7 @@ def search(
     max_pixels: int | None,
     device: str,
     precision: str,
+    engine: str,
     wait_s: float,
     no_server: bool,
 ) -> None:
@@ -565,7 +571,7 @@ def search(
             exit_now_if_cli()
             return
     location = require_model(locate_model(model_dir, store))
-    embedder = Embedder(location.path, device=device, precision=precision, max_pixels=max_pixels)
+    embedder = Embedder(location.path, device=device, precision=precision, engine=engine, max_pixels=max_pixels)
 
     def on_truncate(text: str) -> None:
         info(
@@ -617,7 +623,8 @@ def _model_options_given() -> bool:
     if ctx is None:
         return False
     chosen = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    return any(ctx.get_parameter_source(name) in chosen for name in ("model_dir", "device", "precision", "max_pixels"))
+    options = ("model_dir", "device", "precision", "engine", "max_pixels")
+    return any(ctx.get_parameter_source(name) in chosen for name in options)
 
 
 def search_through_server(
@@ -717,6 +724,7 @@ def classify(
     max_pixels: int | None,
     device: str,
     precision: str,
+    engine: str,
 ) -> None:
     """Zero-shot labels for IMAGE...: the probability of each --labels label, most probable first.
 
@@ -742,7 +750,7 @@ def classify(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--template" if "template" in str(exc) else "--labels") from None
     location = require_model(locate_model(model_dir))
-    embedder = Embedder(location.path, device=device, precision=precision, max_pixels=max_pixels)
+    embedder = Embedder(location.path, device=device, precision=precision, engine=engine, max_pixels=max_pixels)
     failed: list[ImageError] = []
 
     def on_error(exc: ImageError) -> None:
@@ -899,6 +907,7 @@ def serve(
     max_pixels: int | None,
     device: str,
     precision: str,
+    engine: str,
     wait_s: float,
 ) -> None:
     """Serve a search page and a JSON API for the store, with the model and the store kept warm.
@@ -939,7 +948,7 @@ def serve(
         )
     store = make_store(data_dir, qdrant_url, api_key_file, collection, timeout_s=timeout_s, wait_s=wait_s, role="serve")
     location = require_model(locate_model(model_dir, store))
-    embedder = Embedder(location.path, device=device, precision=precision, max_pixels=max_pixels)
+    embedder = Embedder(location.path, device=device, precision=precision, engine=engine, max_pixels=max_pixels)
     thumbnails = ThumbnailCache(
         serve_settings.thumbnail_cache_dir, serve_settings.thumbnail_cache_bytes, max_pixels=max_pixels
     )

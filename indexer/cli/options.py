@@ -181,7 +181,7 @@ max_pixels_option = click.option(
 
 
 def device_options(default_device: str) -> Callable[[F], F]:
-    """--device and --precision: where and how the towers run."""
+    """--device, --precision and --engine: where, how and by what the towers run."""
     return _stack(
         click.option(
             "--device",
@@ -202,6 +202,17 @@ def device_options(default_device: str) -> Callable[[F], F]:
             show_default=True,
             help="int8 runs the *.int8.onnx towers from `convert --quantize int8` (faster on CPU; convert "
             "reports their agreement with fp32).",
+        ),
+        click.option(
+            "--engine",
+            type=click.Choice(settings.ENGINES, case_sensitive=False),
+            envvar=settings.ENV_ENGINE,
+            show_envvar=True,
+            default=settings.DEFAULT_ENGINE,
+            show_default=True,
+            help="What runs the towers: onnxruntime; openvino (the [openvino] extra, on the CPU, in bfloat16 where "
+            "the CPU has it natively); auto takes openvino where it is installed, the CPU has native bfloat16 and "
+            "each tower's vectors agree with ONNX Runtime's at load, else onnxruntime, saying why.",
         ),
     )
 

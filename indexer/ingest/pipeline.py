@@ -37,12 +37,21 @@ from typing import Any
 import numpy as np
 
 from clipindex import cstderr
-from clipindex.errors import CountMismatchError, ImageError, StoreUnavailableError
+from clipindex.errors import CountMismatchError, ImageError, StoreError, StoreUnavailableError
 from clipindex.images.decode import DecodedFile, decode_file
 from clipindex.images.prefetch import decode_ahead
 from clipindex.ingest.failures import FailureMemory, Remembered, new_entry
 from clipindex.ingest.live import LiveProgress, progress_path
-from clipindex.ingest.points import INDEX_FIELDS, absolute, absolute_point_id, display_path, in_shard, make_payload
+from clipindex.ingest.points import (
+    ENGINE_FIELDS,
+    INDEX_FIELDS,
+    UNRECORDED_ENGINE,
+    absolute,
+    absolute_point_id,
+    display_path,
+    in_shard,
+    make_payload,
+)
 from clipindex.ingest.walk import iter_image_entries
 from clipindex.lock import IngestLock
 from clipindex.model.encode import Embedder, available_cores
@@ -182,6 +191,10 @@ class _Ingest:
         self.on_failed = on_failed
         self.progress = progress
         self.report = IngestReport()
+        #: the engines ("openvino bf16") of the vectors this run wrote, and per content hash of the batch, what
+        #: computed its vector (a copied vector keeps its own)
+        self.engines: set[str] = set()
+        self.origins: dict[str, tuple[str | None, str | None]] = {}
         self.stored: dict[str, _Stored] = {}
         #: raw sha256 -> id of a stored point with that content
         self.hash_to_id: dict[bytes, str] = {}
@@ -353,6 +366,7 @@ class _Ingest:
         upsert and verify them (and delete the points of files that became unreadable)."""
         batch = self.sort_batch(prepared)
         vectors: dict[str, np.ndarray] = {}
+        self.origins = {}
         self.reuse_stored_vectors(batch, vectors)
         self.encode_batch(batch, vectors)
         points = self.build_points(batch, vectors)
@@ -395,7 +409,9 @@ class _Ingest:
         gone meanwhile is decoded after all (and encoded with the others)."""
         if not batch.to_reuse:
             return
-        stored = self.store.get_vectors([i.reuse_from for i in batch.to_reuse if i.reuse_from])
+        sources = [i.reuse_from for i in batch.to_reuse if i.reuse_from]
+        stored = self.store.get_vectors(sources)
+        made_by = self.store.get_payloads(sources, ENGINE_FIELDS)  # a copied vector keeps its engine
         reused: list[_Prepared] = []
         failed: dict[str, str] = {}  # content hash -> why its decode failed
         for item in batch.to_reuse:
@@ -411,6 +427,11 @@ class _Ingest:
                 batch.to_encode.append(item)  # encoded with the others; no longer a reuse
             else:
                 vectors[item.decoded.sha256] = vector
+                origin = made_by.get(item.reuse_from or "", {})
+                self.origins[item.decoded.sha256] = (origin.get("engine"), origin.get("precision"))
+                self.engines.add(
+                    f"{origin['engine']} {origin.get('precision')}" if "engine" in origin else UNRECORDED_ENGINE
+                )
                 self.report.reused += 1
                 reused.append(item)
         batch.to_reuse = reused
@@ -439,9 +460,12 @@ class _Ingest:
             encoded = self.embedder.encode_pixels(pixels)
         if lending.processes:
             self.count_handoff()
+        engine, _, precision = self.embedder.engine("vision").partition(" ")
+        self.engines.add(f"{engine} {precision}")
         for item, vector in zip(batch.to_encode, encoded, strict=True):
             assert item.decoded is not None
             vectors[item.decoded.sha256] = vector
+            self.origins[item.decoded.sha256] = (engine, precision)
             item.pixels = None
 
     def build_points(self, batch: _Batch, vectors: dict[str, np.ndarray]) -> list[Point]:
@@ -452,6 +476,7 @@ class _Ingest:
             decoded = item.decoded
             assert decoded is not None
             pending = item.pending
+            engine, precision = self.origins.get(decoded.sha256, (None, None))
             payload = make_payload(
                 path=pending.path,
                 size=pending.size,
@@ -461,6 +486,8 @@ class _Ingest:
                 height=decoded.height,
                 image_format=decoded.format,
                 model=self.embedder.model_name,
+                engine=engine,
+                precision=precision,
             )
             points.append(Point(pending.point_id, vectors[decoded.sha256], payload))
         return points
@@ -654,10 +681,28 @@ def ingest(
         summary = run.report.as_json()
         summary.update({"root": run.root_display, "model": embedder.model_name, "finished_at": time.time()})
         summary.update(model_record(embedder.manifest))  # search and status find the model from any folder
+        summary["engines"] = engines_over_runs(store, run.engines)
         summary["failed"] = len(run.report.failed)
         summary["failed_known"] = run.report.known_failed
         store.save_summary(summary)
     return run.report
+
+
+def engines_over_runs(store: VectorStore, written: set[str]) -> list[str]:
+    """The engines that wrote the collection's vectors, over its runs: the last summary's and ``written``; a
+    collection written before its summaries recorded engines counts :data:`UNRECORDED_ENGINE` among them."""
+    try:
+        previous = store.load_summary()
+    except StoreError:
+        previous = None
+    engines = set(written)
+    if previous is not None:
+        recorded = previous.get("engines")
+        if isinstance(recorded, list):
+            engines.update(str(label) for label in recorded)
+        elif previous.get("points"):
+            engines.add(UNRECORDED_ENGINE)
+    return sorted(engines)
 
 
 class _NoLock:

@@ -21,6 +21,10 @@ _NAMESPACE_BYTES = ID_NAMESPACE.bytes
 #: payload keys the incremental ingest reads back for every stored point (``--prune`` then reads ``path`` of the
 #: points the walk did not see)
 INDEX_FIELDS: tuple[str, ...] = ("size", "mtime_ns", "sha256")
+#: payload keys naming what computed the vector: the engine ("onnxruntime", "openvino") and its precision
+ENGINE_FIELDS: tuple[str, ...] = ("engine", "precision")
+#: the engine label of vectors whose payload does not name one (written before payloads recorded engines)
+UNRECORDED_ENGINE = "unrecorded"
 
 
 def absolute(path: str | os.PathLike[str]) -> str:
@@ -65,7 +69,12 @@ def make_payload(
     height: int,
     image_format: str | None,
     model: str,
+    engine: str | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
+    """The point's payload. ``engine`` and ``precision``: what computed its vector (``"openvino"``, ``"bf16"``),
+    recorded beside ``model`` when known."""
+    recorded = {"engine": engine, "precision": precision}
     return {
         "path": display_path(path),
         "size": size,
@@ -76,5 +85,6 @@ def make_payload(
         "height": height,
         "format": image_format or "unknown",
         "model": model,
+        **{key: value for key, value in recorded.items() if value is not None},
         "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -1,6 +1,7 @@
-"""ONNX Runtime inference for both CLIP towers, and the :class:`Embedder` library API.
+"""Inference for both CLIP towers, and the :class:`Embedder` library API.
 
-One ``InferenceSession`` per tower, created on first use and reused for the whole run (a text search never
+One session per tower (ONNX Runtime's ``InferenceSession``, or OpenVINO's compiled model:
+:mod:`clipindex.model.engines`), created on first use and reused for the whole run (a text search never
 loads the vision tower). Outputs are L2-normalised float32 ``[batch, embedding_dim]``; cosine similarity is
 then a dot product.
 """
@@ -16,20 +17,38 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, overload
+from typing import Any, Literal, NamedTuple, Protocol, overload
 
 import numpy as np
 
-from clipindex.errors import DeviceError, DeviceFallbackWarning, ImageError, ModelIntegrityError, ModelNotFoundError
+from clipindex.errors import (
+    DeviceError,
+    DeviceFallbackWarning,
+    EngineFallbackWarning,
+    ImageError,
+    ModelIntegrityError,
+    ModelNotFoundError,
+)
 from clipindex.images.inputs import ImageInput, UrlPolicy, as_items, describe, load_input
 from clipindex.images.prefetch import decode_ahead
 from clipindex.model.classify import Classification, classify
+from clipindex.model.engines import (
+    CHECK_TEXTS,
+    MIN_ENGINE_COSINE,
+    CheckVerdict,
+    EnginePlan,
+    OpenVinoTower,
+    plan_engine,
+    probe_pixels,
+    reference_identity,
+)
 from clipindex.model.manifest import ModelManifest, reconvert_hint
 from clipindex.model.model_format import TEXT_FILE, TOKENIZER_FILE, VISION_FILE, quantized_name
 from clipindex.model.similarity import TopK, l2_normalise, similarity, top_k
 from clipindex.settings import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DEVICE,
+    DEFAULT_ENGINE,
     DEFAULT_MAX_URL_BYTES,
     DEFAULT_PRECISION,
     DEFAULT_URL_TIMEOUT_S,
@@ -251,8 +270,23 @@ def verify_sha256(path: Path, expected: str) -> None:
         )
 
 
+class Tower(Protocol):
+    """What :class:`Embedder` needs of a tower, whichever engine runs it."""
+
+    #: ``"onnxruntime"`` or ``"openvino"``
+    engine: str
+    #: what it computes in: ``fp32``, ``int8`` or ``bf16``
+    precision: str
+    #: where it runs: ONNX Runtime's execution provider, or ``"OpenVINO CPU"``
+    provider: str
+
+    def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+
 class OnnxTower:
     """One tower's ONNX Runtime session: ``run(batch) -> [batch, D]`` normalised float32."""
+
+    engine = "onnxruntime"
 
     def __init__(
         self,
@@ -263,12 +297,15 @@ class OnnxTower:
         sha256: str | None = None,
         vector_dim: int | None = None,
         cuda_device_id: int = 0,
+        precision: str = "fp32",
     ) -> None:
         """``sha256``: the file's digest from the manifest, checked before the file is first loaded (or cached);
         ``vector_dim``: the manifest's embedding dimension, checked against the model's output shape;
-        ``cuda_device_id``: the GPU of the CUDA provider (``cuda:N``)."""
+        ``cuda_device_id``: the GPU of the CUDA provider (``cuda:N``); ``precision``: the file's (``fp32`` or
+        ``int8``), as reported."""
         import onnxruntime as ort
 
+        self.precision = precision
         if not path.is_file():
             raise ModelNotFoundError(
                 f"{path}: missing; run `clipindex convert` (add `--quantize int8` for the int8 files)"
@@ -333,7 +370,7 @@ class _Pixels(NamedTuple):
 
 
 class Embedder:
-    """CLIP image and text embeddings from a converted model folder, on ONNX Runtime.
+    """CLIP image and text embeddings from a converted model folder, on ONNX Runtime (or OpenVINO).
 
     >>> embedder = Embedder("models/clip-vit-base-patch32")
     >>> images = embedder.encode_images(["images/chelsea.jpg"])   # [1, D], L2-normalised
@@ -349,6 +386,13 @@ class Embedder:
     ``"cuda"`` (GPU 0) or ``"cuda:N"`` (the CUDA provider's ``device_id`` N). See :func:`resolve_providers` for
     the errors and the one notice of ``auto``'s fallback.
 
+    **Engines.** ``engine``: ``"onnxruntime"`` (default), ``"openvino"`` (the ``[openvino]`` extra, on the CPU) or
+    ``"auto"`` (OpenVINO in bfloat16 where the CPU computes it natively and each tower's vectors agree with ONNX
+    Runtime's at load, else ONNX Runtime): :func:`clipindex.model.engines.plan_engine`. :attr:`engine_plan` is the
+    plan, known before a tower loads; :meth:`engine` the label of the engine a tower actually runs on
+    (``"openvino bf16"``); a tower that fails ``auto``'s check runs on ONNX Runtime after one
+    :class:`~clipindex.errors.EngineFallbackWarning`.
+
     **URLs.** ``allow_urls`` (default on): whether ``http(s)://`` strings given to ``encode_images`` are fetched;
     ``url_timeout_s`` and ``max_url_bytes`` bound each download (:mod:`clipindex.images.inputs`).
     """
@@ -359,6 +403,7 @@ class Embedder:
         *,
         device: str = DEFAULT_DEVICE,
         precision: str = DEFAULT_PRECISION,
+        engine: str = DEFAULT_ENGINE,
         intra_op_threads: int | None = None,
         draft: bool | None = None,
         max_pixels: int | None = None,
@@ -375,13 +420,19 @@ class Embedder:
         self.precision = precision
         self.providers = resolve_providers(device)
         self.cuda_device_id = parse_device(device)[1]
+        #: the engine the towers load on (``auto`` resolved as far as it can be before loading)
+        self.engine_plan: EnginePlan = plan_engine(
+            engine, on_cuda=self.providers[0] == CUDA, device_kind=parse_device(device)[0], precision=precision
+        )
+        #: ``auto``'s load-time check of each OpenVINO tower, by tower kind, once it loaded
+        self.checks: dict[str, CheckVerdict] = {}
         self.intra_op_threads = intra_op_threads
         self.draft = draft
         self.max_pixels = max_pixels
         #: decode/preprocess threads of ``encode_images`` (default: the cores)
         self.decode_workers = decode_workers
         self.urls = UrlPolicy(allow=allow_urls, timeout_s=url_timeout_s, max_bytes=max_url_bytes)
-        self._towers: dict[str, OnnxTower] = {}
+        self._towers: dict[str, Tower] = {}
         self._tokenizer: Any = None
         self._preprocessor: Any = None
         # one lock per tower (a text search loads the tokenizer while the text session loads), one for the rest
@@ -412,7 +463,7 @@ class Embedder:
             raise ModelNotFoundError(f"{path}: missing; {reconvert_hint(self.manifest, int8=self.precision == 'int8')}")
         return path
 
-    def tower(self, kind: Literal["vision", "text"]) -> OnnxTower:
+    def tower(self, kind: Literal["vision", "text"]) -> Tower:
         """The tower's session, created on first use (a run that embeds nothing never loads it), once: threads
         that ask at the same time wait for the one that creates it."""
         tower = self._towers.get(kind)
@@ -425,16 +476,60 @@ class Embedder:
                 self._towers[kind] = tower
         return tower
 
-    def _load_tower(self, kind: Literal["vision", "text"]) -> OnnxTower:
+    def _load_tower(self, kind: Literal["vision", "text"]) -> Tower:
+        plan = self.engine_plan
+        if plan.engine != "openvino":
+            return self._onnx_tower(kind)
         path = self.tower_path(kind)
+        sha256 = self._sha256(path)
+        tower = OpenVinoTower(
+            path,
+            precision=plan.precision,
+            threads=self.intra_op_threads or available_cores(),
+            sha256=sha256,
+            vector_dim=self.manifest.embedding_dim,
+            verify=functools.partial(verify_sha256, path, sha256) if sha256 else None,
+        )
+        if not plan.check:
+            return tower
+        reference: list[OnnxTower] = []
+
+        def run_reference(batch: np.ndarray) -> np.ndarray:
+            reference.append(self._onnx_tower(kind))
+            return reference[0].run(batch)
+
+        verdict = tower.check_against(run_reference, lambda: self._check_inputs(kind), identity=reference_identity())
+        self.checks[kind] = verdict
+        if verdict.passed:
+            return tower
+        warnings.warn(
+            f"clipindex: --engine auto runs the {kind} tower on ONNX Runtime: OpenVINO {tower.precision}'s vectors "
+            f"of the probe {'photos' if kind == 'vision' else 'texts'} reach cosine {verdict.min_cosine:.6f} against "
+            f"ONNX Runtime's, under the {MIN_ENGINE_COSINE} required",
+            EngineFallbackWarning,
+            stacklevel=4,
+        )
+        return reference[0] if reference else self._onnx_tower(kind)
+
+    def _check_inputs(self, kind: Literal["vision", "text"]) -> np.ndarray:
+        if kind == "vision":
+            return probe_pixels(self.preprocessor.preprocess)
+        return np.asarray(self.tokenizer.encode(list(CHECK_TEXTS)).input_ids)
+
+    def _sha256(self, path: Path) -> str | None:
         recorded = self.manifest.files.get(path.name)
+        return recorded.get("sha256") if isinstance(recorded, dict) else None
+
+    def _onnx_tower(self, kind: Literal["vision", "text"]) -> OnnxTower:
+        path = self.tower_path(kind)
         tower = OnnxTower(
             path,
             self.providers,
             intra_op_threads=self.intra_op_threads,
-            sha256=recorded.get("sha256") if isinstance(recorded, dict) else None,
+            sha256=self._sha256(path),
             vector_dim=self.manifest.embedding_dim,
             cuda_device_id=self.cuda_device_id,
+            precision=self.precision,
         )
         if self.providers[0] == CUDA and tower.provider != CUDA:  # ORT could not start CUDA and fell back
             why = (
@@ -454,6 +549,12 @@ class Embedder:
     def provider(self, kind: Literal["vision", "text"] = "vision") -> str:
         """The execution provider the tower actually runs on (after ORT's own fallbacks)."""
         return self.tower(kind).provider
+
+    def engine(self, kind: Literal["vision", "text"] = "vision") -> str:
+        """The engine and precision the tower actually runs on, e.g. ``"openvino bf16"`` or ``"onnxruntime
+        fp32"`` (loads the tower)."""
+        tower = self.tower(kind)
+        return f"{tower.engine} {tower.precision}"
 
     @property
     def preprocessor(self) -> Any:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from clipindex.display import aligned, printable
 from clipindex.errors import CollectionNotFoundError, ModelNotFoundError, StoreBusyError, StoreError
 from clipindex.ingest.live import read_live_progress
+from clipindex.ingest.points import UNRECORDED_ENGINE
 from clipindex.store.base import UNKNOWN_MODEL, VectorStore
 
 if TYPE_CHECKING:
@@ -63,6 +64,11 @@ class Status:
     #: the progress an ingest left when it was killed (same keys), until the next run replaces it
     interrupted_ingest: dict[str, Any] | None = None
     busy_reason: str | None = None
+    #: the engines and precisions that computed the collection's vectors over its runs ("openvino bf16",
+    #: "onnxruntime fp32"; "unrecorded" for vectors whose runs did not record it), None before the first ingest;
+    #: ``mixed_engines``: more than one (their vectors agree to cosine 0.9999: search is unaffected)
+    engines: list[str] | None = None
+    mixed_engines: bool = False
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +98,8 @@ class Status:
             built = f"built with {self.collection_model} ({self.collection_dim}-d)"
             rows.append(("collection", f"{self.collection}: {built}"))
             rows.append(("points", f"{self.points:,}" if self.points is not None else "unknown"))
+            if self.engines:
+                rows.append(("engine", ("mixed: " if self.mixed_engines else "") + ", ".join(self.engines)))
             if self.model_mismatch:
                 rows.append(
                     (
@@ -218,9 +226,15 @@ def collect_status(model_dir: str | Path, store: VectorStore) -> Status:
             summary = None
         except StoreError as exc:  # the summary is a report, not data: status still shows the rest
             summary = {"error": " ".join(str(exc).split())}
+    engines: list[str] | None = None
     if summary is not None:
         summary = dict(summary)
         summary["finished_at_iso"] = _iso(summary.get("finished_at"))
+        recorded = summary.get("engines")
+        if isinstance(recorded, list):
+            engines = [str(label) for label in recorded]
+        elif "error" not in summary:
+            engines = [UNRECORDED_ENGINE]
     mismatch = bool(
         exists
         and not busy
@@ -245,6 +259,8 @@ def collect_status(model_dir: str | Path, store: VectorStore) -> Status:
         running_ingest=running,
         interrupted_ingest=interrupted,
         busy_reason=busy_reason,
+        engines=engines,
+        mixed_engines=engines is not None and len(engines) > 1,
     )
 
 
