@@ -211,6 +211,49 @@ def thumbnail_times(url: str) -> dict[str, float]:
     return {"thumb_first_ms": statistics.median(first) * 1e3, "thumb_cached_ms": statistics.median(cached) * 1e3}
 
 
+def gil_holds(data: Path) -> dict[str, float]:
+    """In this process: how long the engine's open and search hold the GIL (the longest gap of a 2 ms ticker
+    thread), which bounds how long serve's event loop can stall on a store read."""
+    import numpy as np
+
+    from clipindex.store.edge import EdgeStore
+
+    gaps: list[float] = []
+    stop = threading.Event()
+
+    def tick() -> None:
+        last = time.perf_counter()
+        while not stop.is_set():
+            time.sleep(0.002)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    store = EdgeStore(data, "images")
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    started = time.perf_counter()
+    store.collection_info()
+    open_s = time.perf_counter() - started
+    open_gap = max(gaps)
+    gaps.clear()
+    rng = np.random.default_rng(0)
+    times = []
+    for _ in range(20):
+        started = time.perf_counter()
+        store.search(rng.normal(size=512).astype(np.float32), limit=10)
+        times.append(time.perf_counter() - started)
+    stop.set()
+    ticker.join()
+    store.close()
+    return {
+        "open_s": open_s,
+        "open_gap_ms": open_gap * 1e3,
+        "search_ms": statistics.median(times) * 1e3,
+        "search_gap_ms": max(gaps) * 1e3,
+    }
+
+
 def run(points: int, repeats: int) -> dict[str, Any]:
     _checkpoint, model_dir = make_model(WORK)
     data = WORK / f"million-{points}" / "serve"
@@ -218,6 +261,7 @@ def run(points: int, repeats: int) -> dict[str, Any]:
         raise SystemExit(f"no store in {data}: run `python benchmarks/million.py build --tag serve --points {points}`")
     cache = Path(tempfile.mkdtemp(dir=WORK, prefix="serve-cache-"))
     result: dict[str, Any] = {"points": points, "cpu": cpu_description(), "load_before": os.getloadavg()[0]}
+    result["gil"] = gil_holds(data)
     serve = Serve(data, model_dir, cache)
     try:
         result["start_s"] = serve.start_s
@@ -266,6 +310,16 @@ def markdown(r: dict[str, Any]) -> str:
             "≤ 80 ms / ≤ 5 ms",
         ),
         (f"serve's RSS at {r['points']:,} points", f"{r['rss_mb']:.0f} MB", "≤ 1.2 GB"),
+        (
+            "longest GIL hold of one store search (so of an event-loop stall)",
+            f"{r['gil']['search_gap_ms']:.0f} ms (search {r['gil']['search_ms']:.0f} ms)",
+            "≤ 50 ms",
+        ),
+        (
+            "the same while the shard reopens after a handover to an ingest",
+            f"{r['gil']['open_gap_ms']:.0f} ms (open {r['gil']['open_s']:.2f} s)",
+            "≤ 50 ms",
+        ),
     ]
     lines = [
         START,
