@@ -66,6 +66,13 @@ class CollectionNotFoundError(StoreError):
     """The collection does not exist yet (nothing was ingested)."""
 
 
+class StoreDamagedError(StoreError):
+    """The store's files are there but cannot be read back: a segment, its vectors or its payloads are damaged.
+
+    The message names the store and the way out (``clipindex check --repair``, then an ingest re-embeds what the
+    repair could not keep)."""
+
+
 class CountMismatchError(StoreError):
     """After an upsert, the collection's point count differs from what was expected (after one retry)."""
 

@@ -889,6 +889,52 @@ def optimize(
     click.echo(json_line(report.as_json()) if as_json else report.format())
 
 
+# --- check ------------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@data_dir_option()
+@collection_option("Collection to check.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="When a problem is found, copy every readable point into a fresh shard and put it in place (the old "
+    "shard is kept aside); the next ingest embeds the rest again.",
+)
+@json_option("the findings as one object (points, listed, readable, expected, problems, repair...)")
+@wait_option
+@handle_errors
+def check(data_dir: Path | None, collection: str, repair: bool, as_json: bool, wait_s: float) -> None:
+    """Check that the embedded store can serve what the last ingest wrote.
+
+    Reads every point's payload and vector, compares the exact count with the count the last ingest saved,
+    and searches for a stored vector, which must come back first. Writes nothing without --repair. With
+    --repair (it takes the ingest lock), a damaged store is rebuilt from what still reads back: the new shard
+    is complete before the old one is moved aside, and the lines say what was kept and lost.
+
+    \b
+    Exit codes: 0 no problem (or none left after --repair); 1 problems found (run with --repair), or the
+    store failed; 75 an ingest holds the store, or other processes kept it for --wait seconds.
+    """
+    from clipindex.cli.output import json_document
+    from clipindex.display import printable
+    from clipindex.ops.check import check_store
+    from clipindex.store.edge import EdgeStore
+
+    folder = data_dir if data_dir is not None else settings.default_data_dir()
+    store = EdgeStore(folder, collection, wait_s=wait_s, role="check")
+    with store:
+        report = check_store(store, repair=repair, on_progress=None if as_json else info)
+    if as_json:
+        click.echo(json_document(report.as_json()))
+    else:
+        for line in report.lines():
+            click.echo(printable(line))
+    if not report.healthy_now:
+        hint = "" if repair else f"; `{store.check_command()}` rebuilds it from what still reads back"
+        fail(f"{store.describe()} has problems{hint}")
+
+
 def main() -> None:
     """The ``clipindex`` command (also ``python -m clipindex``)."""
     import warnings
