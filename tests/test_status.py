@@ -36,6 +36,7 @@ KEYS = [
     "running_ingest",
     "interrupted_ingest",
     "busy_reason",
+    "integrity_warning",
     "model_dir_from",
     "failed_files",
     "model_cache",

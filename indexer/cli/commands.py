@@ -574,9 +574,24 @@ def search(
                 html_file, results, query=title, query_image=image, model=embedder.model_name, store=store.describe()
             )
             info(f"Wrote {written} ({len(results)} result{'s' if len(results) != 1 else ''})")
+        warn_on_contradiction(store)
         exit_now_if_cli()
     finally:
         store.close()
+
+
+def warn_on_contradiction(store: VectorStore) -> None:
+    """``Warning:`` on stderr when the collection's count contradicts the last ingest's (a damaged store)."""
+    from clipindex.display import printable
+    from clipindex.errors import StoreError as _StoreError
+    from clipindex.ops.status import count_contradiction
+
+    try:
+        warning = count_contradiction(store)
+    except _StoreError:
+        return  # the search itself worked; check says more
+    if warning is not None:
+        info(f"Warning: {printable(warning)}")
 
 
 #: set by :func:`main`: this process is the ``clipindex`` command (not a caller running a command in-process)

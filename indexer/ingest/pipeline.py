@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from clipindex import cstderr
-from clipindex.errors import CountMismatchError, ImageError, StoreUnavailableError
+from clipindex.errors import CountMismatchError, ImageError, StoreDamagedError, StoreUnavailableError
 from clipindex.images.decode import DecodedFile, decode_file
 from clipindex.images.prefetch import decode_ahead
 from clipindex.ingest.failures import FailureMemory, Remembered, new_entry
@@ -64,6 +65,8 @@ INDEX_PAGE_SIZE = 5000
 WALK_SHARE = 0.5
 #: outside the batch loop (index read, walk, prune), the store checks for waiting readers this often (seconds)
 YIELD_CHECK_S = 0.2
+#: stored vectors the end-of-run probe reads back (:meth:`_Ingest.probe`)
+PROBE_SAMPLE = 32
 
 
 @dataclass(frozen=True)
@@ -600,6 +603,24 @@ class _Ingest:
             )
         self.report.points = exact
 
+    def probe(self) -> None:
+        """The store can serve what it holds: a sample of the stored vectors reads back, and a search for one of
+        them finds it. A store whose vectors or payloads are damaged raises here instead of reporting success."""
+        if not self.present:
+            return
+        rng = random.Random(len(self.present))
+        sample = rng.sample(list(self.present), min(PROBE_SAMPLE, len(self.present)))
+        vectors = self.store.get_vectors(sample)
+        missing = [pid for pid in sample if pid not in vectors]
+        if missing and not self.shared:  # (another shard may have pruned some of them meanwhile)
+            raise StoreDamagedError(
+                self.store.damage_message(f"{len(missing)} of {len(sample)} sampled points do not read back")
+            )
+        for pid, vector in list(vectors.items())[:1]:
+            hits = self.store.search(vector, limit=1)
+            if not hits:
+                raise StoreDamagedError(self.store.damage_message(f"a search for the vector of {pid} finds nothing"))
+
 
 def ingest(
     root: str | os.PathLike[str],
@@ -635,6 +656,7 @@ def ingest(
             run.set_phase("finishing")
             store.optimize()  # the final flush is the finally's below
             run.finish()
+            run.probe()
             run.remember_failures()
         except StoreUnavailableError as exc:
             if run.todo_total is not None:
@@ -654,6 +676,8 @@ def ingest(
         summary = run.report.as_json()
         summary.update({"root": run.root_display, "model": embedder.model_name, "finished_at": time.time()})
         summary.update(model_record(embedder.manifest))  # search and status find the model from any folder
+        if run.options.shard is not None:  # other shards write too: status does not hold the count against it
+            summary["shard"] = f"{run.options.shard[0]}/{run.options.shard[1]}"
         summary["failed"] = len(run.report.failed)
         summary["failed_known"] = run.report.known_failed
         store.save_summary(summary)

@@ -8,7 +8,8 @@ renamed aside, never deleted, and only once the new one is complete), saves the 
 checks again. The points it could not keep are gone from the index; their files are new to the next ingest, which
 embeds them again.
 
-:func:`count_contradiction` is the cheap half that ``status`` and ``search`` run: the count against the summary.
+:func:`~clipindex.ops.status.count_contradiction` is the cheap half that ``status`` and ``search`` run: the
+count against the summary.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 
 from clipindex.errors import CollectionNotFoundError, NothingIndexedError, StoreDamagedError, StoreError
 from clipindex.lock import IngestLock
-from clipindex.ops.status import ingest_progress
+from clipindex.ops.status import count_contradiction, expected_points
 from clipindex.store.base import Point, VectorStore
 from clipindex.store.edge import EdgeStore
 
@@ -32,49 +33,6 @@ __all__ = ["CheckReport", "RepairReport", "check_store", "count_contradiction", 
 CHUNK = 1000
 #: a stored vector searched for must come back first with at least this cosine (int8 scan, float32 rescoring)
 SELF_MATCH = 0.99
-
-
-def expected_points(store: VectorStore) -> int | None:
-    """The point count the last ingest saved, when the store's count must still equal it: None while an ingest
-    runs or after one was killed (its writes are partial), after a ``--shard`` run (other shards write too), and
-    for a server (other machines may write)."""
-    if not isinstance(store, EdgeStore):
-        return None
-    try:
-        summary = store.load_summary()
-    except StoreError:
-        return None
-    if not summary or summary.get("shard"):
-        return None
-    points = summary.get("points")
-    if not isinstance(points, int) or isinstance(points, bool):
-        return None
-    running, interrupted = ingest_progress(store.lock_path)
-    if running is not None or interrupted is not None:
-        return None
-    return points
-
-
-def count_contradiction(store: VectorStore, *, exact: int | None = None) -> str | None:
-    """A one-line warning when the collection's count contradicts the last ingest's summary, else None.
-
-    ``exact``: the exact count, when the caller has it; otherwise the engine's fast count is compared first and the
-    exact one only when they differ (a search pays for one ``info()`` call)."""
-    expected = expected_points(store)
-    if expected is None:
-        return None
-    count = exact
-    if count is None:
-        if store.count(exact=False) == expected:
-            return None
-        count = store.count(exact=True)
-    if count == expected:
-        return None
-    assert isinstance(store, EdgeStore)  # expected_points() is None for the others
-    return (
-        f"{store.describe()} holds {count:,} points, but the last ingest left {expected:,}: the store may be damaged "
-        f"and answers incomplete; run `{store.check_command(repair=False)}` (`--repair` rebuilds it)"
-    )
 
 
 @dataclass
@@ -124,6 +82,7 @@ class CheckReport:
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["ok"] = self.ok
+        data["after"] = self.after.as_json() if self.after is not None else None
         data["seconds"] = round(self.seconds, 3)
         return data
 
@@ -192,7 +151,8 @@ def _check(store: EdgeStore) -> CheckReport:
             f"nothing to check in {store.describe()} (no collection {store.collection!r}); run `clipindex ingest DIR`"
         ) from None
     except StoreDamagedError as exc:
-        report.problems.append(f"the shard does not open: {exc}")
+        report.problems.append(f"the shard does not open: {exc.__cause__ or exc}")
+        report.search_error = "the shard does not open"
         report.seconds = time.monotonic() - started
         return report
     try:
@@ -264,6 +224,8 @@ def _repair(store: EdgeStore, report: CheckReport) -> RepairReport:
             yield points
 
     before = max(report.points or 0, report.listed or 0)
+    if report.points is None and report.listed is None:  # the shard did not open: count what the summary says
+        before = report.expected or 0
     rebuilt = store.rebuild_shard(readable())
     kept = rebuilt.points
     expected = report.expected
@@ -275,10 +237,10 @@ def _repair(store: EdgeStore, report: CheckReport) -> RepairReport:
         summary["repaired"] = {"at": time.time(), "kept": kept, "lost": max(0, before - kept)}
         store.save_summary(summary)
     return RepairReport(
-        before=report.points or 0,
+        before=before,
         kept=kept,
         lost=max(0, before - kept),
-        gained=max(0, kept - (report.points or 0)),
+        gained=max(0, kept - before),
         to_reembed=max(0, (expected or before) - kept),
         kept_aside=str(rebuilt.kept_aside) if rebuilt.kept_aside is not None else None,
     )

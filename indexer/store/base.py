@@ -263,6 +263,10 @@ class VectorStore(ABC):
     def describe(self) -> str:
         """Where the store lives, for messages: a folder or a server URL, never an API key."""
 
+    def damage_message(self, detail: str) -> str:
+        """One line saying the store cannot serve what it holds (``detail``: what failed) and the way out."""
+        return f"{self.describe()} cannot serve what it holds ({detail}); check the server's logs and storage"
+
     @property
     @abstractmethod
     def lock_path(self) -> Path:
