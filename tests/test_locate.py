@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -298,3 +301,69 @@ def test_search_before_any_model_says_what_makes_one(tmp_path: Path) -> None:
     (line,) = result.stderr.strip().splitlines()
     assert "clipindex ingest DIR" in line and "clipindex convert" in line
     assert not any(tmp_path.iterdir())
+
+
+def _wait_for(predicate: Any, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_a_killed_first_ingest_leaves_a_collection_that_knows_its_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The model is recorded when the collection is created: after a first ``ingest --model-dir`` is SIGKILLed
+    mid-run (and with ``last_ingest.json`` corrupt), ``search`` and ``status`` with no flag find that model; a
+    second ingest meets the lock before any model work: exit 75 at once, even with a source model to convert."""
+    import numpy as np
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = fresh_env(home)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(400):
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(photos / f"p{i:03d}.png")
+    collection = home / ".local" / "share" / "clipindex" / "images"
+    progress = collection / "ingest.progress.json"
+
+    def batches_done(n: int) -> bool:
+        try:
+            return int(json.loads(progress.read_text()).get("done") or 0) >= n
+        except (OSError, ValueError):
+            return False
+
+    first = subprocess.Popen(
+        [sys.executable, "-m", "clipindex", "ingest", photos, "--model-dir", tiny_model_dir, "--batch-size", "5"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(lambda: batches_done(20))
+        # while it runs: a second ingest, with a source model that does not exist, is refused at once
+        started = time.monotonic()
+        second = clipindex("ingest", photos, cwd=tmp_path, env=dict(env, CLIPINDEX_SOURCE_MODEL=str(tmp_path / "none")))
+        assert second.returncode == 75, second.stderr
+        assert time.monotonic() - started < 20
+        assert "another ingest is running" in second.stderr and "convert" not in second.stderr
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.kill()
+        first.wait()
+    assert not (collection / "last_ingest.json").exists()  # it never finished
+
+    for summary in (None, "{ corrupt"):
+        if summary is not None:
+            (collection / "last_ingest.json").write_text(summary)
+        found = clipindex("search", "a photo", "--json", cwd=tmp_path, env=env)
+        assert found.returncode == 0, found.stderr
+        assert json.loads(found.stdout)
+        status = clipindex("status", "--json", cwd=tmp_path, env=env)
+        data = json.loads(status.stdout)
+        assert data["model_dir"] == str(tiny_model_dir) and data["model_dir_from"] == "the collection"
+    record = json.loads((collection / "collection.json").read_text())["model_record"]
+    assert record["model_dir"] == str(tiny_model_dir) and record["embedding_dim"] == 512
+    assert len(record["vision_sha256"]) == 64

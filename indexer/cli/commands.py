@@ -191,7 +191,7 @@ def locate_model(model_dir: Path | None, store: VectorStore | None = None) -> Mo
 
     from clipindex.errors import StoreBusyError, StoreUnavailableError
     from clipindex.errors import StoreError as _StoreError
-    from clipindex.model.locate import ModelOrigin, resolve_model_dir
+    from clipindex.model.locate import ModelOrigin, recorded_model_dir, resolve_model_dir
 
     ctx = click.get_current_context(silent=True)
     source = ctx.get_parameter_source("model_dir") if ctx is not None else None
@@ -202,8 +202,10 @@ def locate_model(model_dir: Path | None, store: VectorStore | None = None) -> Mo
             summary = store.load_summary()
         except (StoreUnavailableError, StoreBusyError):
             raise
-        except _StoreError:  # an unreadable summary: fall back on the default folder
+        except _StoreError:  # an unreadable summary: the model recorded at the collection's creation
             summary = None
+        if recorded_model_dir(summary) is None:  # no finished ingest yet (killed, still running) or no folder
+            summary = store.model_record() or summary
     return resolve_model_dir(model_dir, origin, summary)
 
 
@@ -400,12 +402,10 @@ def ingest(
     """
     from clipindex.cli.output import json_line
     from clipindex.convert.auto import ensure_model
-    from clipindex.display import printable
     from clipindex.errors import FailedFilesError
-    from clipindex.ingest.pipeline import FailedFile, IngestOptions
-    from clipindex.ingest.pipeline import ingest as run_ingest
+    from clipindex.ingest.pipeline import IngestOptions, ingest_lock
     from clipindex.model.encode import Embedder
-    from clipindex.progress import TqdmProgress
+    from clipindex.model.locate import ModelOrigin
 
     shard_spec = parse_shard(shard)
     check_ingest_directory(directory)
@@ -422,30 +422,62 @@ def ingest(
         role="ingest",
     )
     location = locate_model(model_dir, store)
-    ensure_model(location, source_model, progress=None if quiet or as_json else info)
-    embedder = Embedder(location.path, device=device, precision=precision, draft=draft, max_pixels=max_pixels)
-    embedder.tower_path("vision")  # fail fast on a missing model file; the session loads at the first batch
-    provider = embedder.planned_provider
-    if not quiet:
-        info(f"clipindex: {embedder.model_name} ({precision}) on {provider}; {store.describe()}")
-
-    def on_failed(failed: FailedFile) -> None:
-        if not failed.known:  # failed before, unchanged since: counted in the summary, not printed every run
-            info(printable(f"failed: {failed.path}: {failed.reason}"))
-
+    if location.origin != ModelOrigin.DEFAULT:  # a named folder is never converted into: fail before the lock
+        ensure_model(location, source_model)
     options = IngestOptions(
         batch_size=batch_size, prune=prune, shard=shard_spec, decode_workers=workers, retry_failed=retry_failed
     )
-    progress = TqdmProgress(enabled=not quiet and sys.stderr.isatty())
-    with store, quiet_c_stderr():
-        report = run_ingest(directory, embedder, store, options=options, on_failed=on_failed, progress=progress)
+    lock = ingest_lock(store, shard_spec)
+    lock.acquire()  # before any model work: a second ingest exits 75 at once, not after a conversion
+    try:
+        ensure_model(location, source_model, progress=None if quiet or as_json else info)
+        embedder = Embedder(location.path, device=device, precision=precision, draft=draft, max_pixels=max_pixels)
+        embedder.tower_path("vision")  # fail fast on a missing model file; the session loads at the first batch
+        provider = embedder.planned_provider
+        if not quiet:
+            info(f"clipindex: {embedder.model_name} ({precision}) on {provider}; {store.describe()}")
+        report = _run_ingest(directory, embedder, store, options, lock, progress_bar=not quiet)
+    finally:
+        lock.release()
     if as_json:
         click.echo(json_line(report.as_json()))
     else:
         line = report.summary_line()
         click.echo(line if sys.stdout.isatty() else f"{timestamp()} {line}")
     if strict and report.failed:
-        raise FailedFilesError(f"{len(report.failed)} file(s) failed under {directory} (--strict); see the lines above")
+        raise FailedFilesError(strict_message(report, directory))
+
+
+def _run_ingest(
+    directory: Path, embedder: Any, store: VectorStore, options: Any, lock: Any, *, progress_bar: bool
+) -> Any:
+    """The run itself, under the ``lock`` already held; ``failed:`` lines on stderr as files fail."""
+    from clipindex.display import printable
+    from clipindex.ingest.pipeline import FailedFile
+    from clipindex.ingest.pipeline import ingest as run_ingest
+    from clipindex.progress import TqdmProgress
+
+    def on_failed(failed: FailedFile) -> None:
+        if not failed.known:  # failed before, unchanged since: counted in the summary, not printed every run
+            info(printable(f"failed: {failed.path}: {failed.reason}"))
+
+    progress = TqdmProgress(enabled=progress_bar and sys.stderr.isatty())
+    with store, quiet_c_stderr():
+        return run_ingest(
+            directory, embedder, store, options=options, on_failed=on_failed, progress=progress, held=lock
+        )
+
+
+def strict_message(report: Any, directory: Path) -> str:
+    """``--strict``'s error: how many failed, how many of them are known (not printed again), and where to look."""
+    known = report.known_failed
+    new = len(report.failed) - known
+    where = "see the lines above" if new else ""
+    if known:
+        where += (
+            "; " if where else ""
+        ) + f"{known} known ones are not printed again: `clipindex status --failed` lists them"
+    return f"{len(report.failed)} file(s) failed under {directory} (--strict); {where}"
 
 
 # --- search, classify, status -----------------------------------------------------------------------------

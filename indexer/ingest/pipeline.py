@@ -631,20 +631,27 @@ def ingest(
     on_failed: Callable[[FailedFile], None] | None = None,
     progress: Progress | None = None,
     lock: bool = True,
+    held: IngestLock | None = None,
 ) -> IngestReport:
     """Index every image under ``root`` into ``store`` with ``embedder``; see the module doc for the phases.
 
     Raises ``LockHeldError`` (another ingest runs), ``CollectionMismatchError`` (another model built the
     collection), ``WalkError`` (``root`` is not a readable folder), ``CountMismatchError`` and ``StoreError``.
     Files that fail to decode do not stop the run: they are in ``report.failed`` and given to ``on_failed``.
+    ``held``: the run's lock (:func:`ingest_lock`), taken by the caller, who releases it.
     """
     started = time.monotonic()
     run = _Ingest(Path(root), embedder, store, options or IngestOptions(), on_failed, progress)
-    with _maybe_lock(store, lock, run.options.shard) as held:
-        if held is not None:
-            run.live = LiveProgress(progress_path(held.path), run.root_display)
+    with _maybe_lock(store, lock, run.options.shard, held) as taken:
+        if taken is not None:
+            run.live = LiveProgress(progress_path(taken.path), run.root_display)
             run.set_phase("waiting for the store")
-        store.ensure_collection(embedder.dimension, embedder.model_name)
+        try:
+            store.ensure_collection(embedder.dimension, embedder.model_name, record=model_record(embedder.manifest))
+        except BaseException:  # refused (another model built it, ...): not an interrupted run
+            if run.live is not None:
+                run.live.remove()
+            raise
         try:
             run.set_phase("reading the index")
             run.load_index()
@@ -692,10 +699,33 @@ class _NoLock:
         return None
 
 
-def _maybe_lock(store: VectorStore, lock: bool, shard: tuple[int, int] | None = None) -> IngestLock | _NoLock:
-    if not lock:
-        return _NoLock()
+class _Held:
+    """A lock the caller took already (and releases)."""
+
+    def __init__(self, lock: IngestLock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> IngestLock:
+        return self.lock
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def ingest_lock(store: VectorStore, shard: tuple[int, int] | None = None) -> IngestLock:
+    """The lock an ingest into ``store`` (its ``--shard``, if any) holds; :func:`ingest` takes it unless given
+    ``held``. A caller takes it itself to hold it over work before the run (finding or converting the model)."""
     path = store.lock_path
     if shard is not None:  # the N shards of one tree may run at once (e.g. N cron jobs on one machine)
         path = path.with_name(f"{path.stem}.shard-{shard[0]}-of-{shard[1]}{path.suffix}")
     return IngestLock(path, store.describe())
+
+
+def _maybe_lock(
+    store: VectorStore, lock: bool, shard: tuple[int, int] | None = None, held: IngestLock | None = None
+) -> IngestLock | _NoLock | _Held:
+    if held is not None:
+        return _Held(held)
+    if not lock:
+        return _NoLock()
+    return ingest_lock(store, shard)

@@ -345,7 +345,9 @@ class EdgeStore(VectorStore):
     def lock_path(self) -> Path:
         return self.root / LOCK_FILE
 
-    def ensure_collection(self, vector_dim: int, model_name: str, *, create: bool = True) -> CollectionInfo:
+    def ensure_collection(
+        self, vector_dim: int, model_name: str, *, create: bool = True, record: Mapping[str, Any] | None = None
+    ) -> CollectionInfo:
         if vector_dim <= 0:
             raise ValueError(f"vector_dim must be positive, not {vector_dim}")
         if not model_name:
@@ -382,10 +384,10 @@ class EdgeStore(VectorStore):
         self.turns.take(self.wait_s)
         if self._shard_exists():  # created by another process while this one waited for its turn
             self.turns.give_back()
-            return self.ensure_collection(vector_dim, model_name, create=create)
+            return self.ensure_collection(vector_dim, model_name, create=create, record=record)
         try:
             info = CollectionInfo(model_name=model_name, vector_dim=vector_dim, created=True)
-            self._write_meta(info)
+            self._write_meta(info, record)
             config = edge_config(vector_dim)
             shard = self._engine("create the shard", lambda: qe.EdgeShard.create(str(self.shard_dir), config))
         except BaseException:
@@ -843,10 +845,18 @@ class EdgeStore(VectorStore):
         except (KeyError, TypeError, ValueError) as e:
             raise StoreError(f"{path} lacks a valid 'model'/'vector_dim'; fix or delete it") from e
 
-    def _write_meta(self, info: CollectionInfo) -> None:
+    def model_record(self) -> dict[str, Any] | None:
+        try:
+            data = _read_json(self.root / META_FILE)
+        except StoreError:
+            return None
+        record = (data or {}).get("model_record")
+        return dict(record) if isinstance(record, dict) else None
+
+    def _write_meta(self, info: CollectionInfo, record: Mapping[str, Any] | None = None) -> None:
         from clipindex.version import __version__
 
-        meta = {
+        meta: dict[str, Any] = {
             "format": META_FORMAT,
             "model": info.model_name,
             "vector_dim": info.vector_dim,
@@ -854,6 +864,8 @@ class EdgeStore(VectorStore):
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "clipindex_version": __version__,
         }
+        if record:
+            meta["model_record"] = dict(record)
         try:
             _atomic_write_json(self.root / META_FILE, meta)
         except OSError as e:
