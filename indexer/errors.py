@@ -36,6 +36,7 @@ class ImageError(ClipIndexError):
     """One image could not be decoded or preprocessed. Ingest reports it and goes on."""
 
     def __init__(self, path: str, reason: str) -> None:
+        reason = " ".join(reason.split())  # always one line (a server's reply, a library's message...)
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason

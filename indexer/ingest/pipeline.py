@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import stat
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -262,7 +263,18 @@ class _Ingest:
             # An unlistable folder or a non-regular file: reported like a failed image, and nothing
             # under that path is pruned (its files were not seen, they are not known to be gone).
             self.walk_blocked.append(display_path(absolute(path)).rstrip("/") + "/")
-            self.fail(path, reason)
+            link = _link_stat(path)
+            if link is None or self.memory is None:
+                self.fail(path, reason)
+                return
+            # a dangling or unreadable link: remembered like a failed image, by the link's own size and mtime
+            if not self.options.retry_failed:
+                known = self.memory.known(path, link.st_size, link.st_mtime_ns)
+                if known is not None:
+                    self.new_failures.append(known)
+                    self.fail(path, known.reason, known=True)
+                    return
+            self.fail(path, reason, pending=_Pending(path, link.st_size, link.st_mtime_ns, ""))
 
         # the root is absolute and normalised, so are the paths the walk joins to it
         for path, size, mtime_ns in iter_image_entries(self.root, on_error=on_walk_error):
@@ -559,9 +571,12 @@ class _Ingest:
                 )
 
     def fail(self, path: str, reason: str, *, known: bool = False, pending: _Pending | None = None) -> None:
+        reason = cstderr.short_reason(reason)  # one line, under 200 characters
         failed = FailedFile(display_path(path), reason, known)
         self.report.failed.append(failed)
-        if pending is not None:  # a file that failed to decode: remembered (walk errors are not)
+        if (
+            pending is not None
+        ):  # a file that failed to decode, or a broken link: remembered (other walk errors are not)
             self.new_failures.append(new_entry(pending.path, pending.size, pending.mtime_ns, reason))
         if self.on_failed is not None:
             self.on_failed(failed)
@@ -689,6 +704,15 @@ def ingest(
         summary["failed_known"] = run.report.known_failed
         store.save_summary(summary)
     return run.report
+
+
+def _link_stat(path: str) -> os.stat_result | None:
+    """The ``lstat`` of ``path`` when it is a symbolic link, else None."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st if stat.S_ISLNK(st.st_mode) else None
 
 
 class _NoLock:
