@@ -354,6 +354,9 @@ def test_a_killed_first_ingest_leaves_a_collection_that_knows_its_model(tiny_mod
         first.kill()
         first.wait()
     assert not (collection / "last_ingest.json").exists()  # it never finished
+    dead = clipindex("status", cwd=tmp_path, env=env)
+    (row,) = [line for line in dead.stdout.splitlines() if line.startswith("ingest")]
+    assert "interrupted (killed)" in row and "ETA" not in row and "img/s" not in row, row
 
     for summary in (None, "{ corrupt"):
         if summary is not None:

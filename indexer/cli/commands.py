@@ -10,7 +10,7 @@ import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -88,7 +88,47 @@ def info(message: str) -> None:
     click.echo(message, err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class EscapingGroup(click.Group):
+    """The command group, whose usage errors go through :func:`clipindex.display.printable` like every other
+    message (a folder name given on the command line may hold escape sequences)."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        def run() -> Any:
+            return super(EscapingGroup, self).main(args, prog_name, complete_var, False, **extra)
+
+        if not standalone_mode:
+            return run()
+        try:
+            rv = run()
+        except click.ClickException as exc:
+            show_escaped(exc)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def show_escaped(exc: click.ClickException) -> None:
+    """What click would print for ``exc`` (usage, hint, ``Error: ...``), each line escaped."""
+    import io
+
+    from clipindex.display import printable
+
+    buffer = io.StringIO()
+    exc.show(file=buffer)
+    for line in buffer.getvalue().splitlines():
+        click.echo(printable(line), err=True)
+
+
+@click.group(cls=EscapingGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="clipindex")
 def cli() -> None:
     """clipindex: index a folder of images with CLIP (ONNX Runtime) into Qdrant, then search it.
@@ -572,6 +612,9 @@ def search(
         raise click.BadParameter("must not be empty", param_hint="--path-prefix")
     if threshold is not None and threshold != threshold:  # NaN passes FloatRange
         raise click.BadParameter("must be a number between -1 and 1", param_hint="--threshold")
+    if image is not None and not image.is_file():
+        what = "is not a file" if image.exists() else "no such file"
+        raise click.BadParameter(f"{image}: {what}; give the image to search by", param_hint="--image")
     store = make_store(
         data_dir, qdrant_url, api_key_file, collection, timeout_s=timeout_s, wait_s=wait_s, role="search"
     )
@@ -768,11 +811,20 @@ def status(
     cache = ort_cache_dir()
     cache_bytes = tree_bytes(cache / "ort") if cache is not None else 0
     if list_failed:
+        from clipindex.ingest.points import display_path, path_bytes
+
         if as_json:
-            click.echo(json_document([{"path": e.path, "reason": e.reason} for e in failed]))
+            listed: list[dict[str, str]] = []
+            for e in failed:
+                item = {"path": display_path(e.path), "reason": e.reason}
+                raw = path_bytes(e.path)
+                if raw is not None:
+                    item["path_bytes"] = raw
+                listed.append(item)
+            click.echo(json_document(listed))
         else:
             for entry in failed:
-                click.echo(printable(f"{entry.path}: {entry.reason}"))
+                click.echo(printable(f"{display_path(entry.path)}: {entry.reason}"))
             if not failed:
                 info("no remembered failures")
         return

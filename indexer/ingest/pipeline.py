@@ -44,7 +44,15 @@ from clipindex.images.decode import DecodedFile, decode_file
 from clipindex.images.prefetch import decode_ahead
 from clipindex.ingest.failures import FailureMemory, Remembered, new_entry
 from clipindex.ingest.live import LiveProgress, progress_path
-from clipindex.ingest.points import INDEX_FIELDS, absolute, absolute_point_id, display_path, in_shard, make_payload
+from clipindex.ingest.points import (
+    INDEX_FIELDS,
+    absolute,
+    absolute_point_id,
+    display_path,
+    in_shard,
+    make_payload,
+    path_bytes,
+)
 from clipindex.ingest.walk import iter_image_entries
 from clipindex.lock import IngestLock
 from clipindex.model.encode import Embedder, available_cores
@@ -76,6 +84,8 @@ class FailedFile:
     reason: str
     #: failed before with the same size and mtime: not decoded again (:mod:`clipindex.ingest.failures`)
     known: bool = False
+    #: the path's bytes in base64 when they are not valid UTF-8 (:func:`~clipindex.ingest.points.path_bytes`)
+    path_bytes: str | None = None
 
 
 @dataclass
@@ -95,6 +105,9 @@ class IngestReport:
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["seconds"] = round(self.seconds, 3)
+        for failed in data["failed"]:
+            if failed["path_bytes"] is None:
+                del failed["path_bytes"]
         return data
 
     @property
@@ -354,7 +367,9 @@ class _Ingest:
             # decoded again alone, so that the C libraries' messages name this file's problem in its one line
             prepared.error = cstderr.explain(exc.reason, lambda: decode_file(pending.path, self.embedder.preprocessor))
         except MemoryError:
-            prepared.error = "not enough memory to decode this image (lower --max-pixels to skip such images)"
+            prepared.error = (
+                "not enough memory to decode this image (lower max_pixels, --max-pixels, to skip such images)"
+            )
         return prepared
 
     def embed(self, todo: Iterable[_Pending]) -> None:
@@ -572,7 +587,7 @@ class _Ingest:
 
     def fail(self, path: str, reason: str, *, known: bool = False, pending: _Pending | None = None) -> None:
         reason = cstderr.short_reason(reason)  # one line, under 200 characters
-        failed = FailedFile(display_path(path), reason, known)
+        failed = FailedFile(display_path(path), reason, known, path_bytes(path))
         self.report.failed.append(failed)
         if (
             pending is not None

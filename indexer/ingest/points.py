@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import uuid
@@ -31,6 +32,17 @@ def absolute(path: str | os.PathLike[str]) -> str:
 def display_path(path: str) -> str:
     """The path as valid UTF-8 text (undecodable bytes become ``\\xNN``)."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def path_bytes(path: str) -> str | None:
+    """The path's bytes in base64 when they are not valid UTF-8 (then :func:`display_path` is ambiguous: the
+    bytes ``\xff`` and the four characters ``\xff`` show the same), else None. JSON output's ``path_bytes``."""
+    raw = os.fsencode(path)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii")
+    return None
 
 
 def point_id(path: str) -> str:
@@ -66,7 +78,7 @@ def make_payload(
     image_format: str | None,
     model: str,
 ) -> dict[str, Any]:
-    return {
+    payload: dict[str, Any] = {
         "path": display_path(path),
         "size": size,
         "mtime": mtime_ns / 1e9,
@@ -78,3 +90,7 @@ def make_payload(
         "model": model,
         "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    raw = path_bytes(path)
+    if raw is not None:
+        payload["path_bytes"] = raw
+    return payload

@@ -74,8 +74,19 @@ class SearchResult:
     payload: dict[str, Any]
 
     def as_json(self) -> dict[str, Any]:
-        """What ``clipindex search --json`` prints for this hit (keys in this order)."""
-        return {"rank": self.rank, "score": self.score, "path": self.path, "width": self.width, "height": self.height}
+        """What ``clipindex search --json`` prints for this hit (keys in this order); ``path_bytes`` (base64) only
+        for a path that is not valid UTF-8."""
+        data: dict[str, Any] = {
+            "rank": self.rank,
+            "score": self.score,
+            "path": self.path,
+            "width": self.width,
+            "height": self.height,
+        }
+        raw = self.payload.get("path_bytes")
+        if isinstance(raw, str):
+            data["path_bytes"] = raw
+        return data
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -176,7 +176,8 @@ def ingest_progress(lock_path: Path) -> tuple[dict[str, Any] | None, dict[str, A
         progress["started_at_iso"] = _iso(progress.get("started_at"))
         if progress.pop("running"):
             running = running or progress
-        else:
+        else:  # a dead run has no rate and no ETA
+            progress["images_per_s"] = progress["eta_s"] = None
             interrupted = interrupted or progress
     return running, interrupted
 
