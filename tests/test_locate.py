@@ -370,3 +370,32 @@ def test_a_killed_first_ingest_leaves_a_collection_that_knows_its_model(tiny_mod
     record = json.loads((collection / "collection.json").read_text())["model_record"]
     assert record["model_dir"] == str(tiny_model_dir) and record["embedding_dim"] == 512
     assert len(record["vision_sha256"]) == 64
+
+
+def test_a_source_model_ignored_because_a_model_exists_gets_one_notice(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The README's trial, then its real-weights line: the trial model stays (the collection is built with it),
+    and one notice line says so and names the way to switch."""
+    home = tmp_path / "home"
+    default = home / ".local" / "share" / "clipindex" / "models" / "default"
+    shutil.copytree(tiny_model_dir, default)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (30, 20), (5, 6, 7)).save(photos / "a.png")
+    env = fresh_env(home)
+    assert clipindex("ingest", photos, "-q", cwd=tmp_path, env=env).returncode == 0
+    again = clipindex("ingest", photos, cwd=tmp_path, env=dict(env, CLIPINDEX_SOURCE_MODEL="/real/checkpoint"))
+    assert again.returncode == 0, again.stderr
+    (notice,) = [line for line in again.stderr.splitlines() if line.startswith("notice:")]
+    assert "/real/checkpoint is not converted" in notice and "--reembed" in notice
+    plain = clipindex("ingest", photos, cwd=tmp_path, env=env)
+    assert "notice:" not in plain.stderr
+
+
+def test_the_trial_checkpoint_tool_says_its_default_and_prints_only_its_folder(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "clipindex.convert.checkpoint"]
+    helped = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "default: tiny" in helped.stdout
+    out = tmp_path / "trial"
+    written = subprocess.run([*command, str(out)], capture_output=True, text=True, timeout=300)
+    assert written.returncode == 0, written.stderr
+    assert written.stdout.strip() == str(out) and written.stderr == ""

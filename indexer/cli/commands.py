@@ -395,6 +395,13 @@ def quiet_c_stderr() -> AbstractContextManager[None]:
     help="Decode again the files that failed before and have not changed since (they are skipped otherwise; "
     "a changed file is always retried). See `clipindex status --failed`.",
 )
+@click.option(
+    "--reembed",
+    is_flag=True,
+    help="Switch the collection to the model of --model-dir: embed DIRECTORY with it into a new collection beside "
+    "the old one (searches keep using the old one), then switch to it at once. Re-run the same command after a "
+    "kill: it resumes. Embedded store only.",
+)
 @quiet_option("No progress bar and no start line; failed files and the summary still print.")
 @json_option("the run's figures as one object")
 @collection_settings_options
@@ -421,6 +428,7 @@ def ingest(
     wait_s: float,
     strict: bool,
     retry_failed: bool,
+    reembed: bool,
     quiet: bool,
     as_json: bool,
     collection_settings: CollectionSettings,
@@ -461,9 +469,13 @@ def ingest(
         wait_s=wait_s,
         role="ingest",
     )
+    target = store
+    if reembed:
+        target = reembed_target(store, model_dir, qdrant_url)
     location = locate_model(model_dir, store)
     if location.origin != ModelOrigin.DEFAULT:  # a named folder is never converted into: fail before the lock
         ensure_model(location, source_model)
+    notice_ignored_source(location, source_model, quiet=quiet or as_json)
     options = IngestOptions(
         batch_size=batch_size, prune=prune, shard=shard_spec, decode_workers=workers, retry_failed=retry_failed
     )
@@ -476,7 +488,10 @@ def ingest(
         provider = embedder.planned_provider
         if not quiet:
             info(f"clipindex: {embedder.model_name} ({precision}) on {provider}; {store.describe()}")
-        report = _run_ingest(directory, embedder, store, options, lock, progress_bar=not quiet)
+        report = _run_ingest(directory, embedder, target, options, lock, progress_bar=not quiet)
+        if target is not store:
+            switch_to_reembedded(store, target, embedder.model_name, quiet=quiet or as_json)
+            report.points = target_points(store)
     finally:
         lock.release()
     if as_json:
@@ -506,6 +521,60 @@ def _run_ingest(
         return run_ingest(
             directory, embedder, store, options=options, on_failed=on_failed, progress=progress, held=lock
         )
+
+
+def reembed_target(store: VectorStore, model_dir: Path | None, qdrant_url: str | None) -> VectorStore:
+    """``--reembed``: the collection beside ``store`` that the new model's vectors go into first."""
+    from clipindex.store.edge import EdgeStore
+
+    if qdrant_url or not isinstance(store, EdgeStore):
+        raise click.UsageError("--reembed switches a collection of the embedded store; not with --qdrant-url")
+    if model_dir is None:
+        raise click.UsageError("--reembed needs --model-dir (or CLIPINDEX_MODEL_DIR): the model to switch to")
+    return EdgeStore(store.data_dir, f"{store.collection}.reembed", wait_s=store.wait_s, role="ingest")
+
+
+def switch_to_reembedded(store: VectorStore, staged: VectorStore, model: str, *, quiet: bool) -> None:
+    """Switch ``store``'s collection to what ``staged`` holds (one step for every process)."""
+    from clipindex.store.edge import EdgeStore
+
+    assert isinstance(store, EdgeStore) and isinstance(staged, EdgeStore)
+    before: int | None = None
+    if store._shard_exists():
+        with store:
+            store.collection_info()
+            before = store.count(exact=True)
+    points = store.adopt(staged)
+    if not quiet:
+        was = f" (it held {before:,} points of the previous model)" if before is not None else ""
+        info(f"switched collection {store.collection!r} to {model}: {points:,} points{was}")
+
+
+def target_points(store: VectorStore) -> int:
+    with store:
+        store.collection_info()
+        return store.count(exact=True)
+
+
+def notice_ignored_source(location: ModelLocation, source_model: str, *, quiet: bool) -> None:
+    """One notice line when a source model was asked for (flag or environment) but a model is there already."""
+    from click.core import ParameterSource
+
+    from clipindex.model.model_format import MANIFEST_NAME
+
+    ctx = click.get_current_context(silent=True)
+    asked = ctx is not None and ctx.get_parameter_source("source_model") != ParameterSource.DEFAULT
+    if quiet or not asked or not (location.path / MANIFEST_NAME).is_file():
+        return
+    from clipindex.display import printable
+
+    info(
+        printable(
+            f"notice: the source model {source_model} is not converted: {location.path} holds a model already "
+            f"({location.origin.value}). To switch models: clipindex convert {source_model} --output NEW_DIR, then "
+            "clipindex ingest DIR --model-dir NEW_DIR --reembed"
+        )
+    )
 
 
 def strict_message(report: Any, directory: Path) -> str:

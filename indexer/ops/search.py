@@ -137,7 +137,8 @@ def open_collection(
         origin = f" (from {os.fspath(model_dir)})" if model_dir is not None else ""
         raise CollectionMismatchError(
             f"cannot search: {found}{origin}; search with the model that built the collection "
-            "(--model-dir / CLIPINDEX_MODEL_DIR), or ingest this model into another --collection"
+            "(--model-dir / CLIPINDEX_MODEL_DIR), ingest this model into another --collection, or switch the "
+            "collection to this model (clipindex ingest DIR --model-dir THIS_MODEL --reembed)"
         ) from None
     except CollectionNotFoundError:
         raise NothingIndexedError(

@@ -145,6 +145,10 @@ SHARD_DIR = "shard"
 REBUILD_DIR = "shard.rebuild"
 READY_DIR = "shard.ready"
 DAMAGED_PREFIX = "shard.damaged-"
+#: :meth:`EdgeStore.adopt` names the shard it replaces this way, until it deletes it
+REPLACED_PREFIX = "shard.replaced-"
+#: files of a collection that are switched with its shard (:meth:`EdgeStore.adopt`)
+SWAPPED_FILES = ("collection.json", "last_ingest.json", "failed.json")
 TEMP_SEGMENTS = "temp_segments"
 _RETRIEVE_CHUNK = 1000
 #: writes are refused when the data dir's filesystem has less free space than
@@ -365,6 +369,9 @@ class EdgeStore(VectorStore):
                 self._check(meta, vector_dim, model_name)  # before the shard is even opened
             # our config names the dimension: apply it only when the metadata has confirmed it (else derive first)
             shard = self._open_shard(meta.vector_dim if meta is not None else None)
+            if self._read_meta() != meta:  # switched (adopt, or a swap finished) while this process waited
+                self._close_shard(shard)
+                return self.ensure_collection(vector_dim, model_name, create=create, record=record)
             try:
                 info = meta or self._derive_info(shard, fallback_model=model_name)
                 self._check(info, vector_dim, model_name)
@@ -409,6 +416,9 @@ class EdgeStore(VectorStore):
             raise self._not_found()
         meta = self._read_meta()
         shard = self._open_shard(meta.vector_dim if meta is not None else None)
+        if self._read_meta() != meta:  # switched (adopt, or a swap finished) while this process waited
+            self._close_shard(shard)
+            return self.collection_info()
         try:
             info = meta or self._derive_info(shard, fallback_model=None)
         except BaseException:
@@ -748,20 +758,70 @@ class EdgeStore(VectorStore):
         self._info = CollectionInfo(model_name=info.model_name, vector_dim=info.vector_dim)
         return RebuiltShard(points=kept, kept_aside=damaged)
 
-    def _finish_swap(self) -> Path | None:
-        """Put a complete rebuilt shard (``shard.ready``) in place; the shard it replaces is renamed aside (its new
-        path is returned). Called with the turn held, before the shard is opened."""
+    def _finish_swap(self, aside_prefix: str = DAMAGED_PREFIX) -> Path | None:
+        """Put a complete new shard (``shard.ready``) in place, and the files that go with it (``NAME.ready``:
+        :data:`SWAPPED_FILES`); the shard it replaces is renamed aside (its new path is returned). Called with the
+        turn held, before the shard is opened; finishes a swap killed half-way."""
         ready = self.root / READY_DIR
-        if not (ready / "edge_config.json").is_file():
-            return None
         aside = None
-        if self.shard_dir.exists():
-            aside = self.root / f"{DAMAGED_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-            os.replace(self.shard_dir, aside)
-        os.replace(ready, self.shard_dir)
-        _fsync_dir(self.root)
-        log.info("%s: the rebuilt shard is in place (the old one is at %s)", self.describe(), aside)
+        adopting = (self.root / f"{SWAPPED_FILES[0]}.ready").exists()  # a switch of models: the old shard goes
+        if adopting:
+            aside_prefix = REPLACED_PREFIX
+        if (ready / "edge_config.json").is_file():
+            if self.shard_dir.exists():
+                aside = self.root / f"{aside_prefix}{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+                os.replace(self.shard_dir, aside)
+            os.replace(ready, self.shard_dir)
+            log.info("%s: the new shard is in place (the old one is at %s)", self.describe(), aside)
+        moved = False
+        for name in SWAPPED_FILES:  # after the shard: a file is never newer than the shard it describes
+            waiting = self.root / f"{name}.ready"
+            if waiting.exists():
+                os.replace(waiting, self.root / name)
+                moved = True
+        if aside is not None or moved:
+            _fsync_dir(self.root)
+        if adopting and aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+            return None
         return aside
+
+    def adopt(self, other: EdgeStore) -> int:
+        """Make this collection what ``other`` (a closed collection beside it, e.g. a re-embedding) holds: its
+        shard, its model (``collection.json``), its last summary and its remembered failures, switched at once
+        for every process, which takes turns on this collection meanwhile. Returns the points it holds.
+
+        ``other``'s files are first put beside this collection as ``shard.ready`` and ``NAME.ready`` (the new
+        shard is complete before anything of this one changes), then renamed into place; a process killed
+        between two renames leaves the rest to the next open (:meth:`_finish_swap`). The replaced shard is deleted
+        once the switch is done, and ``other``'s folder with it."""
+        if self._shard is not None or other._shard is not None:
+            raise StoreError(f"{self.describe()}: close both collections before switching one for the other")
+        if not other._shard_exists() or other._read_meta() is None:
+            raise other._not_found()
+        self._check_free_space()
+        self.turns.take(self.wait_s)
+        other.turns.take(other.wait_s)
+        try:
+            for name in SWAPPED_FILES:
+                source = other.root / name
+                if source.exists():
+                    tmp = self.root / f".{name}.adopt.tmp"
+                    shutil.copyfile(source, tmp)
+                    os.replace(tmp, self.root / f"{name}.ready")
+            _fsync_tree(other.shard_dir)
+            os.replace(other.shard_dir, self.root / READY_DIR)
+            _fsync_dir(self.root)
+            self._finish_swap(REPLACED_PREFIX)  # deletes the replaced shard
+        finally:
+            other.turns.give_back()
+            self.turns.give_back()
+        shutil.rmtree(other.root, ignore_errors=True)
+        info = self.collection_info()
+        points = self.count(exact=True)
+        self.close()
+        log.info("%s now holds %d points of %s", self.describe(), points, info.model_name)
+        return points
 
     def _edge_points(self, points: Sequence[Point], info: CollectionInfo) -> list[qe.Point]:
         dim, model = info.vector_dim, info.model_name
@@ -833,7 +893,10 @@ class EdgeStore(VectorStore):
     def _check(self, found: CollectionInfo, vector_dim: int, model_name: str) -> None:
         if found.vector_dim != vector_dim or found.model_name != model_name:
             where = f"collection {self.collection!r} in {self.data_dir}"
-            raise CollectionMismatchError(mismatch_message(where, found, model_name, vector_dim))
+            raise CollectionMismatchError(
+                mismatch_message(where, found, model_name, vector_dim)
+                + "; or switch it to this model: clipindex ingest DIR --model-dir THIS_MODEL --reembed"
+            )
 
     def _read_meta(self) -> CollectionInfo | None:
         path = self.root / META_FILE
