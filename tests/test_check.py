@@ -55,6 +55,10 @@ def stored_paths(data: Path) -> set[str]:
         return {str(p["path"]) for _, p in store.iter_payloads(["path"])}
 
 
+def stored_paths_all(s: dict[str, Any]) -> set[str]:
+    return {str(p) for p in s["photos"]}
+
+
 @pytest.fixture
 def indexed(tmp_path: Path, photos: list[Path], tiny_model_dir: Path) -> dict[str, Any]:
     data = tmp_path / "data"
@@ -129,6 +133,14 @@ def test_a_truncated_id_tracker_is_warned_about_then_repaired(indexed: dict[str,
     assert len(json.loads(search.stdout)) == data["points"]
     (warning,) = [line for line in search.stderr.splitlines() if line.startswith("Warning:")]
     assert f"the last ingest left {COUNT}" in warning and "clipindex check" in warning
+
+    scratch = indexed["data"].with_name("copy")  # an ingest on the damaged store itself: warns, then converges
+    shutil.copytree(indexed["data"], scratch)
+    healed = run("ingest", indexed["root"], "--data-dir", scratch, "-q")
+    assert healed.exit_code == 0, healed.output
+    (warning,) = [line for line in healed.stderr.splitlines() if line.startswith("Warning:")]
+    assert f"the last ingest left {COUNT}" in warning
+    assert f"indexed {COUNT - data['points']} " in healed.stdout and stored_paths(scratch) == stored_paths_all(indexed)
 
     report = assert_repairs_then_converges(indexed)
     assert report["repair"]["kept"] == data["points"] and report["repair"]["lost"] == 0

@@ -516,6 +516,7 @@ def _run_ingest(
         if not failed.known:  # failed before, unchanged since: counted in the summary, not printed every run
             info(printable(f"failed: {failed.path}: {failed.reason}"))
 
+    warn_before_ingest(store)
     progress = TqdmProgress(enabled=progress_bar and sys.stderr.isatty())
     with store, quiet_c_stderr():
         return run_ingest(
@@ -575,6 +576,23 @@ def notice_ignored_source(location: ModelLocation, source_model: str, *, quiet: 
             "clipindex ingest DIR --model-dir NEW_DIR --reembed"
         )
     )
+
+
+def warn_before_ingest(store: VectorStore) -> None:
+    """``Warning:`` when the embedded store holds fewer or more points than the last ingest left (damage: the run
+    embeds the missing files again). A store that does not open is left to the run, which says why."""
+    from clipindex.store.edge import EdgeStore
+
+    if not isinstance(store, EdgeStore) or not store._shard_exists():
+        return
+    from clipindex.errors import StoreError as _StoreError
+
+    try:
+        with store:
+            store.collection_info()
+            warn_on_contradiction(store)
+    except _StoreError:
+        return
 
 
 def strict_message(report: Any, directory: Path) -> str:
