@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from clipindex.cli.commands import cli
-from clipindex.errors import ImageTooLargeError
+from clipindex.errors import ImageError, ImageTooLargeError
 from clipindex.images.decode import decode_file
 from clipindex.model.encode import Embedder
 
@@ -118,3 +118,28 @@ def test_library_errors_name_the_library_parameter(tmp_path: Path, tiny_model_di
     with pytest.raises(ImageTooLargeError) as caught:
         decode_file(str(path), embedder.preprocessor)
     assert "max_pixels=60000" in caught.value.reason
+
+
+def test_a_redirect_loop_is_a_one_line_reason(tiny_model_dir: Path) -> None:
+    """A real HTTP server on loopback that redirects every request to itself."""
+    import http.server
+    import threading
+
+    class Loop(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", self.path)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Loop)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/loop.jpg"
+        with pytest.raises(ImageError) as caught:
+            Embedder(tiny_model_dir).encode_images([url])
+    finally:
+        server.shutdown()
+    assert "\n" not in str(caught.value) and "redirect" in caught.value.reason

@@ -85,7 +85,10 @@ def handle_errors(func: F) -> F:
 
 
 def info(message: str) -> None:
-    click.echo(message, err=True)
+    """One message on stderr, escaped like every other (:func:`clipindex.display.printable`)."""
+    from clipindex.display import printable
+
+    click.echo(printable(message), err=True)
 
 
 class EscapingGroup(click.Group):
