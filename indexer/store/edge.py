@@ -1047,8 +1047,6 @@ DAMAGE_WORDS = (
     "checksum",
     "unexpected end",
     "eof",
-    "parse",
-    "invalid",
     "no such file",
 )
 
