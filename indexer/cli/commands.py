@@ -483,7 +483,9 @@ def ingest(
         batch_size=batch_size, prune=prune, shard=shard_spec, decode_workers=workers, retry_failed=retry_failed
     )
     lock = ingest_lock(store, shard_spec)
+    made = missing_folders(lock.path.parent)
     lock.acquire()  # before any model work: a second ingest exits 75 at once, not after a conversion
+    report = None
     try:
         ensure_model(location, source_model, progress=None if quiet or as_json else info)
         embedder = Embedder(location.path, device=device, precision=precision, draft=draft, max_pixels=max_pixels)
@@ -497,6 +499,9 @@ def ingest(
             report.points = target_points(store)
     finally:
         lock.release()
+        if report is None and made:  # failed before creating anything (no model): leave no store folder behind
+            remove_empty(lock.path, made)
+    assert report is not None
     if as_json:
         click.echo(json_line(report.as_json()))
     else:
@@ -525,6 +530,25 @@ def _run_ingest(
         return run_ingest(
             directory, embedder, store, options=options, on_failed=on_failed, progress=progress, held=lock
         )
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, innermost first."""
+    out: list[Path] = []
+    while not folder.exists() and folder != folder.parent:
+        out.append(folder)
+        folder = folder.parent
+    return out
+
+
+def remove_empty(lock_file: Path, made: list[Path]) -> None:
+    """Remove ``lock_file`` and the folders in ``made`` that hold nothing else (a run that created nothing)."""
+    if not made or any(p.name != lock_file.name for p in made[0].iterdir()):
+        return
+    with contextlib.suppress(OSError):
+        lock_file.unlink()
+        for folder in made:
+            folder.rmdir()
 
 
 def reembed_target(store: VectorStore, model_dir: Path | None, qdrant_url: str | None) -> VectorStore:
