@@ -524,12 +524,21 @@ def _run_ingest(
         if not failed.known:  # failed before, unchanged since: counted in the summary, not printed every run
             info(printable(f"failed: {failed.path}: {failed.reason}"))
 
-    warn_before_ingest(store)
+    from clipindex.ops.status import expected_points
+
+    expected = expected_points(store)  # the last run's count, read before this run replaces it
     progress = TqdmProgress(enabled=progress_bar and sys.stderr.isatty())
     with store, quiet_c_stderr():
-        return run_ingest(
+        report = run_ingest(
             directory, embedder, store, options=options, on_failed=on_failed, progress=progress, held=lock
         )
+    if expected is not None and report.points_before is not None and report.points_before != expected:
+        info(
+            f"Warning: {store.describe()} held {report.points_before:,} points when this run started, but the last "
+            f"ingest left {expected:,}: the store was damaged; this run embedded the missing images again (run "
+            "`clipindex check` to check the rest)"
+        )
+    return report
 
 
 def missing_folders(folder: Path) -> list[Path]:
@@ -603,23 +612,6 @@ def notice_ignored_source(location: ModelLocation, source_model: str, *, quiet: 
             "clipindex ingest DIR --model-dir NEW_DIR --reembed"
         )
     )
-
-
-def warn_before_ingest(store: VectorStore) -> None:
-    """``Warning:`` when the embedded store holds fewer or more points than the last ingest left (damage: the run
-    embeds the missing files again). A store that does not open is left to the run, which says why."""
-    from clipindex.store.edge import EdgeStore
-
-    if not isinstance(store, EdgeStore) or not store._shard_exists():
-        return
-    from clipindex.errors import StoreError as _StoreError
-
-    try:
-        with store:
-            store.collection_info()
-            warn_on_contradiction(store)
-    except _StoreError:
-        return
 
 
 def strict_message(report: Any, directory: Path) -> str:

@@ -101,9 +101,12 @@ class IngestReport:
     seconds: float = 0.0
     #: times the run let processes waiting for the embedded store (searches) in between two batches
     handoffs: int = 0
+    #: the exact count when the run started (not in :meth:`as_json`)
+    points_before: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["points_before"]
         data["seconds"] = round(self.seconds, 3)
         for failed in data["failed"]:
             if failed["path_bytes"] is None:
@@ -263,6 +266,7 @@ class _Ingest:
             self.hash_to_id.setdefault(entry.sha256, pid)
         exact = self.store.count(exact=True)
         self.expected_count = exact
+        self.report.points_before = exact
         # The fast count may carry a constant offset (e.g. after a crash); batches check its *change*.
         self.count_baseline = self.store.count(exact=False) - exact
 
