@@ -265,11 +265,23 @@ def write_random_checkpoint(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write a random-weight CLIP checkpoint in the hub's layout.")
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="tiny")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(
+        description="Write a random-weight CLIP checkpoint in the hub's layout (a trial: its rankings are "
+        "meaningless), then print its folder."
+    )
+    parser.add_argument("out_dir", type=Path, help="folder to write the checkpoint into")
+    parser.add_argument(
+        "--arch",
+        choices=sorted(ARCHITECTURES),
+        default="tiny",
+        help="architecture (default: tiny, a small transformer with ViT-B/32's interfaces: 224 px, 77 tokens, "
+        "512-d; vit-b-32 is the full-size openai/clip-vit-base-patch32 shape)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the weights (default: 0)")
     args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one line of output: the folder
     path = write_random_checkpoint(args.out_dir, args.arch, args.seed)
     print(path)
 

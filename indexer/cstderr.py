@@ -14,6 +14,10 @@ straight to file descriptor 2, with no file name; Python cannot catch them. Whil
   readers-writer lock), and what the C libraries print during that decode is returned, so that the useful
   part goes into the file's one ``failed: PATH: REASON`` line.
 
+Pillow's own log records (``PIL`` loggers, e.g. ``More samples per pixel than can be decoded`` from a TIFF header,
+which Python's last-resort handler would print) are written to fd 2 meanwhile, so they are filtered the same way.
+A reason keeps one line of what was said: the first that reports an error rather than a warning about a tag.
+
 Outside :func:`capture_c_stderr`, :func:`decoding` and :func:`explain` cost nothing and change nothing.
 """
 
@@ -21,13 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["capture_c_stderr", "decoding", "explain"]
+__all__ = ["capture_c_stderr", "decoding", "explain", "short_reason"]
 
 _BEGIN = b"\x00cb\x00"
 _END = b"\x00ce\x00"
@@ -37,8 +42,22 @@ _MARKERS = (_BEGIN, _END, _XBEGIN, _XEND)
 _MARKER_LEN = 4
 #: how long :func:`explain` waits for the reader to reach its end marker
 _SYNC_TIMEOUT_S = 5.0
-#: at most this much captured text goes into a reason
-_MAX_REASON_CHARS = 300
+#: a reason with what the libraries said stays shorter than this (one line of their detail at most)
+MAX_REASON_CHARS = 200
+#: lines that are warnings about a file's tags, not why it failed (libtiff's ``TIFFFetchNormalTag: ...``)
+_WARNING_MARKS = ("tiffreaddirectory", "tiffreadcustomdirectory", "tifffetchnormaltag", "unknown field", "ascii value")
+#: words that mark the line saying why a decode failed
+_ERROR_MARKS = (
+    "error",
+    "invalid",
+    "bad ",
+    "cannot",
+    "can't",
+    "premature",
+    "corrupt",
+    "not yet in table",
+    "more samples",
+)
 #: file names libraries give to in-memory streams (Pillow hands libtiff "tempfile.tif"): not useful
 _NOISE_PREFIXES = ("tempfile.tif: ",)
 
@@ -81,6 +100,14 @@ class _ReadersWriter:
                 self._cond.notify_all()
 
 
+class _Fd2Handler(logging.Handler):
+    """Writes log records to file descriptor 2 (the pipe while capturing), one line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            os.write(2, (" ".join(self.format(record).split()) + "\n").encode("utf-8", "backslashreplace"))
+
+
 class _Capture:
     def __init__(self) -> None:
         self.lock = _ReadersWriter()
@@ -93,6 +120,8 @@ class _Capture:
         self.read_fd = -1
         self.thread: threading.Thread | None = None
         self.old_stderr: Any = None
+        self.handler = _Fd2Handler()
+        self.pil_propagate = True
 
     # --- start and stop -------------------------------------------------------------------------------
 
@@ -115,8 +144,14 @@ class _Capture:
             )
         self.thread = threading.Thread(target=self._read, name="clipindex-c-stderr", daemon=True)
         self.thread.start()
+        pil = logging.getLogger("PIL")
+        self.pil_propagate, pil.propagate = pil.propagate, False
+        pil.addHandler(self.handler)
 
     def stop(self) -> None:
+        pil = logging.getLogger("PIL")
+        pil.removeHandler(self.handler)
+        pil.propagate = self.pil_propagate
         with contextlib.suppress(Exception):
             sys.stderr.flush()
         if self.old_stderr is not None:
@@ -239,7 +274,8 @@ def _write_marker(marker: bytes) -> None:
 
 
 def _tidy(text: str) -> str:
-    """Captured lines -> one short line: without in-memory file names, duplicates and blank lines."""
+    """Captured lines -> the one that says why: without in-memory file names; the first line reporting an error,
+    else the first that is not a warning about a tag, else the first."""
     lines: list[str] = []
     for raw in text.splitlines():
         line = " ".join(raw.split())
@@ -247,8 +283,31 @@ def _tidy(text: str) -> str:
             line = line.replace(prefix, "")
         if line and line not in lines:
             lines.append(line)
-    joined = "; ".join(lines)
-    return joined if len(joined) <= _MAX_REASON_CHARS else joined[: _MAX_REASON_CHARS - 3] + "..."
+    if not lines:
+        return ""
+
+    def warning(line: str) -> bool:
+        return any(mark in line.lower() for mark in _WARNING_MARKS)
+
+    errors = [line for line in lines if not warning(line) and any(m in line.lower() for m in _ERROR_MARKS)]
+    others = [line for line in lines if not warning(line)]
+    return (errors or others or lines)[0]
+
+
+def short_reason(reason: str, detail: str = "") -> str:
+    """``reason`` (the decisive error) then ``; the decoder said: DETAIL``, on one line, under
+    :data:`MAX_REASON_CHARS` characters (the detail is cut first)."""
+    reason = " ".join(reason.split())
+    if len(reason) >= MAX_REASON_CHARS:
+        return reason[: MAX_REASON_CHARS - 4] + "..."
+    detail = " ".join(detail.split())
+    if not detail:
+        return reason
+    text = f"{reason}; the decoder said: {detail}"
+    if len(text) < MAX_REASON_CHARS:
+        return text
+    room = MAX_REASON_CHARS - 4 - len(reason) - len("; the decoder said: ")
+    return f"{reason}; the decoder said: {detail[:room]}..." if room > 10 else reason
 
 
 @contextlib.contextmanager
@@ -291,6 +350,5 @@ def explain(reason: str, redo: Callable[[], object]) -> str:
     just ``reason`` when nothing is captured."""
     capture = _active
     if capture is None:
-        return reason
-    said = capture.explain(redo)
-    return f"{reason}; the decoder said: {said}" if said else reason
+        return short_reason(reason)
+    return short_reason(reason, capture.explain(redo))

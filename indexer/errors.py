@@ -36,6 +36,7 @@ class ImageError(ClipIndexError):
     """One image could not be decoded or preprocessed. Ingest reports it and goes on."""
 
     def __init__(self, path: str, reason: str) -> None:
+        reason = " ".join(reason.split())  # always one line (a server's reply, a library's message...)
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
@@ -64,6 +65,13 @@ class CollectionMismatchError(StoreError):
 
 class CollectionNotFoundError(StoreError):
     """The collection does not exist yet (nothing was ingested)."""
+
+
+class StoreDamagedError(StoreError):
+    """The store's files are there but cannot be read back: a segment, its vectors or its payloads are damaged.
+
+    The message names the store and the way out (``clipindex check --repair``, then an ingest re-embeds what the
+    repair could not keep)."""
 
 
 class CountMismatchError(StoreError):

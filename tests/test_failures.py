@@ -227,3 +227,108 @@ def test_known_failures_in_json_and_status(tmp_path: Path, tiny_model_dir: Path)
 
     retried = runner.invoke(cli, [*args, "--retry-failed"])
     assert [f["known"] for f in json.loads(retried.stdout)["failed"]] == [False, False]
+
+
+# --- header chatter, reasons, broken links ------------------------------------------------------------------
+
+
+def _tiff_with_samples_per_pixel(path: Path, compression: str, samples: int) -> None:
+    """A real TIFF whose header then declares ``samples`` samples per pixel (tag 277), as odd real files do."""
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(path, compression=compression)
+    data = bytearray(path.read_bytes())
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for n in range(struct.unpack_from("<H", data, ifd)[0]):
+        entry = ifd + 2 + 12 * n
+        if struct.unpack_from("<H", data, entry)[0] == 277:
+            struct.pack_into("<HIHH", data, entry + 2, 3, 1, samples, 0)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+def test_tiff_headers_with_65535_samples_per_pixel_stay_out_of_stderr(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Pillow logs ``More samples per pixel than can be decoded: 65535`` while it reads such a header (before any
+    decode): it must not reach the cron log, and the file's one ``failed:`` line carries it as its detail."""
+    root = tmp_path / "scans"
+    root.mkdir()
+    for compression in ("raw", "tiff_lzw", "tiff_deflate"):
+        _tiff_with_samples_per_pixel(root / f"spp_{compression}.tif", compression, 65535)
+    Image.new("RGB", (48, 48), (0, 0, 255)).save(root / "plain.png")
+    raw = subprocess.run(
+        [sys.executable, "-c", "import sys\nfrom PIL import Image\nImage.open(sys.argv[1])", root / "spp_raw.tif"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "More samples per pixel than can be decoded" in raw.stderr  # not vacuous: Pillow does print it
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = run_cli("ingest", root, "--model-dir", tiny_model_dir, "--data-dir", tmp_path / "data", env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("clipindex: ")
+    failed = lines[1:]
+    assert len(failed) == 3 and all(line.startswith("failed: ") for line in failed), result.stderr
+    for line in failed:
+        reason = line.split(": ", 2)[2]
+        assert reason.startswith("not an image Pillow can read"), reason  # the decisive error first
+        assert reason.endswith("the decoder said: More samples per pixel than can be decoded: 65535"), reason
+        assert len(reason) < 200
+
+
+def test_a_reason_keeps_the_decisive_error_and_one_line_of_library_detail() -> None:
+    """What libtiff prints before a failed strip: warnings about custom tags, then the error. The reason keeps the
+    error, one line, under 200 characters; a reason with newlines (a redirect loop's) becomes one line."""
+    from clipindex import cstderr
+
+    said = "\n".join(
+        [
+            *(f"TIFFFetchNormalTag: Incorrect value for custom tag {t}; tag ignored. ... not read" for t in range(9)),
+            "TIFFReadDirectory: Warning, Unknown field with tag 65000 (0xfde8) encountered.",
+            "TIFFFillStrip: Read error on strip 0; got 4294966296 bytes, expected 155.",
+            "TIFFFillStrip: Read error on strip 0; got 4294966296 bytes, expected 155.",
+        ]
+    )
+    detail = cstderr._tidy(said)
+    assert detail == "TIFFFillStrip: Read error on strip 0; got 4294966296 bytes, expected 155."
+    reason = cstderr.short_reason("corrupt or unreadable image (OSError: decoder error -2)", detail)
+    assert reason.startswith("corrupt or unreadable image (OSError: decoder error -2); the decoder said: TIFFFill")
+    assert len(reason) < 200
+    long = cstderr.short_reason("corrupt or unreadable image", "x" * 500)
+    assert long.startswith("corrupt or unreadable image; the decoder said: xxx") and long.endswith("...")
+    assert len(long) < 200
+    assert cstderr.short_reason("too many redirects:\n  a -> b\n  b -> a") == "too many redirects: a -> b b -> a"
+    from clipindex.errors import ImageError
+
+    assert "\n" not in str(ImageError("http://x/", "redirect loop:\nhttp://x/ ->\nhttp://x/"))
+
+
+@pytest.mark.slow
+def test_a_dangling_symlink_is_remembered_like_a_failed_file(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Keyed by the link's own lstat: not news on the next run (``failed 1 (1 known)``, no ``failed:`` line), listed
+    by ``status --failed``; a link made again is reported again, and a link whose target appears is indexed."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(root / "good.png")
+    link = root / "gone.jpg"
+    link.symlink_to(tmp_path / "nowhere.jpg")
+    args = ["ingest", root, "--model-dir", tiny_model_dir, "--data-dir", tmp_path / "data"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = run_cli(*args, env=env)
+    assert first.returncode == 0, first.stderr
+    (line,) = [x for x in first.stderr.splitlines() if x.startswith("failed: ")]
+    assert "gone.jpg" in line and "dangling" in line
+    again = run_cli(*args, env=env)
+    assert [x for x in again.stderr.splitlines() if x.startswith("failed: ")] == [], again.stderr
+    assert "failed 1 (1 known)" in again.stdout
+    listed = run_cli("status", "--failed", "--data-dir", tmp_path / "data", env=env)
+    assert "gone.jpg" in listed.stdout and "dangling" in listed.stdout
+
+    link.unlink()
+    os.symlink(tmp_path / "elsewhere.jpg", link)
+    os.utime(link, ns=(1, 1), follow_symlinks=False)  # another link: another lstat
+    remade = run_cli(*args, env=env)
+    assert any("gone.jpg" in x for x in remade.stderr.splitlines() if x.startswith("failed: ")), remade.stderr
+    Image.new("RGB", (20, 20), (9, 9, 9)).save(tmp_path / "elsewhere.jpg")
+    fixed = run_cli(*args, env=env)
+    assert fixed.returncode == 0 and "failed 0" in fixed.stdout, fixed.stdout
+    assert run_cli("status", "--failed", "--data-dir", tmp_path / "data", env=env).stdout.strip() == ""

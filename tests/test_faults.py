@@ -40,7 +40,7 @@ from tcp_proxy import QdrantRestServer, TcpProxy, closed_port
 from clipindex.errors import StoreUnavailableError
 from clipindex.ingest.points import point_id
 from clipindex.store.base import Point
-from clipindex.store.edge import EdgeStore
+from clipindex.store.edge import OPEN_MIN_FREE_BYTES, EdgeStore
 from clipindex.store.server import ServerStore
 
 COLLECTION = "images"
@@ -426,9 +426,11 @@ def _can_loop_mount(tmp_path: Path) -> bool:
 def test_full_disk_stops_with_a_clear_error_and_the_store_survives(
     tmp_path: Path, tiny_model_dir: Path, env: dict[str, str]
 ) -> None:
-    """A real full filesystem (a 40 MB ext4 image, loop-mounted in a private mount namespace, no root reserve).
+    """A real full filesystem (a 64 MB ext4 image, loop-mounted in a private mount namespace, no root reserve).
 
-    Without the store's free-space guard, the engine's mmap writes die with SIGBUS ("Bus error", exit 135)."""
+    Without the store's free-space guard, the engine's mmap writes die with SIGBUS ("Bus error", exit 135). The
+    guard is set just above what opening a store needs (``OPEN_MIN_FREE_BYTES``), so the run opens the store and
+    stops in the middle of its writes."""
     if not _can_loop_mount(tmp_path):
         if os.environ.get("CI"):
             pytest.fail("CI must be able to loop-mount an ext4 image (root, unshare, mkfs.ext4)")
@@ -439,15 +441,17 @@ def test_full_disk_stops_with_a_clear_error_and_the_store_survives(
     image, mnt, copy = tmp_path / "disk.img", tmp_path / "mnt", tmp_path / "after"
     mnt.mkdir()
     with open(image, "wb") as f:
-        f.truncate(40 * 2**20)
+        f.truncate(64 * 2**20)
     subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True, capture_output=True)
+    guard_mb = OPEN_MIN_FREE_BYTES // 2**20 + 2
     ingest = f"{sys.executable} -m clipindex ingest {{}} --model-dir {tiny_model_dir} --data-dir {mnt}/data -q"
     script = "\n".join(
         [
             "set -e",
             f"mount -o loop {image} {mnt}",
             ingest.format(root / "first"),  # a store that works
-            f"avail=$(df -k --output=avail {mnt} | tail -1); fallocate -l $(( (avail - 1500) * 1024 )) {mnt}/filler",
+            f"avail=$(df -k --output=avail {mnt} | tail -1); "
+            f"fallocate -l $(( (avail - {guard_mb * 1024 + 1500}) * 1024 )) {mnt}/filler",
             "set +e",
             ingest.format(root) + " --batch-size 10; echo rc=$?",  # fills the disk
             f"cp -a {mnt}/data {copy}",  # what the failed run left, to examine outside
@@ -455,7 +459,7 @@ def test_full_disk_stops_with_a_clear_error_and_the_store_survives(
     )
     result = subprocess.run(
         ["unshare", "-m", "sh", "-c", script],
-        env=dict(env, CLIPINDEX_MIN_FREE_MB="1"),
+        env=dict(env, CLIPINDEX_MIN_FREE_MB=str(guard_mb)),
         capture_output=True,
         text=True,
         timeout=120,
@@ -477,6 +481,56 @@ def test_full_disk_stops_with_a_clear_error_and_the_store_survives(
     done = cli("ingest", root, "--model-dir", tiny_model_dir, "--data-dir", copy, "-q", env=env)
     assert done.returncode == 0, done.stderr
     assert_exact_index(copy, valid)
+
+
+def _can_mount_tmpfs(tmp_path: Path) -> bool:
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    mnt = tmp_path / "probe-tmpfs"
+    mnt.mkdir()
+    return subprocess.run(["unshare", "-m", "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)]).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_nearly_full_tmpfs_is_a_clear_error_never_a_bus_error(
+    tmp_path: Path, tiny_model_dir: Path, env: dict[str, str]
+) -> None:
+    """A real tmpfs (mounted in a private mount namespace) with 4 MB left: opening a healthy store there used to
+    die with SIGBUS ("Bus error", exit 135, nothing printed), for search and status too, and for an ingest with
+    the write guard off (``CLIPINDEX_MIN_FREE_MB=0``). Each is now one ``Error: no space left`` line, and with
+    space again everything works."""
+    if not _can_mount_tmpfs(tmp_path):
+        pytest.skip("needs root and unshare to mount a small tmpfs in a private mount namespace")
+    root = tmp_path / "tree"
+    make_tree(root, 40, seed=6, broken=False)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    clip = f"{sys.executable} -m clipindex"
+    store = f"--data-dir {mnt}/data"
+    script = "\n".join(
+        [
+            "set -e",
+            f"mount -t tmpfs -o size=200m tmpfs {mnt}",
+            f"{clip} ingest {root} --model-dir {tiny_model_dir} {store} -q",
+            f"avail=$(df -k --output=avail {mnt} | tail -1); fallocate -l $(( (avail - 4096) * 1024 )) {mnt}/filler",
+            "set +e",
+            f"{clip} search 'a photo' {store}; echo search=$?",
+            f"{clip} status {store}; echo status=$?",
+            f"CLIPINDEX_MIN_FREE_MB=0 {clip} ingest {root} {store} -q; echo ingest=$?",
+            f"{clip} check {store}; echo check=$?",
+            f"rm {mnt}/filler",
+            f"{clip} search 'a photo' {store} -n 3; echo search_after=$?",
+        ]
+    )
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert "Bus error" not in result.stderr, result.stderr
+    for name in ("search", "status", "ingest", "check"):
+        assert f"{name}=1" in result.stdout, (name, result.stdout, result.stderr)
+    errors = error_lines(result.stderr)
+    assert len(errors) == 4, result.stderr
+    for line in errors:
+        assert "no space left for embedded store" in line and "MB free" in line and "to open it safely" in line
+    assert "search_after=0" in result.stdout, result.stderr
 
 
 @pytest.mark.slow

@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -298,3 +301,101 @@ def test_search_before_any_model_says_what_makes_one(tmp_path: Path) -> None:
     (line,) = result.stderr.strip().splitlines()
     assert "clipindex ingest DIR" in line and "clipindex convert" in line
     assert not any(tmp_path.iterdir())
+
+
+def _wait_for(predicate: Any, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_a_killed_first_ingest_leaves_a_collection_that_knows_its_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The model is recorded when the collection is created: after a first ``ingest --model-dir`` is SIGKILLed
+    mid-run (and with ``last_ingest.json`` corrupt), ``search`` and ``status`` with no flag find that model; a
+    second ingest meets the lock before any model work: exit 75 at once, even with a source model to convert."""
+    import numpy as np
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = fresh_env(home)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(400):
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(photos / f"p{i:03d}.png")
+    collection = home / ".local" / "share" / "clipindex" / "images"
+    progress = collection / "ingest.progress.json"
+
+    def batches_done(n: int) -> bool:
+        try:
+            return int(json.loads(progress.read_text()).get("done") or 0) >= n
+        except (OSError, ValueError):
+            return False
+
+    first = subprocess.Popen(
+        [sys.executable, "-m", "clipindex", "ingest", photos, "--model-dir", tiny_model_dir, "--batch-size", "5"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(lambda: batches_done(20))
+        # while it runs: a second ingest, with a source model that does not exist, is refused at once
+        started = time.monotonic()
+        second = clipindex("ingest", photos, cwd=tmp_path, env=dict(env, CLIPINDEX_SOURCE_MODEL=str(tmp_path / "none")))
+        assert second.returncode == 75, second.stderr
+        assert time.monotonic() - started < 20
+        assert "another ingest is running" in second.stderr and "converting" not in second.stderr
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.kill()
+        first.wait()
+    assert not (collection / "last_ingest.json").exists()  # it never finished
+    dead = clipindex("status", cwd=tmp_path, env=env)
+    (row,) = [line for line in dead.stdout.splitlines() if line.startswith("ingest")]
+    assert "interrupted (killed)" in row and "ETA" not in row and "img/s" not in row, row
+
+    for summary in (None, "{ corrupt"):
+        if summary is not None:
+            (collection / "last_ingest.json").write_text(summary)
+        found = clipindex("search", "a photo", "--json", cwd=tmp_path, env=env)
+        assert found.returncode == 0, found.stderr
+        assert json.loads(found.stdout)
+        status = clipindex("status", "--json", cwd=tmp_path, env=env)
+        data = json.loads(status.stdout)
+        assert data["model_dir"] == str(tiny_model_dir) and data["model_dir_from"] == "the collection"
+    record = json.loads((collection / "collection.json").read_text())["model_record"]
+    assert record["model_dir"] == str(tiny_model_dir) and record["embedding_dim"] == 512
+    assert len(record["vision_sha256"]) == 64
+
+
+def test_a_source_model_ignored_because_a_model_exists_gets_one_notice(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The README's trial, then its real-weights line: the trial model stays (the collection is built with it),
+    and one notice line says so and names the way to switch."""
+    home = tmp_path / "home"
+    default = home / ".local" / "share" / "clipindex" / "models" / "default"
+    shutil.copytree(tiny_model_dir, default)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (30, 20), (5, 6, 7)).save(photos / "a.png")
+    env = fresh_env(home)
+    assert clipindex("ingest", photos, "-q", cwd=tmp_path, env=env).returncode == 0
+    again = clipindex("ingest", photos, cwd=tmp_path, env=dict(env, CLIPINDEX_SOURCE_MODEL="/real/checkpoint"))
+    assert again.returncode == 0, again.stderr
+    (notice,) = [line for line in again.stderr.splitlines() if line.startswith("notice:")]
+    assert "/real/checkpoint is not converted" in notice and "--reembed" in notice
+    plain = clipindex("ingest", photos, cwd=tmp_path, env=env)
+    assert "notice:" not in plain.stderr
+
+
+def test_the_trial_checkpoint_tool_says_its_default_and_prints_only_its_folder(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "clipindex.convert.checkpoint"]
+    helped = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "default: tiny" in helped.stdout
+    out = tmp_path / "trial"
+    written = subprocess.run([*command, str(out)], capture_output=True, text=True, timeout=300)
+    assert written.returncode == 0, written.stderr
+    assert written.stdout.strip() == str(out) and written.stderr == ""

@@ -330,7 +330,9 @@ def test_usage_errors(indexed: Indexed) -> None:
     assert search_cli(indexed, "  ").exit_code == 2
     assert search_cli(indexed, "a cat", "--path-prefix", "").exit_code == 2
     result = search_cli(indexed, "--image", str(indexed.root / "missing.jpg"))
-    assert_one_line_error(result, "missing.jpg")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert "missing.jpg: no such file" in line and "--image" in line
 
 
 # --- errors -------------------------------------------------------------------------------------------------

@@ -128,7 +128,8 @@ def test_text_search_equals_the_cli_in_process(library: Library, http: httpx.Cli
     ]
     assert answer["took_ms"] >= 0 and answer["warnings"] == []
     first = answer["results"][0]
-    assert set(first) == {"id", "rank", "score", "path", "width", "height", "thumbnail"}
+    assert set(first) == {"id", "rank", "score", "path", "width", "height", "thumbnail", "path_bytes"}
+    assert first["path_bytes"] is None
     assert first["thumbnail"].startswith(f"/api/v1/thumbnails/{first['id']}?size=256")
 
 

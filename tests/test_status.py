@@ -38,6 +38,7 @@ KEYS = [
     "busy_reason",
     "engines",
     "mixed_engines",
+    "integrity_warning",
     "model_dir_from",
     "failed_files",
     "model_cache",

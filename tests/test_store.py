@@ -724,5 +724,6 @@ def test_a_damaged_embedded_store_is_one_line_naming_the_fix_and_is_left_alone(
         result = CliRunner().invoke(cli, [*command, *args])
         assert result.exit_code == 1, result.output
         (line,) = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-        assert line.startswith("Error: Qdrant Edge: open failed") and "the store is damaged: restore" in line
+        assert line.startswith("Error: embedded store ") and "is damaged (Qdrant Edge: open failed" in line
+        assert "clipindex check --repair" in line
         assert config.read_text() == "{not json"  # nothing was rewritten or deleted

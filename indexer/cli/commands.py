@@ -6,10 +6,11 @@ are :mod:`clipindex.cli.options`' shared decorators; their defaults live in :mod
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -86,10 +87,53 @@ def handle_errors(func: F) -> F:
 
 
 def info(message: str) -> None:
-    click.echo(message, err=True)
+    """One message on stderr, escaped like every other (:func:`clipindex.display.printable`)."""
+    from clipindex.display import printable
+
+    click.echo(printable(message), err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class EscapingGroup(click.Group):
+    """The command group, whose usage errors go through :func:`clipindex.display.printable` like every other
+    message (a folder name given on the command line may hold escape sequences)."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        def run() -> Any:
+            return super(EscapingGroup, self).main(args, prog_name, complete_var, False, **extra)
+
+        if not standalone_mode:
+            return run()
+        try:
+            rv = run()
+        except click.ClickException as exc:
+            show_escaped(exc)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def show_escaped(exc: click.ClickException) -> None:
+    """What click would print for ``exc`` (usage, hint, ``Error: ...``), each line escaped."""
+    import io
+
+    from clipindex.display import printable
+
+    buffer = io.StringIO()
+    exc.show(file=buffer)
+    for line in buffer.getvalue().splitlines():
+        click.echo(printable(line), err=True)
+
+
+@click.group(cls=EscapingGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="clipindex")
 def cli() -> None:
     """clipindex: index a folder of images with CLIP (ONNX Runtime) into Qdrant, then search it.
@@ -192,7 +236,7 @@ def locate_model(model_dir: Path | None, store: VectorStore | None = None) -> Mo
 
     from clipindex.errors import StoreBusyError, StoreUnavailableError
     from clipindex.errors import StoreError as _StoreError
-    from clipindex.model.locate import ModelOrigin, resolve_model_dir
+    from clipindex.model.locate import ModelOrigin, recorded_model_dir, resolve_model_dir
 
     ctx = click.get_current_context(silent=True)
     source = ctx.get_parameter_source("model_dir") if ctx is not None else None
@@ -203,8 +247,10 @@ def locate_model(model_dir: Path | None, store: VectorStore | None = None) -> Mo
             summary = store.load_summary()
         except (StoreUnavailableError, StoreBusyError):
             raise
-        except _StoreError:  # an unreadable summary: fall back on the default folder
+        except _StoreError:  # an unreadable summary: the model recorded at the collection's creation
             summary = None
+        if recorded_model_dir(summary) is None:  # no finished ingest yet (killed, still running) or no folder
+            summary = store.model_record() or summary
     return resolve_model_dir(model_dir, origin, summary)
 
 
@@ -354,6 +400,13 @@ def quiet_c_stderr() -> AbstractContextManager[None]:
     help="Decode again the files that failed before and have not changed since (they are skipped otherwise; "
     "a changed file is always retried). See `clipindex status --failed`.",
 )
+@click.option(
+    "--reembed",
+    is_flag=True,
+    help="Switch the collection to the model of --model-dir: embed DIRECTORY with it into a new collection beside "
+    "the old one (searches keep using the old one), then switch to it at once. Re-run the same command after a "
+    "kill: it resumes. Embedded store only.",
+)
 @quiet_option("No progress bar and no start line; failed files and the summary still print.")
 @json_option("the run's figures as one object")
 @collection_settings_options
@@ -381,6 +434,7 @@ def ingest(
     wait_s: float,
     strict: bool,
     retry_failed: bool,
+    reembed: bool,
     quiet: bool,
     as_json: bool,
     collection_settings: CollectionSettings,
@@ -402,12 +456,10 @@ def ingest(
     """
     from clipindex.cli.output import json_line
     from clipindex.convert.auto import ensure_model
-    from clipindex.display import printable
     from clipindex.errors import FailedFilesError
-    from clipindex.ingest.pipeline import FailedFile, IngestOptions
-    from clipindex.ingest.pipeline import ingest as run_ingest
+    from clipindex.ingest.pipeline import IngestOptions, ingest_lock
     from clipindex.model.encode import Embedder
-    from clipindex.progress import TqdmProgress
+    from clipindex.model.locate import ModelOrigin
 
     shard_spec = parse_shard(shard)
     check_ingest_directory(directory)
@@ -423,35 +475,162 @@ def ingest(
         wait_s=wait_s,
         role="ingest",
     )
+    target = store
+    if reembed:
+        target = reembed_target(store, model_dir, qdrant_url)
     location = locate_model(model_dir, store)
-    ensure_model(location, source_model, progress=None if quiet or as_json else info)
-    embedder = Embedder(
-        location.path, device=device, precision=precision, engine=engine, draft=draft, max_pixels=max_pixels
-    )
-    embedder.tower_path("vision")  # fail fast on a missing model file; the session loads at the first batch
-    plan = embedder.engine_plan
-    where = "CPU" if plan.engine == "openvino" else embedder.planned_provider
-    why = f" ({engine}: {plan.reason})" if plan.reason else ""
-    if not quiet:
-        info(f"clipindex: {embedder.model_name} on {where}, {plan.label}{why}; {store.describe()}")
-
-    def on_failed(failed: FailedFile) -> None:
-        if not failed.known:  # failed before, unchanged since: counted in the summary, not printed every run
-            info(printable(f"failed: {failed.path}: {failed.reason}"))
-
+    if location.origin != ModelOrigin.DEFAULT:  # a named folder is never converted into: fail before the lock
+        ensure_model(location, source_model)
+    notice_ignored_source(location, source_model, quiet=quiet or as_json)
     options = IngestOptions(
         batch_size=batch_size, prune=prune, shard=shard_spec, decode_workers=workers, retry_failed=retry_failed
     )
-    progress = TqdmProgress(enabled=not quiet and sys.stderr.isatty())
-    with store, quiet_c_stderr():
-        report = run_ingest(directory, embedder, store, options=options, on_failed=on_failed, progress=progress)
+    lock = ingest_lock(store, shard_spec)
+    made = missing_folders(lock.path.parent)
+    lock.acquire()  # before any model work: a second ingest exits 75 at once, not after a conversion
+    report = None
+    try:
+        ensure_model(location, source_model, progress=None if quiet or as_json else info)
+        embedder = Embedder(
+            location.path, device=device, precision=precision, engine=engine, draft=draft, max_pixels=max_pixels
+        )
+        embedder.tower_path("vision")  # fail fast on a missing model file; the session loads at the first batch
+        plan = embedder.engine_plan
+        where = "CPU" if plan.engine == "openvino" else embedder.planned_provider
+        why = f" ({engine}: {plan.reason})" if plan.reason else ""
+        if not quiet:
+            info(f"clipindex: {embedder.model_name} on {where}, {plan.label}{why}; {store.describe()}")
+        report = _run_ingest(directory, embedder, target, options, lock, progress_bar=not quiet)
+        if target is not store:
+            switch_to_reembedded(store, target, embedder.model_name, quiet=quiet or as_json)
+            report.points = target_points(store)
+    finally:
+        lock.release()
+        if report is None and made:  # failed before creating anything (no model): leave no store folder behind
+            remove_empty(lock.path, made)
+    assert report is not None
     if as_json:
         click.echo(json_line(report.as_json()))
     else:
         line = report.summary_line()
         click.echo(line if sys.stdout.isatty() else f"{timestamp()} {line}")
     if strict and report.failed:
-        raise FailedFilesError(f"{len(report.failed)} file(s) failed under {directory} (--strict); see the lines above")
+        raise FailedFilesError(strict_message(report, directory))
+
+
+def _run_ingest(
+    directory: Path, embedder: Any, store: VectorStore, options: Any, lock: Any, *, progress_bar: bool
+) -> Any:
+    """The run itself, under the ``lock`` already held; ``failed:`` lines on stderr as files fail."""
+    from clipindex.display import printable
+    from clipindex.ingest.pipeline import FailedFile
+    from clipindex.ingest.pipeline import ingest as run_ingest
+    from clipindex.progress import TqdmProgress
+
+    def on_failed(failed: FailedFile) -> None:
+        if not failed.known:  # failed before, unchanged since: counted in the summary, not printed every run
+            info(printable(f"failed: {failed.path}: {failed.reason}"))
+
+    from clipindex.ops.status import expected_points
+
+    expected = expected_points(store)  # the last run's count, read before this run replaces it
+    progress = TqdmProgress(enabled=progress_bar and sys.stderr.isatty())
+    with store, quiet_c_stderr():
+        report = run_ingest(
+            directory, embedder, store, options=options, on_failed=on_failed, progress=progress, held=lock
+        )
+    if expected is not None and report.points_before is not None and report.points_before != expected:
+        info(
+            f"Warning: {store.describe()} held {report.points_before:,} points when this run started, but the last "
+            f"ingest left {expected:,}: the store was damaged; this run embedded the missing images again (run "
+            "`clipindex check` to check the rest)"
+        )
+    return report
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, innermost first."""
+    out: list[Path] = []
+    while not folder.exists() and folder != folder.parent:
+        out.append(folder)
+        folder = folder.parent
+    return out
+
+
+def remove_empty(lock_file: Path, made: list[Path]) -> None:
+    """Remove ``lock_file`` and the folders in ``made`` that hold nothing else (a run that created nothing)."""
+    if not made or any(p.name != lock_file.name for p in made[0].iterdir()):
+        return
+    with contextlib.suppress(OSError):
+        lock_file.unlink()
+        for folder in made:
+            folder.rmdir()
+
+
+def reembed_target(store: VectorStore, model_dir: Path | None, qdrant_url: str | None) -> VectorStore:
+    """``--reembed``: the collection beside ``store`` that the new model's vectors go into first."""
+    from clipindex.store.edge import EdgeStore
+
+    if qdrant_url or not isinstance(store, EdgeStore):
+        raise click.UsageError("--reembed switches a collection of the embedded store; not with --qdrant-url")
+    if model_dir is None:
+        raise click.UsageError("--reembed needs --model-dir (or CLIPINDEX_MODEL_DIR): the model to switch to")
+    return EdgeStore(store.data_dir, f"{store.collection}.reembed", wait_s=store.wait_s, role="ingest")
+
+
+def switch_to_reembedded(store: VectorStore, staged: VectorStore, model: str, *, quiet: bool) -> None:
+    """Switch ``store``'s collection to what ``staged`` holds (one step for every process)."""
+    from clipindex.store.edge import EdgeStore
+
+    assert isinstance(store, EdgeStore) and isinstance(staged, EdgeStore)
+    before: int | None = None
+    if store._shard_exists():
+        with store:
+            store.collection_info()
+            before = store.count(exact=True)
+    points = store.adopt(staged)
+    if not quiet:
+        was = f" (it held {before:,} points of the previous model)" if before is not None else ""
+        info(f"switched collection {store.collection!r} to {model}: {points:,} points{was}")
+
+
+def target_points(store: VectorStore) -> int:
+    with store:
+        store.collection_info()
+        return store.count(exact=True)
+
+
+def notice_ignored_source(location: ModelLocation, source_model: str, *, quiet: bool) -> None:
+    """One notice line when a source model was asked for (flag or environment) but a model is there already."""
+    from click.core import ParameterSource
+
+    from clipindex.model.model_format import MANIFEST_NAME
+
+    ctx = click.get_current_context(silent=True)
+    asked = ctx is not None and ctx.get_parameter_source("source_model") != ParameterSource.DEFAULT
+    if quiet or not asked or not (location.path / MANIFEST_NAME).is_file():
+        return
+    from clipindex.display import printable
+
+    info(
+        printable(
+            f"notice: the source model {source_model} is not converted: {location.path} holds a model already "
+            f"({location.origin.value}). To switch models: clipindex convert {source_model} --output NEW_DIR, then "
+            "clipindex ingest DIR --model-dir NEW_DIR --reembed"
+        )
+    )
+
+
+def strict_message(report: Any, directory: Path) -> str:
+    """``--strict``'s error: how many failed, how many of them are known (not printed again), and where to look."""
+    known = report.known_failed
+    new = len(report.failed) - known
+    where = "see the lines above" if new else ""
+    if known:
+        where += (
+            "; " if where else ""
+        ) + f"{known} known ones are not printed again: `clipindex status --failed` lists them"
+    return f"{len(report.failed)} file(s) failed under {directory} (--strict); {where}"
 
 
 # --- search, classify, status -----------------------------------------------------------------------------
@@ -555,6 +734,9 @@ def search(
         raise click.BadParameter("must not be empty", param_hint="--path-prefix")
     if threshold is not None and threshold != threshold:  # NaN passes FloatRange
         raise click.BadParameter("must be a number between -1 and 1", param_hint="--threshold")
+    if image is not None and not image.is_file():
+        what = "is not a file" if image.exists() else "no such file"
+        raise click.BadParameter(f"{image}: {what}; give the image to search by", param_hint="--image")
     store = make_store(
         data_dir, qdrant_url, api_key_file, collection, timeout_s=timeout_s, wait_s=wait_s, role="search"
     )
@@ -595,6 +777,7 @@ def search(
                 html_file, results, query=title, query_image=image, model=embedder.model_name, store=store.describe()
             )
             info(f"Wrote {written} ({len(results)} result{'s' if len(results) != 1 else ''})")
+        warn_on_contradiction(store)
         exit_now_if_cli()
     finally:
         store.close()
@@ -669,10 +852,24 @@ def search_through_server(
             width=hit.get("width"),
             height=hit.get("height"),
             id=str(hit["id"]),
-            payload={},
+            payload={"path_bytes": hit["path_bytes"]} if hit.get("path_bytes") else {},
         )
         for hit in answer.get("results") or []
     ]
+
+
+def warn_on_contradiction(store: VectorStore) -> None:
+    """``Warning:`` on stderr when the collection's count contradicts the last ingest's (a damaged store)."""
+    from clipindex.display import printable
+    from clipindex.errors import StoreError as _StoreError
+    from clipindex.ops.status import count_contradiction
+
+    try:
+        warning = count_contradiction(store)
+    except _StoreError:
+        return  # the search itself worked; check says more
+    if warning is not None:
+        info(f"Warning: {printable(warning)}")
 
 
 #: set by :func:`main`: this process is the ``clipindex`` command (not a caller running a command in-process)
@@ -812,11 +1009,20 @@ def status(
     with store:
         report = collect_report(location, store)
     if list_failed:
+        from clipindex.ingest.points import display_path, path_bytes
+
         if as_json:
-            click.echo(json_document([{"path": e.path, "reason": e.reason} for e in report.failed]))
+            listed: list[dict[str, str]] = []
+            for e in report.failed:
+                item = {"path": display_path(e.path), "reason": e.reason}
+                raw = path_bytes(e.path)
+                if raw is not None:
+                    item["path_bytes"] = raw
+                listed.append(item)
+            click.echo(json_document(listed))
         else:
             for entry in report.failed:
-                click.echo(printable(f"{entry.path}: {entry.reason}"))
+                click.echo(printable(f"{display_path(entry.path)}: {entry.reason}"))
             if not report.failed:
                 info("no remembered failures")
         return
@@ -1080,6 +1286,52 @@ def optimize(
     with store:
         report = optimize_collection(store)
     click.echo(json_line(report.as_json()) if as_json else report.format())
+
+
+# --- check ------------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@data_dir_option()
+@collection_option("Collection to check.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="When a problem is found, copy every readable point into a fresh shard and put it in place (the old "
+    "shard is kept aside); the next ingest embeds the rest again.",
+)
+@json_option("the findings as one object (points, listed, readable, expected, problems, repair...)")
+@wait_option
+@handle_errors
+def check(data_dir: Path | None, collection: str, repair: bool, as_json: bool, wait_s: float) -> None:
+    """Check that the embedded store can serve what the last ingest wrote.
+
+    Reads every point's payload and vector, compares the exact count with the count the last ingest saved,
+    and searches for a stored vector, which must come back first. Writes nothing without --repair. With
+    --repair (it takes the ingest lock), a damaged store is rebuilt from what still reads back: the new shard
+    is complete before the old one is moved aside, and the lines say what was kept and lost.
+
+    \b
+    Exit codes: 0 no problem (or none left after --repair); 1 problems found (run with --repair), or the
+    store failed; 75 an ingest holds the store, or other processes kept it for --wait seconds.
+    """
+    from clipindex.cli.output import json_document
+    from clipindex.display import printable
+    from clipindex.ops.check import check_store
+    from clipindex.store.edge import EdgeStore
+
+    folder = data_dir if data_dir is not None else settings.default_data_dir()
+    store = EdgeStore(folder, collection, wait_s=wait_s, role="check")
+    with store:
+        report = check_store(store, repair=repair, on_progress=None if as_json else info)
+    if as_json:
+        click.echo(json_document(report.as_json()))
+    else:
+        for line in report.lines():
+            click.echo(printable(line))
+    if not report.healthy_now:
+        hint = "" if repair else f"; `{store.check_command()}` rebuilds it from what still reads back"
+        fail(f"{store.describe()} has problems{hint}")
 
 
 def main() -> None:

@@ -99,19 +99,20 @@ def _too_large(name: str, width: int, height: int, max_pixels: int) -> ImageTooL
         name,
         f"image is {width}x{height} = {pixels:,} pixels, over the limit of {max_pixels:,} pixels "
         f"(a guard against decompression bombs); if the file is genuine, raise it with "
-        f"--max-pixels {pixels}",
+        f"max_pixels={pixels} (--max-pixels {pixels} on the command line)",
     )
 
 
 def _pil_bomb(name: str, exc: Image.DecompressionBombError, limit: int) -> ImageTooLargeError:
     found = re.search(r"\((\d+) pixels\)", str(exc))
     pixels = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
-    needed = f" {found.group(1)}" if found else ""
+    needed = found.group(1) if found else "N"
     shown = f"{limit:,}" if limit else f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,}"
     return ImageTooLargeError(
         name,
         f"image declares {pixels}, over the limit of {shown} pixels (a guard against decompression "
-        f"bombs); if the file is genuine, raise it with --max-pixels{needed}",
+        f"bombs); if the file is genuine, raise it with max_pixels={needed} (--max-pixels {needed} on the command "
+        "line)",
     )
 
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
+import stat
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -37,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from clipindex import cstderr
-from clipindex.errors import CountMismatchError, ImageError, StoreError, StoreUnavailableError
+from clipindex.errors import CountMismatchError, ImageError, StoreDamagedError, StoreError, StoreUnavailableError
 from clipindex.images.decode import DecodedFile, decode_file
 from clipindex.images.prefetch import decode_ahead
 from clipindex.ingest.failures import FailureMemory, Remembered, new_entry
@@ -51,6 +53,7 @@ from clipindex.ingest.points import (
     display_path,
     in_shard,
     make_payload,
+    path_bytes,
 )
 from clipindex.ingest.walk import iter_image_entries
 from clipindex.lock import IngestLock
@@ -73,6 +76,8 @@ INDEX_PAGE_SIZE = 5000
 WALK_SHARE = 0.5
 #: outside the batch loop (index read, walk, prune), the store checks for waiting readers this often (seconds)
 YIELD_CHECK_S = 0.2
+#: stored vectors the end-of-run probe reads back (:meth:`_Ingest.probe`)
+PROBE_SAMPLE = 32
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,8 @@ class FailedFile:
     reason: str
     #: failed before with the same size and mtime: not decoded again (:mod:`clipindex.ingest.failures`)
     known: bool = False
+    #: the path's bytes in base64 when they are not valid UTF-8 (:func:`~clipindex.ingest.points.path_bytes`)
+    path_bytes: str | None = None
 
 
 @dataclass
@@ -96,10 +103,16 @@ class IngestReport:
     seconds: float = 0.0
     #: times the run let processes waiting for the embedded store (searches) in between two batches
     handoffs: int = 0
+    #: the exact count when the run started (not in :meth:`as_json`)
+    points_before: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["points_before"]
         data["seconds"] = round(self.seconds, 3)
+        for failed in data["failed"]:
+            if failed["path_bytes"] is None:
+                del failed["path_bytes"]
         return data
 
     @property
@@ -259,6 +272,7 @@ class _Ingest:
             self.hash_to_id.setdefault(entry.sha256, pid)
         exact = self.store.count(exact=True)
         self.expected_count = exact
+        self.report.points_before = exact
         # The fast count may carry a constant offset (e.g. after a crash); batches check its *change*.
         self.count_baseline = self.store.count(exact=False) - exact
 
@@ -272,7 +286,18 @@ class _Ingest:
             # An unlistable folder or a non-regular file: reported like a failed image, and nothing
             # under that path is pruned (its files were not seen, they are not known to be gone).
             self.walk_blocked.append(display_path(absolute(path)).rstrip("/") + "/")
-            self.fail(path, reason)
+            link = _link_stat(path)
+            if link is None or self.memory is None:
+                self.fail(path, reason)
+                return
+            # a dangling or unreadable link: remembered like a failed image, by the link's own size and mtime
+            if not self.options.retry_failed:
+                known = self.memory.known(path, link.st_size, link.st_mtime_ns)
+                if known is not None:
+                    self.new_failures.append(known)
+                    self.fail(path, known.reason, known=True)
+                    return
+            self.fail(path, reason, pending=_Pending(path, link.st_size, link.st_mtime_ns, ""))
 
         # the root is absolute and normalised, so are the paths the walk joins to it
         for path, size, mtime_ns in iter_image_entries(self.root, on_error=on_walk_error):
@@ -352,7 +377,9 @@ class _Ingest:
             # decoded again alone, so that the C libraries' messages name this file's problem in its one line
             prepared.error = cstderr.explain(exc.reason, lambda: decode_file(pending.path, self.embedder.preprocessor))
         except MemoryError:
-            prepared.error = "not enough memory to decode this image (lower --max-pixels to skip such images)"
+            prepared.error = (
+                "not enough memory to decode this image (lower max_pixels, --max-pixels, to skip such images)"
+            )
         return prepared
 
     def embed(self, todo: Iterable[_Pending]) -> None:
@@ -583,9 +610,12 @@ class _Ingest:
                 )
 
     def fail(self, path: str, reason: str, *, known: bool = False, pending: _Pending | None = None) -> None:
-        failed = FailedFile(display_path(path), reason, known)
+        reason = cstderr.short_reason(reason)  # one line, under 200 characters
+        failed = FailedFile(display_path(path), reason, known, path_bytes(path))
         self.report.failed.append(failed)
-        if pending is not None:  # a file that failed to decode: remembered (walk errors are not)
+        if (
+            pending is not None
+        ):  # a file that failed to decode, or a broken link: remembered (other walk errors are not)
             self.new_failures.append(new_entry(pending.path, pending.size, pending.mtime_ns, reason))
         if self.on_failed is not None:
             self.on_failed(failed)
@@ -627,6 +657,24 @@ class _Ingest:
             )
         self.report.points = exact
 
+    def probe(self) -> None:
+        """The store can serve what it holds: a sample of the stored vectors reads back, and a search for one of
+        them finds it. A store whose vectors or payloads are damaged raises here instead of reporting success."""
+        if not self.present:
+            return
+        rng = random.Random(len(self.present))
+        sample = rng.sample(list(self.present), min(PROBE_SAMPLE, len(self.present)))
+        vectors = self.store.get_vectors(sample)
+        missing = [pid for pid in sample if pid not in vectors]
+        if missing and not self.shared:  # (another shard may have pruned some of them meanwhile)
+            raise StoreDamagedError(
+                self.store.damage_message(f"{len(missing)} of {len(sample)} sampled points do not read back")
+            )
+        for pid, vector in list(vectors.items())[:1]:
+            hits = self.store.search(vector, limit=1)
+            if not hits:
+                raise StoreDamagedError(self.store.damage_message(f"a search for the vector of {pid} finds nothing"))
+
 
 def ingest(
     root: str | os.PathLike[str],
@@ -637,20 +685,27 @@ def ingest(
     on_failed: Callable[[FailedFile], None] | None = None,
     progress: Progress | None = None,
     lock: bool = True,
+    held: IngestLock | None = None,
 ) -> IngestReport:
     """Index every image under ``root`` into ``store`` with ``embedder``; see the module doc for the phases.
 
     Raises ``LockHeldError`` (another ingest runs), ``CollectionMismatchError`` (another model built the
     collection), ``WalkError`` (``root`` is not a readable folder), ``CountMismatchError`` and ``StoreError``.
     Files that fail to decode do not stop the run: they are in ``report.failed`` and given to ``on_failed``.
+    ``held``: the run's lock (:func:`ingest_lock`), taken by the caller, who releases it.
     """
     started = time.monotonic()
     run = _Ingest(Path(root), embedder, store, options or IngestOptions(), on_failed, progress)
-    with _maybe_lock(store, lock, run.options.shard) as held:
-        if held is not None:
-            run.live = LiveProgress(progress_path(held.path), run.root_display)
+    with _maybe_lock(store, lock, run.options.shard, held) as taken:
+        if taken is not None:
+            run.live = LiveProgress(progress_path(taken.path), run.root_display)
             run.set_phase("waiting for the store")
-        store.ensure_collection(embedder.dimension, embedder.model_name)
+        try:
+            store.ensure_collection(embedder.dimension, embedder.model_name, record=model_record(embedder.manifest))
+        except BaseException:  # refused (another model built it, ...): not an interrupted run
+            if run.live is not None:
+                run.live.remove()
+            raise
         try:
             run.set_phase("reading the index")
             run.load_index()
@@ -662,6 +717,7 @@ def ingest(
             run.set_phase("finishing")
             store.optimize()  # the final flush is the finally's below
             run.finish()
+            run.probe()
             run.remember_failures()
         except StoreUnavailableError as exc:
             if run.todo_total is not None:
@@ -682,6 +738,8 @@ def ingest(
         summary.update({"root": run.root_display, "model": embedder.model_name, "finished_at": time.time()})
         summary.update(model_record(embedder.manifest))  # search and status find the model from any folder
         summary["engines"] = engines_over_runs(store, run.engines)
+        if run.options.shard is not None:  # other shards write too: status does not hold the count against it
+            summary["shard"] = f"{run.options.shard[0]}/{run.options.shard[1]}"
         summary["failed"] = len(run.report.failed)
         summary["failed_known"] = run.report.known_failed
         store.save_summary(summary)
@@ -705,6 +763,15 @@ def engines_over_runs(store: VectorStore, written: set[str]) -> list[str]:
     return sorted(engines)
 
 
+def _link_stat(path: str) -> os.stat_result | None:
+    """The ``lstat`` of ``path`` when it is a symbolic link, else None."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st if stat.S_ISLNK(st.st_mode) else None
+
+
 class _NoLock:
     def __enter__(self) -> None:
         return None
@@ -713,10 +780,33 @@ class _NoLock:
         return None
 
 
-def _maybe_lock(store: VectorStore, lock: bool, shard: tuple[int, int] | None = None) -> IngestLock | _NoLock:
-    if not lock:
-        return _NoLock()
+class _Held:
+    """A lock the caller took already (and releases)."""
+
+    def __init__(self, lock: IngestLock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> IngestLock:
+        return self.lock
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def ingest_lock(store: VectorStore, shard: tuple[int, int] | None = None) -> IngestLock:
+    """The lock an ingest into ``store`` (its ``--shard``, if any) holds; :func:`ingest` takes it unless given
+    ``held``. A caller takes it itself to hold it over work before the run (finding or converting the model)."""
     path = store.lock_path
     if shard is not None:  # the N shards of one tree may run at once (e.g. N cron jobs on one machine)
         path = path.with_name(f"{path.stem}.shard-{shard[0]}-of-{shard[1]}{path.suffix}")
     return IngestLock(path, store.describe())
+
+
+def _maybe_lock(
+    store: VectorStore, lock: bool, shard: tuple[int, int] | None = None, held: IngestLock | None = None
+) -> IngestLock | _NoLock | _Held:
+    if held is not None:
+        return _Held(held)
+    if not lock:
+        return _NoLock()
+    return ingest_lock(store, shard)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import uuid
@@ -35,6 +36,17 @@ def absolute(path: str | os.PathLike[str]) -> str:
 def display_path(path: str) -> str:
     """The path as valid UTF-8 text (undecodable bytes become ``\\xNN``)."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def path_bytes(path: str) -> str | None:
+    """The path's bytes in base64 when they are not valid UTF-8 (then :func:`display_path` is ambiguous: the
+    bytes ``\xff`` and the four characters ``\xff`` show the same), else None. JSON output's ``path_bytes``."""
+    raw = os.fsencode(path)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii")
+    return None
 
 
 def point_id(path: str) -> str:
@@ -73,9 +85,9 @@ def make_payload(
     precision: str | None = None,
 ) -> dict[str, Any]:
     """The point's payload. ``engine`` and ``precision``: what computed its vector (``"openvino"``, ``"bf16"``),
-    recorded beside ``model`` when known."""
+    recorded beside ``model`` when known; ``path_bytes`` (base64) only for a path that is not valid UTF-8."""
     recorded = {"engine": engine, "precision": precision}
-    return {
+    payload: dict[str, Any] = {
         "path": display_path(path),
         "size": size,
         "mtime": mtime_ns / 1e9,
@@ -88,3 +100,7 @@ def make_payload(
         **{key: value for key, value in recorded.items() if value is not None},
         "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    raw = path_bytes(path)
+    if raw is not None:
+        payload["path_bytes"] = raw
+    return payload

@@ -74,8 +74,19 @@ class SearchResult:
     payload: dict[str, Any]
 
     def as_json(self) -> dict[str, Any]:
-        """What ``clipindex search --json`` prints for this hit (keys in this order)."""
-        return {"rank": self.rank, "score": self.score, "path": self.path, "width": self.width, "height": self.height}
+        """What ``clipindex search --json`` prints for this hit (keys in this order); ``path_bytes`` (base64) only
+        for a path that is not valid UTF-8."""
+        data: dict[str, Any] = {
+            "rank": self.rank,
+            "score": self.score,
+            "path": self.path,
+            "width": self.width,
+            "height": self.height,
+        }
+        raw = self.payload.get("path_bytes")
+        if isinstance(raw, str):
+            data["path_bytes"] = raw
+        return data
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -126,7 +137,8 @@ def open_collection(
         origin = f" (from {os.fspath(model_dir)})" if model_dir is not None else ""
         raise CollectionMismatchError(
             f"cannot search: {found}{origin}; search with the model that built the collection "
-            "(--model-dir / CLIPINDEX_MODEL_DIR), or ingest this model into another --collection"
+            "(--model-dir / CLIPINDEX_MODEL_DIR), ingest this model into another --collection, or switch the "
+            "collection to this model (clipindex ingest DIR --model-dir THIS_MODEL --reembed)"
         ) from None
     except CollectionNotFoundError:
         raise NothingIndexedError(

@@ -18,16 +18,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipindex.display import aligned, printable
-from clipindex.errors import CollectionNotFoundError, ModelNotFoundError, StoreBusyError, StoreError
+from clipindex.errors import (
+    CollectionNotFoundError,
+    ModelNotFoundError,
+    StoreBusyError,
+    StoreDamagedError,
+    StoreError,
+)
 from clipindex.ingest.live import read_live_progress
 from clipindex.ingest.points import UNRECORDED_ENGINE
 from clipindex.store.base import UNKNOWN_MODEL, VectorStore
+from clipindex.store.edge import EdgeStore
 
 if TYPE_CHECKING:
     from clipindex.ingest.failures import Remembered
     from clipindex.model.locate import ModelLocation
 
-__all__ = ["CacheUse", "Report", "Status", "collect_report", "collect_status", "thumbnail_cache_dir", "tree_bytes"]
+__all__ = [
+    "CacheUse",
+    "Report",
+    "Status",
+    "collect_report",
+    "collect_status",
+    "count_contradiction",
+    "expected_points",
+    "thumbnail_cache_dir",
+    "tree_bytes",
+]
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,8 @@ class Status:
     #: ``mixed_engines``: more than one (their vectors agree to cosine 0.9999: search is unaffected)
     engines: list[str] | None = None
     mixed_engines: bool = False
+    #: the count contradicts the last ingest's summary: the store may be damaged (:func:`count_contradiction`)
+    integrity_warning: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,11 +114,17 @@ class Status:
         elif not self.collection_exists:
             rows.append(("collection", f"{self.collection}: nothing ingested yet; run `clipindex ingest DIR`"))
         else:
-            built = f"built with {self.collection_model} ({self.collection_dim}-d)"
+            built = (
+                f"built with {self.collection_model} ({self.collection_dim}-d)"
+                if self.collection_model is not None
+                else "unreadable"
+            )
             rows.append(("collection", f"{self.collection}: {built}"))
             rows.append(("points", f"{self.points:,}" if self.points is not None else "unknown"))
             if self.engines:
                 rows.append(("engine", ("mixed: " if self.mixed_engines else "") + ", ".join(self.engines)))
+            if self.integrity_warning is not None:
+                rows.append(("warning", self.integrity_warning))
             if self.model_mismatch:
                 rows.append(
                     (
@@ -175,7 +200,8 @@ def ingest_progress(lock_path: Path) -> tuple[dict[str, Any] | None, dict[str, A
         progress["started_at_iso"] = _iso(progress.get("started_at"))
         if progress.pop("running"):
             running = running or progress
-        else:
+        else:  # a dead run has no rate and no ETA
+            progress["images_per_s"] = progress["eta_s"] = None
             interrupted = interrupted or progress
     return running, interrupted
 
@@ -184,6 +210,49 @@ def _iso(epoch: Any) -> str | None:
     if not isinstance(epoch, (int, float)) or isinstance(epoch, bool):
         return None
     return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(epoch))
+
+
+def expected_points(store: VectorStore) -> int | None:
+    """The point count the last ingest saved, when the store's count must still equal it: None while an ingest
+    runs or after one was killed (its writes are partial), after a ``--shard`` run (other shards write too), and
+    for a server (other machines may write)."""
+    if not isinstance(store, EdgeStore):
+        return None
+    try:
+        summary = store.load_summary()
+    except StoreError:
+        return None
+    if not summary or summary.get("shard"):
+        return None
+    points = summary.get("points")
+    if not isinstance(points, int) or isinstance(points, bool):
+        return None
+    running, interrupted = ingest_progress(store.lock_path)
+    if running is not None or interrupted is not None:
+        return None
+    return points
+
+
+def count_contradiction(store: VectorStore, *, exact: int | None = None) -> str | None:
+    """A one-line warning when the collection's count contradicts the last ingest's summary, else None.
+
+    ``exact``: the exact count, when the caller has it; otherwise the engine's fast count is compared first and the
+    exact one only when they differ (a search pays for one ``info()`` call)."""
+    expected = expected_points(store)
+    if expected is None:
+        return None
+    count = exact
+    if count is None:
+        if store.count(exact=False) == expected:
+            return None
+        count = store.count(exact=True)
+    if count == expected:
+        return None
+    assert isinstance(store, EdgeStore)  # expected_points() is None for the others
+    return (
+        f"{store.describe()} holds {count:,} points, but the last ingest left {expected:,}: the store may be damaged "
+        f"and answers incomplete; run `{store.check_command(repair=False)}` (`--repair` rebuilds it)"
+    )
 
 
 def collect_status(model_dir: str | Path, store: VectorStore) -> Status:
@@ -207,6 +276,7 @@ def collect_status(model_dir: str | Path, store: VectorStore) -> Status:
     collection_model: str | None = None
     collection_dim: int | None = None
     points: int | None = None
+    damaged: str | None = None
     try:
         info = store.collection_info()
         exists = True
@@ -217,6 +287,9 @@ def collect_status(model_dir: str | Path, store: VectorStore) -> Status:
     except StoreBusyError as exc:
         busy = exists = True
         busy_reason = str(exc)
+    except StoreDamagedError as exc:  # everything else is still shown, with the way out
+        exists = True
+        damaged = " ".join(str(exc).split())
 
     summary: dict[str, Any] | None = None
     if exists:
@@ -239,9 +312,17 @@ def collect_status(model_dir: str | Path, store: VectorStore) -> Status:
         exists
         and not busy
         and model is not None
+        and collection_model is not None
         and (collection_dim != dim or collection_model not in (model, UNKNOWN_MODEL))
     )
+    warning = damaged
+    if points is not None:
+        try:
+            warning = count_contradiction(store, exact=points)
+        except StoreError as exc:
+            warning = " ".join(str(exc).split())
     return Status(
+        integrity_warning=warning,
         model_dir=str(model_dir),
         model=model,
         source_model=source,

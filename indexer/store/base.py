@@ -201,13 +201,21 @@ class VectorStore(ABC):
     # --- lifecycle ----------------------------------------------------------------------------
 
     @abstractmethod
-    def ensure_collection(self, vector_dim: int, model_name: str, *, create: bool = True) -> CollectionInfo:
+    def ensure_collection(
+        self, vector_dim: int, model_name: str, *, create: bool = True, record: Mapping[str, Any] | None = None
+    ) -> CollectionInfo:
         """Open the collection, creating it (cosine distance, ``vector_dim``) on first use.
 
-        Raises CollectionMismatchError, before writing anything, when the existing collection was
-        built with another model name or dimension; CollectionNotFoundError when it does not exist
+        ``record`` (the model's folder, name, dimension and sha256: :func:`clipindex.model.locate.model_record`) is
+        kept with a collection this call creates, so that the model is known from the first point on
+        (:meth:`model_record`). Raises CollectionMismatchError, before writing anything, when the existing
+        collection was built with another model name or dimension; CollectionNotFoundError when it does not exist
         and ``create`` is False.
         """
+
+    def model_record(self) -> dict[str, Any] | None:
+        """The ``record`` kept when the collection was created, or None (not kept by this store, or unknown)."""
+        return None
 
     @abstractmethod
     def collection_info(self) -> CollectionInfo:
@@ -262,6 +270,10 @@ class VectorStore(ABC):
     @abstractmethod
     def describe(self) -> str:
         """Where the store lives, for messages: a folder or a server URL, never an API key."""
+
+    def damage_message(self, detail: str) -> str:
+        """One line saying the store cannot serve what it holds (``detail``: what failed) and the way out."""
+        return f"{self.describe()} cannot serve what it holds ({detail}); check the server's logs and storage"
 
     @property
     @abstractmethod

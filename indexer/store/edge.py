@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,6 +42,7 @@ from clipindex.errors import (
     CollectionMismatchError,
     CollectionNotFoundError,
     StoreBusyError,
+    StoreDamagedError,
     StoreError,
 )
 from clipindex.settings import DEFAULT_COLLECTION, DEFAULT_LIMIT, DEFAULT_WAIT_S, min_free_bytes_from_env
@@ -97,6 +99,10 @@ RELEASE_EVERY_POINTS = 250_000
 OPEN_RETRY_S = 5.0
 #: while a batch's inference runs, waiting readers are looked for this often (seconds)
 LEND_POLL_S = 0.02
+#: free space any process needs to open a shard, whatever ``CLIPINDEX_MIN_FREE_MB`` says: the engine writes through
+#: memory maps when it opens one (about 10 MB on tmpfs, the first open after an ingest), and a page written on a
+#: full filesystem kills the process with SIGBUS instead of raising
+OPEN_MIN_FREE_BYTES = 32 * 2**20
 
 
 def edge_config(vector_dim: int) -> qe.EdgeConfig:
@@ -134,6 +140,15 @@ META_FILE = "collection.json"
 SUMMARY_FILE = "last_ingest.json"
 LOCK_FILE = "ingest.lock"
 SHARD_DIR = "shard"
+#: :meth:`EdgeStore.rebuild_shard` builds the new shard here, renames it to :data:`READY_DIR` once it is complete,
+#: and keeps the shard it replaces as ``shard.damaged-<time>``
+REBUILD_DIR = "shard.rebuild"
+READY_DIR = "shard.ready"
+DAMAGED_PREFIX = "shard.damaged-"
+#: :meth:`EdgeStore.adopt` names the shard it replaces this way, until it deletes it
+REPLACED_PREFIX = "shard.replaced-"
+#: files of a collection that are switched with its shard (:meth:`EdgeStore.adopt`)
+SWAPPED_FILES = ("collection.json", "last_ingest.json", "failed.json")
 TEMP_SEGMENTS = "temp_segments"
 _RETRIEVE_CHUNK = 1000
 #: writes are refused when the data dir's filesystem has less free space than
@@ -241,6 +256,36 @@ def _atomic_write_json(path: Path, data: Mapping[str, Any]) -> None:
         os.close(dir_fd)
 
 
+def _fsync_dir(path: Path) -> None:
+    if not hasattr(os, "O_DIRECTORY"):
+        return  # Windows: a folder cannot be opened to fsync
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and folder under ``root`` (a shard about to replace another)."""
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(folder))
+
+
+@dataclass(frozen=True)
+class RebuiltShard:
+    """What :meth:`EdgeStore.rebuild_shard` did: the points in the new shard, and where the old one went."""
+
+    points: int
+    kept_aside: Path | None
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         text = path.read_text(encoding="utf-8")
@@ -306,7 +351,9 @@ class EdgeStore(VectorStore):
     def lock_path(self) -> Path:
         return self.root / LOCK_FILE
 
-    def ensure_collection(self, vector_dim: int, model_name: str, *, create: bool = True) -> CollectionInfo:
+    def ensure_collection(
+        self, vector_dim: int, model_name: str, *, create: bool = True, record: Mapping[str, Any] | None = None
+    ) -> CollectionInfo:
         if vector_dim <= 0:
             raise ValueError(f"vector_dim must be positive, not {vector_dim}")
         if not model_name:
@@ -324,6 +371,9 @@ class EdgeStore(VectorStore):
                 self._check(meta, vector_dim, model_name)  # before the shard is even opened
             # our config names the dimension: apply it only when the metadata has confirmed it (else derive first)
             shard = self._open_shard(meta.vector_dim if meta is not None else None)
+            if self._read_meta() != meta:  # switched (adopt, or a swap finished) while this process waited
+                self._close_shard(shard)
+                return self.ensure_collection(vector_dim, model_name, create=create, record=record)
             try:
                 info = meta or self._derive_info(shard, fallback_model=model_name)
                 self._check(info, vector_dim, model_name)
@@ -339,13 +389,14 @@ class EdgeStore(VectorStore):
         if not create:
             raise self._not_found()
         self._check_free_space()
+        self._check_open_space()
         self.turns.take(self.wait_s)
         if self._shard_exists():  # created by another process while this one waited for its turn
             self.turns.give_back()
-            return self.ensure_collection(vector_dim, model_name, create=create)
+            return self.ensure_collection(vector_dim, model_name, create=create, record=record)
         try:
             info = CollectionInfo(model_name=model_name, vector_dim=vector_dim, created=True)
-            self._write_meta(info)
+            self._write_meta(info, record)
             config = edge_config(vector_dim)
             shard = self._engine("create the shard", lambda: qe.EdgeShard.create(str(self.shard_dir), config))
         except BaseException:
@@ -367,6 +418,9 @@ class EdgeStore(VectorStore):
             raise self._not_found()
         meta = self._read_meta()
         shard = self._open_shard(meta.vector_dim if meta is not None else None)
+        if self._read_meta() != meta:  # switched (adopt, or a swap finished) while this process waited
+            self._close_shard(shard)
+            return self.collection_info()
         try:
             info = meta or self._derive_info(shard, fallback_model=None)
         except BaseException:
@@ -523,12 +577,7 @@ class EdgeStore(VectorStore):
         if not points:
             return
         self._check_free_space()
-        dim, model = self._info.vector_dim, self._info.model_name
-        batch = [
-            qe.Point(check_id(p.id), as_vector(p.vector, dim).tolist(), stored_payload(p.payload, model))
-            for p in points
-        ]
-        op = qe.UpdateOperation.upsert_points(batch)
+        op = qe.UpdateOperation.upsert_points(self._edge_points(points, self._info))
         self._engine("upsert", lambda: shard.update(op))
 
     def count(self, exact: bool = True) -> int:
@@ -638,6 +687,169 @@ class EdgeStore(VectorStore):
                 quantized += 1
         return sealed, quantized
 
+    # --- integrity (clipindex check) -----------------------------------------------------------
+
+    def read_points(self, ids: Sequence[str]) -> tuple[list[Point], dict[str, str]]:
+        """The points among ``ids`` whose payload and vector both read back (payload without ``dirs``), and, for
+        the others, id -> why not. A chunk that fails is read again one point at a time, so one damaged point
+        costs only itself."""
+        self._need()
+        selector = qe.PayloadSelector.Exclude(list(INTERNAL_KEYS))
+        wanted = [check_id(i) for i in ids]
+        points: list[Point] = []
+        bad: dict[str, str] = {}
+
+        def read(chunk: list[Any]) -> Any:
+            return self._need().retrieve(chunk, with_payload=selector, with_vector=True)
+
+        def take(records: Iterable[Any], asked: Sequence[str]) -> None:
+            got: set[str] = set()
+            for rec in records:
+                vectors = vectors_by_id([rec])
+                pid = str(rec.id)
+                got.add(pid)
+                if pid not in vectors:
+                    bad[pid] = "no vector"
+                    continue
+                points.append(Point(pid, vectors[pid], dict(rec.payload or {})))
+            for pid in asked:
+                if pid not in got:
+                    bad.setdefault(pid, "listed, but cannot be retrieved")
+
+        for start in range(0, len(wanted), _RETRIEVE_CHUNK):
+            chunk: list[Any] = wanted[start : start + _RETRIEVE_CHUNK]
+            try:
+                take(self._engine("retrieve", partial(read, chunk)), chunk)
+            except StoreDamagedError:
+                for pid in chunk:
+                    try:
+                        take(self._engine("retrieve", partial(read, [pid])), [pid])
+                    except StoreDamagedError as exc:
+                        bad[pid] = str(exc.__cause__ or exc)
+        return points, bad
+
+    def rebuild_shard(self, batches: Iterable[Sequence[Point]]) -> RebuiltShard:
+        """Copy ``batches`` (points read from this store) into a fresh shard, then put it in place of the current
+        one, which is kept aside as ``shard.damaged-<time>``; the store is open on the new shard afterwards.
+
+        The current shard is never touched before the new one is complete: it is built in ``shard.rebuild``,
+        flushed, counted and closed, then renamed to ``shard.ready`` (complete). Only then is the current shard
+        renamed away and the new one renamed to ``shard``. Killed before those renames, the current shard is as
+        it was (the next rebuild removes the partial one); killed between them, the next open finishes the swap.
+        Works on a store whose shard cannot be opened at all (``batches`` empty: a fresh, empty shard).
+        """
+        info = self._info or self._read_meta()
+        if info is None:
+            raise StoreError(f"{self.root / META_FILE} is missing: the dimension of a new shard is not known")
+        self._check_free_space()
+        self.turns.take(self.wait_s)
+        rebuild, ready = self.root / REBUILD_DIR, self.root / READY_DIR
+        for leftover in (rebuild, ready):
+            if leftover.exists():  # a repair killed before its swap: the current shard is still in place
+                shutil.rmtree(leftover)
+        config = edge_config(info.vector_dim)
+        fresh = self._engine("create the shard", lambda: qe.EdgeShard.create(str(rebuild), config))
+        kept = 0
+        try:
+            self._ensure_indexes(fresh)
+            for batch in batches:
+                if not batch:
+                    continue
+                self._check_free_space()
+                op = qe.UpdateOperation.upsert_points(self._edge_points(batch, info))
+                self._engine("upsert", partial(fresh.update, op))
+                kept += len(batch)
+            self._engine("optimize", fresh.optimize)
+            self._engine("flush", fresh.flush)
+            counted = int(self._engine("count", lambda: fresh.count(qe.CountRequest(exact=True))))
+            if counted != kept:
+                raise StoreError(f"{rebuild}: holds {counted} points after copying {kept}; the store is unchanged")
+        finally:
+            with contextlib.suppress(Exception):
+                fresh.close()
+        _fsync_tree(rebuild)
+        os.replace(rebuild, ready)
+        _fsync_dir(self.root)
+        shard, self._shard = self._shard, None
+        if shard is not None:
+            self._close_shard(shard, keep_turn=True)
+        damaged = self._finish_swap()
+        self._shard = self._open_shard(info.vector_dim)
+        self._info = CollectionInfo(model_name=info.model_name, vector_dim=info.vector_dim)
+        return RebuiltShard(points=kept, kept_aside=damaged)
+
+    def _finish_swap(self, aside_prefix: str = DAMAGED_PREFIX) -> Path | None:
+        """Put a complete new shard (``shard.ready``) in place, and the files that go with it (``NAME.ready``:
+        :data:`SWAPPED_FILES`); the shard it replaces is renamed aside (its new path is returned). Called with the
+        turn held, before the shard is opened; finishes a swap killed half-way."""
+        ready = self.root / READY_DIR
+        aside = None
+        adopting = (self.root / f"{SWAPPED_FILES[0]}.ready").exists()  # a switch of models: the old shard goes
+        if adopting:
+            aside_prefix = REPLACED_PREFIX
+        if (ready / "edge_config.json").is_file():
+            if self.shard_dir.exists():
+                aside = self.root / f"{aside_prefix}{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+                os.replace(self.shard_dir, aside)
+            os.replace(ready, self.shard_dir)
+            log.info("%s: the new shard is in place (the old one is at %s)", self.describe(), aside)
+        moved = False
+        for name in SWAPPED_FILES:  # after the shard: a file is never newer than the shard it describes
+            waiting = self.root / f"{name}.ready"
+            if waiting.exists():
+                os.replace(waiting, self.root / name)
+                moved = True
+        if aside is not None or moved:
+            _fsync_dir(self.root)
+        if adopting and aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+            return None
+        return aside
+
+    def adopt(self, other: EdgeStore) -> int:
+        """Make this collection what ``other`` (a closed collection beside it, e.g. a re-embedding) holds: its
+        shard, its model (``collection.json``), its last summary and its remembered failures, switched at once
+        for every process, which takes turns on this collection meanwhile. Returns the points it holds.
+
+        ``other``'s files are first put beside this collection as ``shard.ready`` and ``NAME.ready`` (the new
+        shard is complete before anything of this one changes), then renamed into place; a process killed
+        between two renames leaves the rest to the next open (:meth:`_finish_swap`). The replaced shard is deleted
+        once the switch is done, and ``other``'s folder with it."""
+        if self._shard is not None or other._shard is not None:
+            raise StoreError(f"{self.describe()}: close both collections before switching one for the other")
+        if not other._shard_exists() or other._read_meta() is None:
+            raise other._not_found()
+        self._check_free_space()
+        self.turns.take(self.wait_s)
+        other.turns.take(other.wait_s)
+        try:
+            for name in SWAPPED_FILES:
+                source = other.root / name
+                if source.exists():
+                    tmp = self.root / f".{name}.adopt.tmp"
+                    shutil.copyfile(source, tmp)
+                    os.replace(tmp, self.root / f"{name}.ready")
+            _fsync_tree(other.shard_dir)
+            os.replace(other.shard_dir, self.root / READY_DIR)
+            _fsync_dir(self.root)
+            self._finish_swap(REPLACED_PREFIX)  # deletes the replaced shard
+        finally:
+            other.turns.give_back()
+            self.turns.give_back()
+        shutil.rmtree(other.root, ignore_errors=True)
+        info = self.collection_info()
+        points = self.count(exact=True)
+        self.close()
+        log.info("%s now holds %d points of %s", self.describe(), points, info.model_name)
+        return points
+
+    def _edge_points(self, points: Sequence[Point], info: CollectionInfo) -> list[qe.Point]:
+        dim, model = info.vector_dim, info.model_name
+        return [
+            qe.Point(check_id(p.id), as_vector(p.vector, dim).tolist(), stored_payload(p.payload, model))
+            for p in points
+        ]
+
     # --- status -------------------------------------------------------------------------------
 
     def save_summary(self, summary: Mapping[str, Any]) -> None:
@@ -672,13 +884,25 @@ class EdgeStore(VectorStore):
                 "free some space, then re-run: finished batches are kept"
             )
 
+    def _check_open_space(self) -> None:
+        """Raise StoreError, before the engine maps anything, when opening the shard could kill the process with
+        SIGBUS (:data:`OPEN_MIN_FREE_BYTES`)."""
+        free = self._free_bytes()
+        if free is not None and free < OPEN_MIN_FREE_BYTES:
+            raise StoreError(
+                f"no space left for {self.describe()}: {free / 2**20:.1f} MB free on its filesystem, "
+                f"{OPEN_MIN_FREE_BYTES / 2**20:.0f} MB needed to open it safely (the engine writes through memory "
+                "maps); free some space, then re-run: nothing was changed"
+            )
+
     def _need(self) -> qe.EdgeShard:
         require_open(self._shard is not None, self)
         assert self._shard is not None
         return self._shard
 
     def _shard_exists(self) -> bool:
-        return (self.shard_dir / "edge_config.json").is_file()
+        # a rebuilt shard waiting to be put in place (a repair killed mid-swap) is the shard
+        return any((self.root / name / "edge_config.json").is_file() for name in (SHARD_DIR, READY_DIR))
 
     def _not_found(self) -> CollectionNotFoundError:
         return CollectionNotFoundError(
@@ -689,7 +913,10 @@ class EdgeStore(VectorStore):
     def _check(self, found: CollectionInfo, vector_dim: int, model_name: str) -> None:
         if found.vector_dim != vector_dim or found.model_name != model_name:
             where = f"collection {self.collection!r} in {self.data_dir}"
-            raise CollectionMismatchError(mismatch_message(where, found, model_name, vector_dim))
+            raise CollectionMismatchError(
+                mismatch_message(where, found, model_name, vector_dim)
+                + "; or switch it to this model: clipindex ingest DIR --model-dir THIS_MODEL --reembed"
+            )
 
     def _read_meta(self) -> CollectionInfo | None:
         path = self.root / META_FILE
@@ -701,10 +928,18 @@ class EdgeStore(VectorStore):
         except (KeyError, TypeError, ValueError) as e:
             raise StoreError(f"{path} lacks a valid 'model'/'vector_dim'; fix or delete it") from e
 
-    def _write_meta(self, info: CollectionInfo) -> None:
+    def model_record(self) -> dict[str, Any] | None:
+        try:
+            data = _read_json(self.root / META_FILE)
+        except StoreError:
+            return None
+        record = (data or {}).get("model_record")
+        return dict(record) if isinstance(record, dict) else None
+
+    def _write_meta(self, info: CollectionInfo, record: Mapping[str, Any] | None = None) -> None:
         from clipindex.version import __version__
 
-        meta = {
+        meta: dict[str, Any] = {
             "format": META_FORMAT,
             "model": info.model_name,
             "vector_dim": info.vector_dim,
@@ -712,6 +947,8 @@ class EdgeStore(VectorStore):
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "clipindex_version": __version__,
         }
+        if record:
+            meta["model_record"] = dict(record)
         try:
             _atomic_write_json(self.root / META_FILE, meta)
         except OSError as e:
@@ -738,6 +975,7 @@ class EdgeStore(VectorStore):
     def _open_shard(self, vector_dim: int | None = None) -> qe.EdgeShard:
         """Take the store's turn (waiting up to ``wait_s``), then open the shard; on failure the turn is given
         back."""
+        self._check_open_space()
         took = not self.turns.held
         let_in, self._let_in = self._let_in, []
         if let_in and took:
@@ -745,6 +983,7 @@ class EdgeStore(VectorStore):
         else:
             self.turns.take(self.wait_s)
         try:
+            self._finish_swap()
             cleanup_orphan_temp_segments(self.shard_dir)
             # With the dimension known, (re)apply our configuration: a store created by an older clipindex then
             # seals segments the same way (no HNSW graph, bounded segments) from now on.
@@ -783,7 +1022,9 @@ class EdgeStore(VectorStore):
             self.turns.give_back()
 
     def _engine(self, what: str, fn: Callable[[], T]) -> T:
-        """Run an engine call; its bare ``Exception`` becomes a StoreError naming the shard."""
+        """Run an engine call; its bare ``Exception`` becomes a StoreError naming the shard, or a
+        :class:`~clipindex.errors.StoreDamagedError` naming the repair when the message says the files are
+        unreadable."""
         try:
             return fn()
         except Exception as e:
@@ -793,11 +1034,48 @@ class EdgeStore(VectorStore):
                     f"{self.root} is open in a process that does not take turns (an older clipindex?); "
                     "try again when it has finished"
                 ) from None
-            hint = ""
-            damaged = ("deserialize", "parse", "corrupt", "invalid", "unexpected end", "checksum", "eof")
-            if what == "open" and any(word in msg.lower() for word in damaged):  # files there but unreadable
-                hint = (
-                    f"; the store is damaged: restore {self.root} from a backup, or move it away and re-run "
-                    "ingest (which re-embeds every image)"
-                )
-            raise StoreError(f"Qdrant Edge: {what} failed on {self.shard_dir}: {msg}{hint}") from e
+            if is_damage(msg):
+                raise StoreDamagedError(self.damage_message(f"{what} failed: {msg}")) from e
+            raise StoreError(f"Qdrant Edge: {what} failed on {self.shard_dir}: {msg}") from e
+
+    def check_command(self, repair: bool = True) -> str:
+        """The ``clipindex check [--repair]`` command for this store (its folder and collection when not the
+        defaults)."""
+        import shlex
+
+        from clipindex.settings import default_data_dir
+
+        parts = ["clipindex check --repair" if repair else "clipindex check"]
+        if os.path.abspath(self.data_dir) != os.path.abspath(default_data_dir()):
+            parts.append(f"--data-dir {shlex.quote(str(self.data_dir))}")
+        if self.collection != DEFAULT_COLLECTION:
+            parts.append(f"--collection {shlex.quote(self.collection)}")
+        return " ".join(parts)
+
+    def damage_message(self, detail: str) -> str:
+        """One line: the store is damaged, what the engine said, and the way out."""
+        return (
+            f"{self.describe()} is damaged (Qdrant Edge: {detail}); run `{self.check_command()}`, then re-run "
+            "ingest: it re-embeds the images whose points the repair could not keep"
+        )
+
+
+#: words in an engine error that mean its files are there but unreadable (truncated, zeroed, lost)
+DAMAGE_WORDS = (
+    "not readable",
+    "out of bounds",
+    "failed to decode",
+    "decompress",
+    "deserialize",
+    "corrupt",
+    "checksum",
+    "unexpected end",
+    "eof",
+    "no such file",
+)
+
+
+def is_damage(message: str) -> bool:
+    """Whether an engine error message says the store's files are damaged (:data:`DAMAGE_WORDS`)."""
+    lowered = message.lower()
+    return any(word in lowered for word in DAMAGE_WORDS)

@@ -260,7 +260,9 @@ class ServerStore(VectorStore):
             return Path(path) / f"clipindex-{self.collection}.lock"
         return server_lock_path(self._lock_key, self.collection, self._state_dir)
 
-    def ensure_collection(self, vector_dim: int, model_name: str, *, create: bool = True) -> CollectionInfo:
+    def ensure_collection(
+        self, vector_dim: int, model_name: str, *, create: bool = True, record: Mapping[str, Any] | None = None
+    ) -> CollectionInfo:
         if vector_dim <= 0:
             raise ValueError(f"vector_dim must be positive, not {vector_dim}")
         if not model_name:

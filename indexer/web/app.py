@@ -83,6 +83,8 @@ class Hit(BaseModel):
     height: int | None
     #: URL path of its thumbnail (``/api/v1/thumbnails/{id}?size=256&v=...``)
     thumbnail: str
+    #: the path's bytes, base64, only when the path is not valid UTF-8 (``path`` then shows them escaped)
+    path_bytes: str | None = None
 
 
 class SearchResponse(BaseModel):
@@ -177,7 +179,7 @@ def _value_error(exc: ValueError) -> JSONResponse:
 
 
 def _response(outcome: SearchOutcome) -> SearchResponse:
-    return SearchResponse(
+    response = SearchResponse(
         results=[
             Hit(
                 id=r.id,
@@ -195,6 +197,7 @@ def _response(outcome: SearchOutcome) -> SearchResponse:
         took_ms=outcome.took_ms,
         warnings=outcome.warnings,
     )
+    return response
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
