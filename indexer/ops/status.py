@@ -442,6 +442,10 @@ def collect_report(location: ModelLocation, store: VectorStore) -> Report:
         status=status,
         model_dir_from=location.origin.value,
         failed=tuple(sorted(memory.entries.values(), key=lambda e: e.path)),
-        model_cache=CacheUse.of(model_cache / "ort" if model_cache is not None else None),
+        # the folder named is the cache's root (safe to delete); the bytes are ONNX Runtime's models in it
+        model_cache=CacheUse(
+            str(model_cache) if model_cache is not None else None,
+            tree_bytes(model_cache / "ort") if model_cache is not None else 0,
+        ),
         thumbnail_cache=CacheUse.of(thumbnail_cache_dir()),
     )
