@@ -355,11 +355,14 @@ import json, sys
 from click.testing import CliRunner
 from clipindex.cli import cli
 result = CliRunner().invoke(cli, sys.argv[1:])
-print(json.dumps({"exit": result.exit_code, "out": result.output, "ort": "onnxruntime" in sys.modules}))
+heavy = [name for name in ("onnxruntime", "numpy", "fastapi", "qdrant_edge") if name in sys.modules]
+print(json.dumps({"exit": result.exit_code, "out": result.output, "heavy": heavy}))
 """
 
 
-def test_search_uses_the_running_server_without_onnxruntime(library: Library, server: Served) -> None:
+def test_search_uses_the_running_server_without_loading_the_model_or_the_store(
+    library: Library, server: Served
+) -> None:
     run = subprocess.run(
         [sys.executable, "-c", _NO_ORT, "search", "a cat", "-n", "5", "--json"],
         env=library.env(),
@@ -369,7 +372,7 @@ def test_search_uses_the_running_server_without_onnxruntime(library: Library, se
     )
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.strip().splitlines()[-1])
-    assert result["exit"] == 0 and result["ort"] is False
+    assert result["exit"] == 0 and result["heavy"] == []  # no model runtime, no store engine, no web stack
     assert json.loads(result["out"]) == cli_search_json(library, "a cat", "-n", "5", "--no-server")
     table = clipindex(library, "search", "a cat", "-n", "3")
     assert table.stdout == clipindex(library, "search", "a cat", "-n", "3", "--no-server").stdout
@@ -560,3 +563,11 @@ def test_the_page_in_headless_chromium(library: Library, server: Served, tmp_pat
 def http_search(server: Served, text: str, limit: int) -> list[dict[str, Any]]:
     answer = httpx.get(server.url + "api/v1/search", params={"q": text, "limit": limit}, timeout=60)
     return list(answer.json()["results"])
+
+
+def test_the_record_is_found_without_importing_the_store(tmp_path: Path) -> None:
+    from clipindex.store.edge import EdgeStore
+    from clipindex.web.discovery import embedded_lock_path
+
+    for collection in ("images", "other.v2"):
+        assert embedded_lock_path(tmp_path, collection) == EdgeStore(tmp_path, collection).lock_path

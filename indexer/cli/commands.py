@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from clipindex.model.locate import ModelLocation
-    from clipindex.ops.search import SearchResult
+    from clipindex.ops.results import SearchResult
     from clipindex.store.base import VectorStore
     from clipindex.store.sizing import CollectionSettings
 
@@ -722,10 +722,6 @@ def search(
     collection, or another error; 2 usage error; 69 Qdrant server unreachable; 75 the embedded store
     stayed in use by other processes for --wait seconds (a running ingest lets searches in between batches).
     """
-    from clipindex.model.encode import Embedder
-    from clipindex.model.locate import require_model
-    from clipindex.ops.search import search_image, search_text
-
     if (query is None) == (image is None):
         raise click.UsageError("give a text QUERY or --image PATH (one of them)")
     if query is not None and not query.strip():
@@ -737,21 +733,37 @@ def search(
     if image is not None and not image.is_file():
         what = "is not a file" if image.exists() else "no such file"
         raise click.BadParameter(f"{image}: {what}; give the image to search by", param_hint="--image")
-    store = make_store(
-        data_dir, qdrant_url, api_key_file, collection, timeout_s=timeout_s, wait_s=wait_s, role="search"
-    )
     if not no_server and not _model_options_given():
-        served = search_through_server(store, query, image, limit=limit, threshold=threshold, path_prefix=path_prefix)
+        # the embedded store's record is found without importing the store (numpy, the engine)
+        from clipindex.web.discovery import embedded_lock_path
+
+        lock_path = embedded_lock_path(data_dir, collection) if qdrant_url is None else None
+        if lock_path is None:
+            lock_path = make_store(data_dir, qdrant_url, api_key_file, collection, timeout_s=timeout_s).lock_path
+        served = search_through_server(
+            lock_path, query, image, limit=limit, threshold=threshold, path_prefix=path_prefix
+        )
         if served is not None:
-            print_search_results(served, as_json=as_json, threshold=threshold, path_prefix=path_prefix)
+            results_served, served_store = served
+            print_search_results(results_served, as_json=as_json, threshold=threshold, path_prefix=path_prefix)
             if html_file is not None:
                 from clipindex.cli.contact_sheet import write_contact_sheet
 
                 title = query if query is not None else f"more like {image}"
-                written = write_contact_sheet(html_file, served, query=title, query_image=image, store=store.describe())
-                info(f"Wrote {written} ({len(served)} result{'s' if len(served) != 1 else ''})")
+                written = write_contact_sheet(
+                    html_file, results_served, query=title, query_image=image, store=served_store
+                )
+                count = len(results_served)
+                info(f"Wrote {written} ({count} result{'s' if count != 1 else ''})")
             exit_now_if_cli()
             return
+    store = make_store(
+        data_dir, qdrant_url, api_key_file, collection, timeout_s=timeout_s, wait_s=wait_s, role="search"
+    )
+    from clipindex.model.encode import Embedder  # only here: the served path above never imports them
+    from clipindex.model.locate import require_model
+    from clipindex.ops.search import search_image, search_text
+
     location = require_model(locate_model(model_dir, store))
     embedder = Embedder(location.path, device=device, precision=precision, engine=engine, max_pixels=max_pixels)
 
@@ -811,21 +823,22 @@ def _model_options_given() -> bool:
 
 
 def search_through_server(
-    store: VectorStore,
+    lock_path: Path,
     query: str | None,
     image: Path | None,
     *,
     limit: int,
     threshold: float | None,
     path_prefix: str | None,
-) -> list[SearchResult] | None:
-    """The results of a running ``clipindex serve`` for this store (:mod:`clipindex.web.client`), or None when
-    none runs or it does not answer (then the search runs in-process). Never loads a model."""
-    from clipindex.ops.search import SearchResult, resolve_path_prefix
+) -> tuple[list[SearchResult], str] | None:
+    """The results of a running ``clipindex serve`` for the store whose ingest lock is ``lock_path``
+    (:mod:`clipindex.web.client`) and the store it names, or None when none runs or it does not answer (then the
+    search runs in-process). Never loads a model."""
+    from clipindex.ops.results import SearchResult, resolve_path_prefix
     from clipindex.web import client
     from clipindex.web.discovery import find_serve
 
-    record = find_serve(store.lock_path)
+    record = find_serve(lock_path)
     if record is None:
         return None
     data: bytes | None = None
@@ -844,7 +857,7 @@ def search_through_server(
         return None
     for warning in answer.get("warnings") or []:
         info(f"Warning: {warning}")
-    return [
+    results = [
         SearchResult(
             rank=int(hit["rank"]),
             score=float(hit["score"]),
@@ -856,6 +869,7 @@ def search_through_server(
         )
         for hit in answer.get("results") or []
     ]
+    return results, record.store
 
 
 def warn_on_contradiction(store: VectorStore) -> None:

@@ -32,7 +32,7 @@ from PIL import Image
 
 from clipindex.display import printable
 from clipindex.errors import ImageError, OutputError
-from clipindex.ops.search import SearchResult
+from clipindex.ops.results import SearchResult
 
 __all__ = ["THUMB_SIZE", "Thumbnail", "card_box", "render_contact_sheet", "thumbnail", "write_contact_sheet"]
 

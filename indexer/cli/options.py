@@ -49,13 +49,13 @@ def _stack(*options: Callable[[F], F]) -> Callable[[F], F]:
 
 
 class DeviceType(click.ParamType):
-    """``--device``: auto, cpu, cuda or cuda:N (checked by :func:`clipindex.model.encode.parse_device`)."""
+    """``--device``: auto, cpu, cuda or cuda:N (checked by :func:`clipindex.model.devices.parse_device`)."""
 
     name = "[auto|cpu|cuda|cuda:N]"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         from clipindex.errors import DeviceError
-        from clipindex.model.encode import parse_device
+        from clipindex.model.devices import parse_device
 
         try:
             parse_device(str(value))

@@ -10,7 +10,7 @@ from clipindex.display import printable
 
 if TYPE_CHECKING:
     from clipindex.model.classify import Classification
-    from clipindex.ops.search import SearchResult
+    from clipindex.ops.results import SearchResult
 
 
 def format_results(results: Sequence[SearchResult]) -> str:

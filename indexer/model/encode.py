@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import re
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -32,6 +31,7 @@ from clipindex.errors import (
 from clipindex.images.inputs import ImageInput, UrlPolicy, as_items, describe, load_input
 from clipindex.images.prefetch import decode_ahead
 from clipindex.model.classify import Classification, classify
+from clipindex.model.devices import parse_device
 from clipindex.model.engines import (
     CHECK_TEXTS,
     MIN_ENGINE_COSINE,
@@ -58,11 +58,9 @@ from clipindex.settings import (
 Device = str  # "auto", "cpu", "cuda" or "cuda:N"
 Precision = Literal["fp32", "int8"]
 ErrorMode = Literal["raise", "none"]
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 PRECISIONS: tuple[str, ...] = ("fp32", "int8")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-_CUDA_INDEX = re.compile(r"cuda:(\d{1,3})")
 _fallback_noticed = False
 
 
@@ -71,17 +69,6 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def parse_device(device: str) -> tuple[str, int]:
-    """``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> ``(kind, cuda_device_id)``; ``cuda`` is ``cuda:0``."""
-    text = str(device).strip().lower()
-    if text in DEVICES:
-        return text, 0
-    found = _CUDA_INDEX.fullmatch(text)
-    if found:
-        return "cuda", int(found.group(1))
-    raise DeviceError(f"--device {device!r}: choose one of auto, cpu, cuda or cuda:N (N the GPU's index)")
 
 
 def cuda_device_count() -> tuple[int | None, str]:

@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -38,10 +37,10 @@ from clipindex.errors import (
     NothingIndexedError,
 )
 from clipindex.images.inputs import ImageInput, describe, load_input
-from clipindex.ingest.points import absolute, display_path
 from clipindex.model.encode import Embedder
+from clipindex.ops.results import SearchResult, resolve_path_prefix, to_results
 from clipindex.settings import DEFAULT_LIMIT
-from clipindex.store.base import CollectionInfo, Hit, VectorStore
+from clipindex.store.base import CollectionInfo, VectorStore
 
 __all__ = [
     "SearchResult",
@@ -55,59 +54,6 @@ __all__ = [
 T = TypeVar("T")
 
 INGEST_HINT = "run `clipindex ingest DIR` first"
-
-
-# --- results ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """One search hit: its rank (1 = best), cosine score, file path and image size (None when unknown)."""
-
-    rank: int
-    score: float
-    path: str
-    width: int | None
-    height: int | None
-    #: the point id and the whole stored payload (size, mtime, sha256, format, model, indexed_at...)
-    id: str
-    payload: dict[str, Any]
-
-    def as_json(self) -> dict[str, Any]:
-        """What ``clipindex search --json`` prints for this hit (keys in this order); ``path_bytes`` (base64) only
-        for a path that is not valid UTF-8."""
-        data: dict[str, Any] = {
-            "rank": self.rank,
-            "score": self.score,
-            "path": self.path,
-            "width": self.width,
-            "height": self.height,
-        }
-        raw = self.payload.get("path_bytes")
-        if isinstance(raw, str):
-            data["path_bytes"] = raw
-        return data
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def to_results(hits: Sequence[Hit]) -> list[SearchResult]:
-    """Store hits -> ranked results, sorted by score (descending), ties by path, so output is stable."""
-    ordered = sorted(hits, key=lambda h: (-h.score, str(h.payload.get("path", "")), h.id))
-    return [
-        SearchResult(
-            rank=rank,
-            score=float(hit.score),
-            path=str(hit.payload.get("path", "")),
-            width=_int_or_none(hit.payload.get("width")),
-            height=_int_or_none(hit.payload.get("height")),
-            id=hit.id,
-            payload=dict(hit.payload),
-        )
-        for rank, hit in enumerate(ordered, start=1)
-    ]
 
 
 # --- opening the collection ---------------------------------------------------------------------------------
@@ -145,16 +91,6 @@ def open_collection(
             f"nothing is indexed in {store.describe()} (no collection {store.collection!r}): {INGEST_HINT} "
             "(or check --data-dir / --qdrant-url / --collection)"
         ) from None
-
-
-def resolve_path_prefix(path_prefix: str | os.PathLike[str] | None) -> str | None:
-    """The absolute, normalised folder (or file) ``path_prefix`` names, as ingest stores paths."""
-    if path_prefix is None:
-        return None
-    text = os.fspath(path_prefix)
-    if not text:
-        raise ValueError("path_prefix must not be empty")
-    return display_path(absolute(text))
 
 
 def _store_threshold(threshold: float | None) -> float | None:

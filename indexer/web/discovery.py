@@ -20,7 +20,7 @@ from typing import Any
 
 from clipindex.lock import FileLock, is_locked, live_holder
 
-__all__ = ["ServeRecord", "find_serve", "record_paths", "remove_record", "write_record"]
+__all__ = ["ServeRecord", "embedded_lock_path", "find_serve", "record_paths", "remove_record", "write_record"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,15 @@ class ServeRecord:
     collection: str
     model_dir: str
     model: str
+
+
+def embedded_lock_path(data_dir: Path | None, collection: str) -> Path:
+    """The ingest lock of an embedded store's collection, as :attr:`EdgeStore.lock_path` names it, without
+    importing the store: ``clipindex search`` looks for a running serve before anything heavy loads."""
+    from clipindex.settings import default_data_dir
+
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    return root / collection / "ingest.lock"
 
 
 def record_paths(lock_path: Path) -> tuple[Path, Path]:
