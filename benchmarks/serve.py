@@ -116,14 +116,31 @@ def concurrent(url: str, clients: int, seconds: float) -> dict[str, float]:
                     times.append(time.perf_counter() - started)
                 i += 1
 
+    pings: list[float] = []
+
+    def ping() -> None:  # a request that needs no model and no store: how long the event loop keeps it waiting
+        with httpx.Client(base_url=url, timeout=60) as http:
+            while time.perf_counter() < stop:
+                started = time.perf_counter()
+                http.get("/static/app.css").raise_for_status()
+                pings.append(time.perf_counter() - started)
+                time.sleep(0.02)
+
     began = time.perf_counter()
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    threads.append(threading.Thread(target=ping))
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - began
-    return {"p50_ms": pct(times, 50) * 1e3, "p99_ms": pct(times, 99) * 1e3, "qps": len(times) / wall}
+    return {
+        "p50_ms": pct(times, 50) * 1e3,
+        "p99_ms": pct(times, 99) * 1e3,
+        "qps": len(times) / wall,
+        "ping_p99_ms": pct(pings, 99) * 1e3,
+        "ping_max_ms": max(pings) * 1e3,
+    }
 
 
 def cli_search(env: dict[str, str], *extra: str) -> float:
@@ -311,14 +328,15 @@ def markdown(r: dict[str, Any]) -> str:
         ),
         (f"serve's RSS at {r['points']:,} points", f"{r['rss_mb']:.0f} MB", "≤ 1.2 GB"),
         (
-            "longest GIL hold of one store search (so of an event-loop stall)",
-            f"{r['gil']['search_gap_ms']:.0f} ms (search {r['gil']['search_ms']:.0f} ms)",
+            "a static file's answer while 8 clients search (event loop): p99 / max",
+            f"{e['ping_p99_ms']:.0f} ms / {e['ping_max_ms']:.0f} ms",
             "≤ 50 ms",
         ),
         (
-            "the same while the shard reopens after a handover to an ingest",
+            "the engine's longest GIL hold: one search / a reopen after a handover (in the store process)",
+            f"{r['gil']['search_gap_ms']:.0f} ms (search {r['gil']['search_ms']:.0f} ms) / "
             f"{r['gil']['open_gap_ms']:.0f} ms (open {r['gil']['open_s']:.2f} s)",
-            "≤ 50 ms",
+            "none on the server's loop",
         ),
     ]
     lines = [

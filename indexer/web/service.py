@@ -2,9 +2,9 @@
 routes call. The routes only translate HTTP to these calls and their typed errors to status codes.
 
 * The text tower loads in :meth:`SearchService.warm` (before the server accepts requests); the vision tower on
-  the first image query. The store is opened once and kept open between requests
-  (:class:`~clipindex.store.resident.ResidentStore`), handed to a cron ingest or a ``clipindex status`` whenever
-  one waits for it.
+  the first image query. The store is read in a child process (:class:`~clipindex.web.storeproc.StoreProcess`,
+  started before anything else, so the engine's GIL holds never stall the server), opened once and kept open
+  between requests, and handed to a cron ingest or a ``clipindex status`` whenever one waits for it.
 * Searches are :func:`clipindex.ops.search.search_vector` on the query's vector, the same call ``clipindex search``
   makes, so ranks and scores equal the CLI's. The query is embedded outside the store's lock: concurrent requests
   embed in parallel and only take turns on the store.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import math
 import mimetypes
 import os
@@ -29,15 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from clipindex.errors import ImageError, NothingIndexedError, PointNotFoundError
+from clipindex.errors import ImageError, PointNotFoundError
 from clipindex.images.inputs import load_input
 from clipindex.model.encode import Embedder
 from clipindex.model.locate import ModelLocation
-from clipindex.ops.search import SearchResult, search_vector
-from clipindex.ops.status import collect_report
+from clipindex.ops.results import SearchResult
 from clipindex.settings import DEFAULT_LIMIT, DEFAULT_THUMBNAIL_SIZE
 from clipindex.store.base import VectorStore, check_id
-from clipindex.store.resident import ResidentStore
+from clipindex.web.storeproc import StoreProcess
 from clipindex.web.thumbnails import Thumbnail, ThumbnailCache
 
 __all__ = ["FileRef", "SearchOutcome", "SearchService", "decode_base64_image", "thumbnail_url"]
@@ -94,7 +94,7 @@ class SearchService:
     """The operations of the API, over one embedder and one store (``close()`` when done)."""
 
     def __init__(self, store: VectorStore, embedder: Embedder, location: ModelLocation, thumbnails: ThumbnailCache):
-        self.resident = ResidentStore(store)
+        self.reader = StoreProcess(store)
         self.embedder = embedder
         self.location = location
         self.thumbnails = thumbnails
@@ -103,24 +103,17 @@ class SearchService:
 
     @property
     def store(self) -> VectorStore:
-        return self.resident.store
+        """The store, as described to users (it is opened in the reader process only)."""
+        return self.reader.store
 
     def warm(self) -> None:
         """Load the tokenizer and the text tower, and open the store's collection when there is one."""
         self.embedder.encode_text(["a photo"])
-
-        def open_collection(store: VectorStore) -> None:
-            try:
-                store.collection_info()
-            except NothingIndexedError:
-                pass
-            except Exception:  # reported by the first request, with the request's error
-                pass
-
-        self.resident.read(open_collection)
+        with contextlib.suppress(Exception):  # reported by the first request that needs the store, with its own
+            self.reader.call("open")
 
     def close(self) -> None:
-        self.resident.close()
+        self.reader.close()
 
     # --- searches ---------------------------------------------------------------------------------------------
 
@@ -128,16 +121,13 @@ class SearchService:
         self, vector: np.ndarray, *, limit: int, offset: int, min_score: float | None, folder: str | None
     ) -> list[SearchResult]:
         prefix = _folder(folder)
-        found = self.resident.read(
-            lambda store: search_vector(
-                store,
-                vector,
-                limit=offset + limit,
-                threshold=min_score,
-                path_prefix=prefix,
-                model_name=self.embedder.model_name,
-            )
-        )
+        options = {
+            "limit": offset + limit,
+            "threshold": min_score,
+            "path_prefix": prefix,
+            "model_name": self.embedder.model_name,
+        }
+        found: list[SearchResult] = self.reader.call("search", np.asarray(vector, dtype=np.float32), options)
         page = found[offset:]
         self._remember(page)
         return page
@@ -209,11 +199,7 @@ class SearchService:
         started = time.perf_counter()
         canonical = _point_id(point_id)
 
-        def vector_of(store: VectorStore) -> np.ndarray | None:
-            store.collection_info()
-            return store.get_vectors([canonical]).get(canonical)
-
-        vector = self.resident.read(vector_of)
+        vector = self.reader.call("vector", canonical)
         if vector is None:
             raise PointNotFoundError(f"no indexed image has the id {canonical}")
         results = self._search(vector, limit=limit, offset=offset, min_score=min_score, folder=folder)
@@ -242,7 +228,8 @@ class SearchService:
 
     def status(self) -> dict[str, Any]:
         """What ``clipindex status --json`` prints for this store and model."""
-        return self.resident.read(lambda store: collect_report(self.location, store)).as_json()
+        report: dict[str, Any] = self.reader.call("report", self.location)
+        return report
 
     def file_of(self, point_id: str) -> FileRef:
         """The file of an indexed point, from its payload; PointNotFoundError for any other id."""
@@ -252,14 +239,7 @@ class SearchService:
         if known is not None:
             return known
 
-        def payload(store: VectorStore) -> dict[str, Any] | None:
-            try:
-                store.collection_info()
-            except NothingIndexedError:
-                return None
-            return store.get_payloads([canonical], _FILE_FIELDS).get(canonical)
-
-        found = self.resident.read(payload)
+        found: dict[str, Any] | None = self.reader.call("payload", canonical, _FILE_FIELDS)
         path = found.get("path") if found else None
         sha = found.get("sha256") if found else None
         if not isinstance(path, str) or not path:
