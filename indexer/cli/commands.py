@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from clipindex.model.locate import ModelLocation
+    from clipindex.ops.query import QueryTerm
     from clipindex.ops.results import SearchResult
     from clipindex.store.base import VectorStore
     from clipindex.store.sizing import CollectionSettings
@@ -637,7 +638,7 @@ def strict_message(report: Any, directory: Path) -> str:
 
 
 @cli.command()
-@click.argument("query", required=False)
+@click.argument("query_words", nargs=-1, metavar="[QUERY]...")
 @model_dir_option
 @store_options
 @click.option(
@@ -690,7 +691,7 @@ def strict_message(report: Any, directory: Path) -> str:
 )
 @handle_errors
 def search(
-    query: str | None,
+    query_words: tuple[str, ...],
     model_dir: Path | None,
     data_dir: Path | None,
     qdrant_url: str | None,
@@ -722,10 +723,10 @@ def search(
     collection, or another error; 2 usage error; 69 Qdrant server unreachable; 75 the embedded store
     stayed in use by other processes for --wait seconds (a running ingest lets searches in between batches).
     """
-    if (query is None) == (image is None):
+    if bool(query_words) == (image is not None):
         raise click.UsageError("give a text QUERY or --image PATH (one of them)")
-    if query is not None and not query.strip():
-        raise click.BadParameter("the query is empty", param_hint="QUERY")
+    query, term_image, terms = parse_query(query_words)
+    image = image if image is not None else term_image
     if path_prefix is not None and not path_prefix:
         raise click.BadParameter("must not be empty", param_hint="--path-prefix")
     if threshold is not None and threshold != threshold:  # NaN passes FloatRange
@@ -733,7 +734,7 @@ def search(
     if image is not None and not image.is_file():
         what = "is not a file" if image.exists() else "no such file"
         raise click.BadParameter(f"{image}: {what}; give the image to search by", param_hint="--image")
-    if not no_server and not _model_options_given():
+    if terms is None and not no_server and not _model_options_given():
         # the embedded store's record is found without importing the store (numpy, the engine)
         from clipindex.web.discovery import embedded_lock_path
 
@@ -762,7 +763,7 @@ def search(
     )
     from clipindex.model.encode import Embedder  # only here: the served path above never imports them
     from clipindex.model.locate import require_model
-    from clipindex.ops.search import search_image, search_text
+    from clipindex.ops.search import search_image, search_terms, search_text
 
     location = require_model(locate_model(model_dir, store))
     embedder = Embedder(location.path, device=device, precision=precision, engine=engine, max_pixels=max_pixels)
@@ -775,7 +776,9 @@ def search(
 
     where: dict[str, Any] = {"limit": limit, "threshold": threshold, "path_prefix": path_prefix}
     try:
-        if query is not None:
+        if terms is not None:
+            results = search_terms(store, embedder, terms, on_truncate=on_truncate, **where)
+        elif query is not None:
             results = search_text(store, embedder, query, on_truncate=on_truncate, **where)
         else:
             assert image is not None
@@ -784,7 +787,7 @@ def search(
         if html_file is not None:
             from clipindex.cli.contact_sheet import write_contact_sheet
 
-            title = query if query is not None else f"more like {image}"
+            title = " ".join(query_words) if terms is not None else query if query is not None else f"more like {image}"
             written = write_contact_sheet(
                 html_file, results, query=title, query_image=image, model=embedder.model_name, store=store.describe()
             )
@@ -793,6 +796,27 @@ def search(
         exit_now_if_cli()
     finally:
         store.close()
+
+
+def parse_query(words: tuple[str, ...]) -> tuple[str | None, Path | None, list[QueryTerm] | None]:
+    """QUERY's words (:mod:`clipindex.ops.query`) as ``(text, image, terms)``: one plain text, one plain image
+    file, or terms to combine. Usage errors (exit 2) for a bad expression or a term naming a missing file."""
+    if not words:
+        return None, None, None
+    from clipindex.errors import ImageError
+    from clipindex.ops.query import parse_terms
+
+    try:
+        terms = parse_terms(words)
+    except ImageError as exc:
+        raise click.BadParameter(str(exc), param_hint="QUERY") from None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="QUERY") from None
+    if len(terms) == 1 and terms[0].sign == 1 and terms[0].weight == 1:
+        if terms[0].kind == "text":
+            return terms[0].value, None, None
+        return None, Path(terms[0].value), None
+    return None, None, terms
 
 
 def print_search_results(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, TypeVar
 
@@ -38,6 +38,7 @@ from clipindex.errors import (
 )
 from clipindex.images.inputs import ImageInput, describe, load_input
 from clipindex.model.encode import Embedder
+from clipindex.ops.query import QueryTerm, combine_terms
 from clipindex.ops.results import SearchResult, resolve_path_prefix, to_results
 from clipindex.settings import DEFAULT_LIMIT
 from clipindex.store.base import CollectionInfo, VectorStore
@@ -47,6 +48,7 @@ __all__ = [
     "open_collection",
     "resolve_path_prefix",
     "search_image",
+    "search_terms",
     "search_text",
     "search_vector",
 ]
@@ -216,6 +218,38 @@ def search_image(
         return pixels
 
     vector = _embed_query(store, embedder, "vision", prepare, lambda pixels: embedder.encode_pixels(pixels[None])[0])
+    return search_vector(
+        store, vector, limit=limit, threshold=threshold, path_prefix=path_prefix, model_name=embedder.model_name
+    )
+
+
+def search_terms(
+    store: VectorStore,
+    embedder: Embedder,
+    terms: Sequence[QueryTerm],
+    *,
+    limit: int = DEFAULT_LIMIT,
+    threshold: float | None = None,
+    path_prefix: str | os.PathLike[str] | None = None,
+    on_truncate: Callable[[str], None] | None = None,
+) -> list[SearchResult]:
+    """Images best matching a combination of texts and images (:mod:`clipindex.ops.query`: the weighted sum of
+    the ``+`` terms' embeddings minus the ``-`` terms', normalised). Texts run the text tower, image files are
+    decoded and preprocessed as ingest does; only the towers the terms need are loaded. Raises ValueError for no
+    terms or terms that cancel out, :class:`~clipindex.errors.ImageError` for an unreadable image."""
+    if not terms:
+        raise ValueError("give at least one query term")
+    open_collection(store, embedder.model_name, embedder.dimension, model_dir=embedder.model_dir)
+    vectors: list[np.ndarray] = []
+    preprocessor = embedder.preprocessor if any(t.kind == "image" for t in terms) else None
+    for term in terms:
+        if term.kind == "text":
+            vectors.append(embedder.encode_text([term.value], on_truncate=on_truncate)[0])
+        else:
+            assert preprocessor is not None
+            decoded = load_input(term.value, preprocessor, name=term.value, urls=embedder.urls)
+            vectors.append(embedder.encode_pixels(preprocessor.preprocess(decoded)[None])[0])
+    vector = combine_terms(vectors, terms)
     return search_vector(
         store, vector, limit=limit, threshold=threshold, path_prefix=path_prefix, model_name=embedder.model_name
     )
