@@ -571,3 +571,28 @@ def test_the_record_is_found_without_importing_the_store(tmp_path: Path) -> None
 
     for collection in ("images", "other.v2"):
         assert embedded_lock_path(tmp_path, collection) == EdgeStore(tmp_path, collection).lock_path
+
+
+def test_query_arithmetic_through_the_api(library: Library, http: httpx.Client) -> None:
+    """``add`` and ``subtract`` terms give the CLI's combined query: same ranks and scores."""
+    rocket = library.files["rocket"]
+    body = {
+        "text": "a cat on a sofa",
+        "add": [{"image": base64.b64encode(rocket.read_bytes()).decode(), "weight": 0.5}],
+        "subtract": [{"text": "a cup of coffee", "weight": 2}],
+        "limit": 7,
+    }
+    served = http.post("/api/v1/search", json=body).json()["results"]
+    cli = cli_search_json(
+        library, "a cat on a sofa", "+", f"0.5:{rocket}", "-", "2:a cup of coffee", "-n", "7", "--no-server"
+    )
+    assert [h["path"] for h in served] == [h["path"] for h in cli]
+    assert [h["score"] for h in served] == pytest.approx([h["score"] for h in cli], abs=1e-5)
+    ids = point_ids(http)
+    by_id = http.post(
+        "/api/v1/search", json={"add": [{"image_id": ids[str(rocket)]}, {"text": "night", "weight": 0.1}]}
+    )
+    assert by_id.status_code == 200 and by_id.json()["results"][0]["path"] == str(rocket)
+    cancel = http.post("/api/v1/search", json={"text": "a cat", "subtract": [{"text": "a cat"}]})
+    assert cancel.status_code == 422 and "cancel out" in cancel.json()["error"]["message"]
+    assert http.post("/api/v1/search", json={"add": []}).status_code == 422

@@ -99,14 +99,35 @@ Offset = Annotated[int, Field(ge=0, le=MAX_SEARCH_OFFSET)]
 Score = Annotated[float, Field(ge=-1.0, le=1.0)]
 
 
-class SearchBody(BaseModel):
-    """One query: ``text``, ``image_id`` (an indexed point: "more like this") or ``image`` (base64)."""
+class Term(BaseModel):
+    """One term of a combined query: exactly one of ``text``, ``image_id`` and ``image`` (base64), weighted."""
 
     model_config = ConfigDict(extra="forbid")
 
     text: Annotated[str, Field(min_length=1, max_length=10_000)] | None = None
     image_id: str | None = None
     image: str | None = None
+    weight: Annotated[float, Field(gt=0, le=1000)] = 1.0
+
+    @model_validator(mode="after")
+    def one_kind(self) -> Term:
+        if sum(getattr(self, name) is not None for name in ("text", "image_id", "image")) != 1:
+            raise ValueError("a term gives exactly one of text, image_id and image")
+        return self
+
+
+class SearchBody(BaseModel):
+    """One query: ``text``, ``image_id`` (an indexed point: "more like this") or ``image`` (base64), and/or terms to
+    ``add`` and ``subtract`` (query arithmetic: the weighted sum of the added terms' embeddings minus the
+    subtracted ones', normalised; the query field, when given, is one more added term of weight 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: Annotated[str, Field(min_length=1, max_length=10_000)] | None = None
+    image_id: str | None = None
+    image: str | None = None
+    add: Annotated[list[Term], Field(max_length=16)] = []
+    subtract: Annotated[list[Term], Field(max_length=16)] = []
     limit: Limit = DEFAULT_LIMIT
     offset: Offset = 0
     min_score: Score | None = None
@@ -115,9 +136,18 @@ class SearchBody(BaseModel):
     @model_validator(mode="after")
     def one_query(self) -> SearchBody:
         given = [name for name in ("text", "image_id", "image") if getattr(self, name) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of text, image_id and image")
+        if len(given) > 1 or not (given or self.add):
+            raise ValueError("give exactly one of text, image_id and image, or terms to add")
         return self
+
+    def terms(self) -> list[tuple[Term, int]]:
+        """Every term with its sign: the query field first, then ``add``, then ``subtract``."""
+        first = [Term(text=self.text, image_id=self.image_id, image=self.image)] if self.has_query else []
+        return [(t, 1) for t in [*first, *self.add]] + [(t, -1) for t in self.subtract]
+
+    @property
+    def has_query(self) -> bool:
+        return any(getattr(self, name) is not None for name in ("text", "image_id", "image"))
 
 
 class KnnRequest(BaseModel):
@@ -229,16 +259,41 @@ _QUERY_FIELDS: dict[str, Any] = {
     "min_score": {"type": "number", "minimum": -1, "maximum": 1},
     "folder": {"type": "string", "pattern": FOLDER_PATTERN, "description": "only files under this absolute folder"},
 }
-#: the JSON body, exactly one query field (what SearchBody checks), written out for the OpenAPI document
+_TERM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "text": {"type": "string", "minLength": 1, "maxLength": 10_000},
+        "image_id": {"type": "string", "format": "uuid"},
+        "image": {"type": "string", "format": "byte"},
+        "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000, "default": 1},
+    },
+    "oneOf": [{"required": ["text"]}, {"required": ["image_id"]}, {"required": ["image"]}],
+    "additionalProperties": False,
+}
+#: the JSON body, at most one query field (what SearchBody checks), written out for the OpenAPI document
 _SEARCH_BODY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "text": {"type": "string", "minLength": 1, "maxLength": 10_000},
         "image_id": {"type": "string", "format": "uuid", "description": "an indexed point: more like this"},
         "image": {"type": "string", "format": "byte", "description": "an image file's bytes, base64"},
+        "add": {"type": "array", "items": _TERM_SCHEMA, "maxItems": 16},
+        "subtract": {"type": "array", "items": _TERM_SCHEMA, "maxItems": 16},
         **_QUERY_FIELDS,
     },
-    "oneOf": [{"required": ["text"]}, {"required": ["image_id"]}, {"required": ["image"]}],
+    "anyOf": [
+        {"required": ["text"]},
+        {"required": ["image_id"]},
+        {"required": ["image"]},
+        {"required": ["add"], "properties": {"add": {"minItems": 1}}},
+    ],
+    "not": {
+        "anyOf": [
+            {"required": ["text", "image_id"]},
+            {"required": ["text", "image"]},
+            {"required": ["image_id", "image"]},
+        ]
+    },
     "additionalProperties": False,
 }
 _MULTIPART_SCHEMA: dict[str, Any] = {
@@ -332,7 +387,21 @@ def create_app(service: SearchService, settings: ServeSettings) -> Any:
             "min_score": body.min_score,
             "folder": body.folder,
         }
-        if body.text is not None:
+        if body.add or body.subtract:
+            terms = [
+                (
+                    ("text", t.text)
+                    if t.text is not None
+                    else ("image_id", t.image_id)
+                    if t.image_id is not None
+                    else ("image", decode_base64_image(t.image or "")),
+                    t.weight,
+                    sign,
+                )
+                for t, sign in body.terms()
+            ]
+            outcome = await run_in_threadpool(lambda: service.search_combined(terms, **where))
+        elif body.text is not None:
             outcome = await run_in_threadpool(lambda: service.search_text(body.text or "", **where))
         elif body.image_id is not None:
             outcome = await run_in_threadpool(lambda: service.search_point(body.image_id or "", **where))

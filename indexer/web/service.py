@@ -205,6 +205,40 @@ class SearchService:
         results = self._search(vector, limit=limit, offset=offset, min_score=min_score, folder=folder)
         return SearchOutcome(results, _ms_since(started))
 
+    def search_combined(
+        self,
+        terms: Sequence[tuple[tuple[str, Any], float, int]],
+        *,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+        min_score: float | None = None,
+        folder: str | None = None,
+    ) -> SearchOutcome:
+        """Query arithmetic (:mod:`clipindex.ops.query`): ``((kind, value), weight, sign)`` per term, ``kind``
+        ``text``, ``image_id`` (an indexed point's stored vector) or ``image`` (bytes, decoded as ingest does)."""
+        from clipindex.ops.query import QueryTerm, combine_terms
+
+        started = time.perf_counter()
+        vectors: list[np.ndarray] = []
+        signed: list[QueryTerm] = []
+        for (kind, value), weight, sign in terms:
+            if kind == "text":
+                vectors.append(self.embedder.encode_text([str(value)])[0])
+            elif kind == "image_id":
+                canonical = _point_id(str(value))
+                vector = self.reader.call("vector", canonical)
+                if vector is None:
+                    raise PointNotFoundError(f"no indexed image has the id {canonical}")
+                vectors.append(vector)
+            else:
+                preprocessor = self.embedder.preprocessor
+                image = load_input(bytes(value), preprocessor, name="an uploaded image")
+                vectors.append(self.embedder.encode_pixels(preprocessor.preprocess(image)[None])[0])
+            signed.append(QueryTerm("text", "term", weight, sign))  # the kind does not enter the sum
+        vector = combine_terms(vectors, signed)
+        results = self._search(vector, limit=limit, offset=offset, min_score=min_score, folder=folder)
+        return SearchOutcome(results, _ms_since(started))
+
     def search_embedding(
         self,
         values: Sequence[float],
