@@ -550,6 +550,16 @@ def test_the_page_in_headless_chromium(library: Library, server: Served, tmp_pat
         page.keyboard.press("Escape")
         page.wait_for_selector("#viewer:not([open])", state="attached")
 
+        page.fill("#folder", "")
+        page.fill("#q", "a cat - 2:a cup of coffee")
+        page.wait_for_function("document.querySelector('#message').textContent.includes('results for “a cat - 2:')")
+        combined = httpx.post(
+            server.url + "api/v1/search",
+            json={"add": [{"text": "a cat"}], "subtract": [{"text": "a cup of coffee", "weight": 2}], "limit": 60},
+            timeout=60,
+        ).json()["results"]
+        assert page.locator("#results .name").all_text_contents() == [Path(h["path"]).name for h in combined]
+
         linked = context.new_page()
         linked.goto(server.url + "?q=a%20rocket")
         linked.wait_for_selector("#results li")

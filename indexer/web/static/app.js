@@ -75,13 +75,37 @@ async function run(body, what) {
   }
 }
 
+// "golden retriever + beach - 2:snow": the query arithmetic of `clipindex search` (texts only here)
+function parseTerms(text) {
+  const parts = text.split(/\s+([+-])\s+/);
+  const term = (raw, sign) => {
+    const m = /^(\d+(?:\.\d*)?|\.\d+):(.+)$/s.exec(raw);
+    let value = m ? m[2] : raw;
+    if (value.startsWith("text:")) value = value.slice(5);
+    return { text: value, weight: m ? Number(m[1]) : 1, sign };
+  };
+  const terms = [term(parts[0], 1)];
+  for (let i = 1; i + 1 < parts.length; i += 2) terms.push(term(parts[i + 1], parts[i] === "-" ? -1 : 1));
+  return terms;
+}
+
+function textQuery(text) {
+  const terms = parseTerms(text);
+  if (terms.length === 1 && terms[0].weight === 1) return { text: terms[0].text };
+  const strip = ({ text, weight }) => ({ text, weight });
+  return {
+    add: terms.filter((t) => t.sign > 0).map(strip),
+    subtract: terms.filter((t) => t.sign < 0).map(strip),
+  };
+}
+
 function searchText() {
   const text = q.value.trim();
   const url = new URL(location.href);
   if (text) url.searchParams.set("q", text); else url.searchParams.delete("q");
   history.replaceState(null, "", url);
   if (!text) { generation++; results.replaceChildren(); say("Type to search, or drop or paste an image."); return; }
-  run({ text }, `“${text}”`);
+  run(textQuery(text), `“${text}”`);
 }
 
 function searchSoon() { clearTimeout(debounce); debounce = setTimeout(searchText, DEBOUNCE_MS); }
