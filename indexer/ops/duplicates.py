@@ -184,10 +184,10 @@ def similar_pairs(
         rows = np.asarray(vectors[i0 : i0 + block], dtype=np.float32)
         for j0 in range(i0, n, block):
             cols = rows if j0 == i0 else np.asarray(vectors[j0 : j0 + block], dtype=np.float32)
-            scores = rows @ cols.T
-            if j0 == i0:
-                scores[np.tril_indices(len(rows), m=len(cols))] = -np.inf
-            ii, jj = np.nonzero(scores >= cut)
+            ii, jj = np.nonzero(rows @ cols.T >= cut)
+            if j0 == i0:  # the diagonal block: each pair once, never a point with itself
+                upper = ii < jj
+                ii, jj = ii[upper], jj[upper]
             if len(ii):
                 firsts.append(ii.astype(np.int64) + i0)
                 seconds.append(jj.astype(np.int64) + j0)
@@ -265,6 +265,7 @@ def find_duplicates(
             vec = got.get(pid)
             if vec is not None:
                 half[k] = vec
+    store.release_memory()  # the engine's pages read so far would count in this process's RSS
     if on_progress is not None:
         on_progress(f"comparing {n:,} vectors")
     ii, jj = similar_pairs(half, min_similarity, block=block, margin=CANDIDATE_MARGIN)
