@@ -231,9 +231,9 @@ def find_duplicates(
 ) -> DuplicateReport:
     """The groups of exact copies and near-duplicates among the store's points (module doc for the rules).
 
-    ``store`` is opened for reading (never created); an absent or empty collection raises
-    :class:`~clipindex.errors.NothingIndexedError`. ``min_similarity`` must be a finite number in ``[-1, 1]``
-    (:class:`ValueError` otherwise). ``on_progress`` gets one line per phase.
+    ``store``'s collection is read, never created or changed; an absent collection raises
+    :class:`~clipindex.errors.NothingIndexedError` (an empty one has no groups). ``min_similarity`` must be a
+    finite number in ``[-1, 1]`` (:class:`ValueError` otherwise). ``on_progress`` gets one line per phase.
     """
     if not (math.isfinite(min_similarity) and -1.0 <= min_similarity <= 1.0):
         raise ValueError(f"min_similarity must be a number between -1 and 1, not {min_similarity}")
