@@ -45,6 +45,7 @@ from clipindex.version import __version__
 if TYPE_CHECKING:
     from clipindex.model.classify import Classification, classify
     from clipindex.model.encode import Embedder
+    from clipindex.ops.duplicates import DuplicateGroup, DuplicateMember, DuplicateReport, find_duplicates
     from clipindex.ops.search import SearchResult, search_image, search_text, search_vector
     from clipindex.store import open_store
     from clipindex.store.base import VectorStore
@@ -60,6 +61,10 @@ _LAZY: dict[str, str] = {
     "search_text": "clipindex.ops.search",
     "search_image": "clipindex.ops.search",
     "search_vector": "clipindex.ops.search",
+    "find_duplicates": "clipindex.ops.duplicates",
+    "DuplicateReport": "clipindex.ops.duplicates",
+    "DuplicateGroup": "clipindex.ops.duplicates",
+    "DuplicateMember": "clipindex.ops.duplicates",
 }
 
 __all__ = [
@@ -68,6 +73,9 @@ __all__ = [
     "CollectionMismatchError",
     "CollectionNotFoundError",
     "DeviceError",
+    "DuplicateGroup",
+    "DuplicateMember",
+    "DuplicateReport",
     "Embedder",
     "ImageError",
     "ImageTooLargeError",
@@ -82,6 +90,7 @@ __all__ = [
     "VectorStore",
     "__version__",
     "classify",
+    "find_duplicates",
     "open_store",
     "search_image",
     "search_text",

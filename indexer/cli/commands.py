@@ -1069,6 +1069,132 @@ def status(
         sys.exit(StoreBusyError.exit_code)
 
 
+# --- duplicates -------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@store_options
+@click.option(
+    "--min-similarity",
+    type=click.FloatRange(-1.0, 1.0),
+    default=0.99,
+    show_default=True,
+    metavar="S",
+    help="Near-duplicates: cosine similarity S or more (0.99 is a cosine distance of 0.01). Files with the same "
+    "content (sha256) are always grouped.",
+)
+@click.option(
+    "--folder",
+    metavar="FOLDER",
+    default=None,
+    help="Only files under FOLDER (or that one file), as search's --path-prefix: /a/photos never matches /a/photos2.",
+)
+@json_option("the groups as one object {min_similarity, path_prefix, scanned, groups: [{kind, best, members}]}")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Also write a self-contained HTML page of the groups side by side (the best of each outlined) to FILE.",
+)
+@click.option(
+    "--print0",
+    is_flag=True,
+    help="Print only the paths of the copies (every member but the best of its group), each ended by a NUL, "
+    "for `xargs -0`.",
+)
+@wait_option
+@handle_errors
+def duplicates(
+    data_dir: Path | None,
+    qdrant_url: str | None,
+    api_key_file: Path | None,
+    collection: str,
+    timeout_s: float,
+    min_similarity: float,
+    folder: str | None,
+    as_json: bool,
+    html_file: Path | None,
+    print0: bool,
+    wait_s: float,
+) -> None:
+    """Find groups of exact copies (same sha256) and near-duplicates (cosine similarity >= --min-similarity).
+
+    Reads every indexed vector once; deletes nothing. A group is a chain of linked files (a~b and b~c make one
+    group). The best file of a group, the one to keep, has the most pixels, then the oldest mtime, then the
+    smallest path. Prints a table (group, kind, similarity to the best, path; * marks the best), or --json, or
+    with --print0 the copies' paths for `xargs -0`. Groups and members come sorted by path.
+
+    \b
+    Exit codes: 0 done (also when there are no duplicates); 1 nothing indexed yet or another error; 2 usage
+    error; 69 Qdrant server unreachable; 75 the embedded store stayed in use for --wait seconds.
+    """
+    if folder is not None and not folder:
+        raise click.BadParameter("must not be empty", param_hint="--folder")
+    if min_similarity != min_similarity:  # NaN passes FloatRange
+        raise click.BadParameter("must be a number between -1 and 1", param_hint="--min-similarity")
+    if sum((as_json, print0)) > 1:
+        raise click.UsageError("give at most one of --json and --print0")
+    from clipindex.ops.duplicates import find_duplicates
+
+    store = make_store(
+        data_dir, qdrant_url, api_key_file, collection, timeout_s=timeout_s, wait_s=wait_s, role="duplicates"
+    )
+    with store:
+        report = find_duplicates(store, min_similarity=min_similarity, path_prefix=folder)
+        described = store.describe()
+    if print0:
+        import base64
+
+        for member in report.copies:  # the file's own bytes, also for a name that is not UTF-8
+            raw = base64.b64decode(member.path_bytes) if member.path_bytes else member.path.encode("utf-8")
+            click.echo(raw + b"\0", nl=False)
+    elif as_json:
+        from clipindex.cli.output import json_document
+
+        click.echo(json_document(report.as_json()))
+    else:
+        print_duplicates(report)
+    if html_file is not None:
+        written = write_duplicates_sheet(html_file, report, store=described)
+        info(f"Wrote {written} ({len(report.groups)} group{'s' if len(report.groups) != 1 else ''})")
+
+
+def print_duplicates(report: Any) -> None:
+    from clipindex.display import printable
+
+    if not report.groups:
+        where = f" under {report.path_prefix}" if report.path_prefix is not None else ""
+        info(f"No duplicates among {report.scanned:,} files{where} (similarity {report.min_similarity} or more)")
+        return
+    for number, group in enumerate(report.groups, start=1):
+        for member in group.members:
+            mark = "*" if member is group.best else " "
+            click.echo(printable(f"{number:>5}  {group.kind:<5}  {member.similarity:.4f} {mark} {member.path}"))
+    copies = len(report.copies)
+    info(f"{len(report.groups)} groups, {copies} cop{'ies' if copies != 1 else 'y'} among {report.scanned:,} files")
+
+
+def write_duplicates_sheet(path: Path, report: Any, *, store: str) -> Path:
+    from clipindex.cli.contact_sheet import render_contact_sheet, write_document
+    from clipindex.ops.results import SearchResult
+
+    groups = [
+        (
+            f"{number}: {group.kind}, {len(group.members)} files",
+            [
+                SearchResult(rank, m.similarity, m.path, m.width, m.height, m.id, {})
+                for rank, m in enumerate(group.members, start=1)
+            ],
+        )
+        for number, group in enumerate(report.groups, start=1)
+    ]
+    best = frozenset(g.best.path for g in report.groups)
+    title = f"duplicates (similarity {report.min_similarity} or more)"
+    return write_document(path, render_contact_sheet([], query=title, store=store, groups=groups, best=best))
+
+
 # --- serve ------------------------------------------------------------------------------------------------
 
 

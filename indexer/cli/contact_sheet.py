@@ -34,7 +34,15 @@ from clipindex.display import printable
 from clipindex.errors import ImageError, OutputError
 from clipindex.ops.results import SearchResult
 
-__all__ = ["THUMB_SIZE", "Thumbnail", "card_box", "render_contact_sheet", "thumbnail", "write_contact_sheet"]
+__all__ = [
+    "THUMB_SIZE",
+    "Thumbnail",
+    "card_box",
+    "render_contact_sheet",
+    "thumbnail",
+    "write_contact_sheet",
+    "write_document",
+]
 
 #: longest side of a thumbnail, pixels
 THUMB_SIZE = 256
@@ -131,6 +139,10 @@ main { padding: %(pad)dpx; display: grid; grid-template-columns: repeat(auto-fil
 .caption .path { font-size: 12px; color: #3b4356; word-break: break-all; overflow: hidden;
                  display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical; }
 .empty { padding: %(pad)dpx; font-size: 16px; }
+section.group { padding: 0 %(pad)dpx %(pad)dpx; }
+section.group h2 { margin: 0; padding: %(pad)dpx 0 0; font-size: 15px; font-weight: 600; }
+section.group main { padding: %(pad)dpx 0 0; }
+.card.best { outline: 3px solid #2f8f4e; }
 """
 
 
@@ -142,9 +154,16 @@ def render_contact_sheet(
     model: str | None = None,
     store: str | None = None,
     thumb_size: int = THUMB_SIZE,
+    groups: Sequence[tuple[str, Sequence[SearchResult]]] | None = None,
+    best: frozenset[str] = frozenset(),
 ) -> str:
     """The contact sheet as one HTML document (str). ``query`` is shown as given (a text query, or a label
-    for an image query); ``query_image`` adds that image's thumbnail to the header."""
+    for an image query); ``query_image`` adds that image's thumbnail to the header.
+
+    With ``groups`` (``(title, results)`` pairs; ``results`` is then ignored), each group is a titled row of cards
+    side by side, and the cards of the paths in ``best`` are outlined."""
+    if groups is not None:
+        results = [r for _title, rows in groups for r in rows]
     paths = [r.path for r in results]
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(paths)))) as pool:
         thumbs = list(pool.map(lambda p: thumbnail(p, thumb_size), paths))
@@ -160,7 +179,10 @@ def render_contact_sheet(
         "thumb": thumb_size,
         "caption": CAPTION_H,
     }
-    meta = [f"{len(results)} result{'s' if len(results) != 1 else ''}"]
+    if groups is not None:
+        meta = [f"{len(groups)} group{'s' if len(groups) != 1 else ''} of {len(results)} files"]
+    else:
+        meta = [f"{len(results)} result{'s' if len(results) != 1 else ''}"]
     if model:
         meta.append(f"model {model}")
     if store:
@@ -195,6 +217,12 @@ def render_contact_sheet(
     ]
     if not results:
         out.append('<div class="empty">No results.</div>')
+    elif groups is not None:
+        by_path = iter(thumbs)
+        for title, rows in groups:
+            out += ['<section class="group">', f"<h2>{_text(title)}</h2>", "<main>"]
+            out += [_card(r, next(by_path), best=r.path in best) for r in rows]
+            out += ["</main>", "</section>"]
     else:
         out.append("<main>")
         for result, thumb in zip(results, thumbs, strict=True):
@@ -204,7 +232,7 @@ def render_contact_sheet(
     return "\n".join(out)
 
 
-def _card(result: SearchResult, thumb: Thumbnail) -> str:
+def _card(result: SearchResult, thumb: Thumbnail, *, best: bool = False) -> str:
     path = _text(result.path)
     if thumb.data_uri is not None:
         inner = (
@@ -215,7 +243,7 @@ def _card(result: SearchResult, thumb: Thumbnail) -> str:
         inner = f'<div class="missing">image unavailable: {_text(thumb.error or "unknown error")}</div>'
     size = f"{result.width}×{result.height}" if result.width and result.height else ""
     return (
-        f'<figure class="card" data-rank="{result.rank}">'
+        f'<figure class="card{" best" if best else ""}" data-rank="{result.rank}">'
         f'<div class="thumb">{inner}</div>'
         f'<figcaption class="caption"><span class="rank">#{result.rank}</span>'
         f'<span class="score">{result.score:.4f}</span><span class="size">{size}</span>'
@@ -238,6 +266,12 @@ def write_contact_sheet(
     document = render_contact_sheet(
         results, query=query, query_image=query_image, model=model, store=store, thumb_size=thumb_size
     )
+    return write_document(path, document)
+
+
+def write_document(path: str | os.PathLike[str], document: str) -> Path:
+    """Write an HTML ``document`` to ``path`` atomically (a complete file or none); returns the path written.
+    :class:`~clipindex.errors.OutputError` when it cannot be written."""
     target = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
