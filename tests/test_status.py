@@ -39,6 +39,7 @@ KEYS = [
     "engines",
     "mixed_engines",
     "integrity_warning",
+    "dated_points",
     "model_dir_from",
     "failed_files",
     "model_cache",

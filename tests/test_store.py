@@ -30,7 +30,7 @@ from clipindex.errors import (
 )
 from clipindex.lock import server_lock_path
 from clipindex.store import open_store
-from clipindex.store.base import Point, VectorStore, ancestor_dirs
+from clipindex.store.base import Point, SearchFilter, VectorStore, ancestor_dirs
 from clipindex.store.edge import EdgeStore, cleanup_orphan_temp_segments
 from clipindex.store.server import InsecureApiKeyWarning, ServerStore
 
@@ -103,6 +103,36 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 
 
 # --- the shared behaviour suite -------------------------------------------------------------------
+
+
+def test_date_and_camera_filters_and_count_with(backend: Backend) -> None:
+    """``filters``: ``after <= taken_ts < before`` and a camera word, combined with each other and ``path_prefix``;
+    ``count_with`` counts the points carrying a key."""
+    store = backend.open()
+    store.ensure_collection(DIM, "clip-a")
+    points = make_points(["/p/a.jpg", "/p/b.jpg", "/q/c.jpg", "/q/d.jpg"])
+    extra = [
+        {"taken_ts": 100.0, "camera_lc": ["canon", "eos"], "taken_at_source": "exif"},
+        {"taken_ts": 200.0, "camera_lc": ["nikon"], "taken_at_source": "exif"},
+        {"taken_ts": 300.0, "camera_lc": ["canon"], "taken_at_source": "mtime"},
+        {},
+    ]
+    store.upsert([Point(p.id, p.vector, {**p.payload, **e}) for p, e in zip(points, extra, strict=True)])
+    query = points[0].vector
+
+    def found(filters: SearchFilter, prefix: str | None = None) -> list[str]:
+        return sorted(h.payload["path"] for h in store.search(query, limit=10, path_prefix=prefix, filters=filters))
+
+    assert found(SearchFilter()) == ["/p/a.jpg", "/p/b.jpg", "/q/c.jpg", "/q/d.jpg"]
+    assert found(SearchFilter(after=150.0)) == ["/p/b.jpg", "/q/c.jpg"]
+    assert found(SearchFilter(before=200.0)) == ["/p/a.jpg"]
+    assert found(SearchFilter(after=100.0, before=300.0)) == ["/p/a.jpg", "/p/b.jpg"]
+    assert found(SearchFilter(camera="canon")) == ["/p/a.jpg", "/q/c.jpg"]
+    assert found(SearchFilter(camera="canon", after=150.0)) == ["/q/c.jpg"]
+    assert found(SearchFilter(camera="canon"), prefix="/p") == ["/p/a.jpg"]
+    assert found(SearchFilter(camera="sony")) == []
+    assert store.count_with("taken_at_source") == 3
+    assert store.count_with("nothing_has_this") == 0
 
 
 def test_create_then_reopen_remembers_model(backend: Backend) -> None:

@@ -402,6 +402,12 @@ def quiet_c_stderr() -> AbstractContextManager[None]:
     "a changed file is always retried). See `clipindex status --failed`.",
 )
 @click.option(
+    "--store-gps",
+    is_flag=True,
+    help="Also store each photo's EXIF GPS position (payload gps: {lat, lon}). Off by default: where a photo was "
+    "taken is personal; without this flag no position is stored.",
+)
+@click.option(
     "--reembed",
     is_flag=True,
     help="Switch the collection to the model of --model-dir: embed DIRECTORY with it into a new collection beside "
@@ -435,6 +441,7 @@ def ingest(
     wait_s: float,
     strict: bool,
     retry_failed: bool,
+    store_gps: bool,
     reembed: bool,
     quiet: bool,
     as_json: bool,
@@ -484,7 +491,12 @@ def ingest(
         ensure_model(location, source_model)
     notice_ignored_source(location, source_model, quiet=quiet or as_json)
     options = IngestOptions(
-        batch_size=batch_size, prune=prune, shard=shard_spec, decode_workers=workers, retry_failed=retry_failed
+        batch_size=batch_size,
+        prune=prune,
+        shard=shard_spec,
+        decode_workers=workers,
+        retry_failed=retry_failed,
+        store_gps=store_gps,
     )
     lock = ingest_lock(store, shard_spec)
     made = missing_folders(lock.path.parent)
@@ -669,6 +681,33 @@ def strict_message(report: Any, directory: Path) -> str:
     help="Only files under FOLDER (or that one file); relative to the current directory. A Qdrant payload "
     "filter: /a/photos never matches /a/photos2.",
 )
+@click.option(
+    "--after",
+    metavar="DATE",
+    default=None,
+    help="Only photos taken at or after DATE (YYYY, YYYY-MM, YYYY-MM-DD or ISO 8601 date-time; no offset: UTC). "
+    "taken_at is the EXIF DateTimeOriginal, else the file's mtime.",
+)
+@click.option(
+    "--before",
+    metavar="DATE",
+    default=None,
+    help="Only photos taken before DATE (its start: --before 2024 keeps 2023 and earlier); forms as --after.",
+)
+@click.option(
+    "--camera",
+    metavar="TEXT",
+    default=None,
+    help="Only photos whose EXIF camera make or model, or consecutive words of either, are TEXT (case-insensitive): "
+    "--camera canon, --camera 'eos r5'.",
+)
+@click.option(
+    "--sort",
+    type=click.Choice(["score", "date"]),
+    default="score",
+    show_default=True,
+    help="Order of the --limit best matches: by score (best first) or by date taken (oldest first).",
+)
 @json_option("the results as one array of {rank, score, path, width, height}, best first,")
 @click.option(
     "--html",
@@ -702,6 +741,10 @@ def search(
     limit: int,
     threshold: float | None,
     path_prefix: str | None,
+    after: str | None,
+    before: str | None,
+    camera: str | None,
+    sort: str,
     as_json: bool,
     html_file: Path | None,
     max_pixels: int | None,
@@ -716,7 +759,8 @@ def search(
     Scores are CLIP's cosine similarities between the query and each image (higher is closer; an image finds
     itself at 1.0). A text query runs
     only the text tower; text past the model's 77 tokens is truncated, with a warning. Prints a table (rank,
-    score, path) or, with --json, one JSON array; --html writes a contact sheet to look at.
+    score, path) or, with --json, one JSON array; --html writes a contact sheet to look at. --after, --before and
+    --camera filter on what ingest read from EXIF (payload-indexed); with them the search runs in this process.
 
     \b
     Exit codes: 0 done (also when nothing matched); 1 nothing indexed yet, another model built the
@@ -734,7 +778,13 @@ def search(
     if image is not None and not image.is_file():
         what = "is not a file" if image.exists() else "no such file"
         raise click.BadParameter(f"{image}: {what}; give the image to search by", param_hint="--image")
-    if terms is None and not no_server and not _model_options_given():
+    if camera is not None and not camera.strip():
+        raise click.BadParameter("must not be empty", param_hint="--camera")
+    bounds = (_when(after, "--after"), _when(before, "--before"))
+    camera_lc = " ".join(camera.lower().split()) if camera else None
+    # the filters and the date order run in this process (serve's API does not take them)
+    plain = bounds == (None, None) and camera_lc is None and sort == "score"
+    if terms is None and not no_server and not _model_options_given() and plain:
         # the embedded store's record is found without importing the store (numpy, the engine)
         from clipindex.web.discovery import embedded_lock_path
 
@@ -764,6 +814,9 @@ def search(
     from clipindex.model.encode import Embedder  # only here: the served path above never imports them
     from clipindex.model.locate import require_model
     from clipindex.ops.search import search_image, search_terms, search_text
+    from clipindex.store.base import SearchFilter
+
+    filters = SearchFilter(bounds[0], bounds[1], camera_lc)
 
     location = require_model(locate_model(model_dir, store))
     embedder = Embedder(location.path, device=device, precision=precision, engine=engine, max_pixels=max_pixels)
@@ -774,7 +827,13 @@ def search(
             "CLIP sees only its beginning (the rest is ignored)"
         )
 
-    where: dict[str, Any] = {"limit": limit, "threshold": threshold, "path_prefix": path_prefix}
+    where: dict[str, Any] = {
+        "limit": limit,
+        "threshold": threshold,
+        "path_prefix": path_prefix,
+        "filters": filters,
+        "sort": sort,
+    }
     try:
         if terms is not None:
             results = search_terms(store, embedder, terms, on_truncate=on_truncate, **where)
@@ -844,6 +903,18 @@ def _model_options_given() -> bool:
     chosen = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     options = ("model_dir", "device", "precision", "engine", "max_pixels")
     return any(ctx.get_parameter_source(name) in chosen for name in options)
+
+
+def _when(text: str | None, option: str) -> float | None:
+    """``--after``/``--before``: epoch seconds, or a usage error naming the formats."""
+    if text is None:
+        return None
+    from clipindex.dates import parse_when
+
+    try:
+        return parse_when(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 def search_through_server(

@@ -28,7 +28,7 @@ import os
 import re
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, NamedTuple
 
 import numpy as np
@@ -38,6 +38,7 @@ from PIL import Image, ImageFile
 from clipindex.errors import ImageError, ImageTooLargeError
 from clipindex.images.config import CLIP_DEFAULT, DecodeSettings, PreprocessConfig, resolve_draft
 from clipindex.images.crop_resize import resample_filter, resize_size
+from clipindex.images.exif import PhotoFacts, read_photo_facts
 from clipindex.images.formats import file_kind, register_optional_plugins
 from clipindex.settings import DEFAULT_MAX_PIXELS
 
@@ -278,7 +279,8 @@ class DecodedFile:
     draft mode; ``format`` is Pillow's name for the format (``"JPEG"``, ``"PNG"``...); ``size`` the
     number of bytes hashed. ``image`` is the RGB image :func:`load_image` would return, or ``None``
     when ``decode_pixels`` declined (the header was still checked). It is mutable so that callers
-    can drop the bitmap early.
+    can drop the bitmap early. ``facts``: the header's EXIF date, camera and GPS
+    (:func:`~clipindex.images.exif.read_photo_facts`), read in both cases.
     """
 
     path: str
@@ -288,6 +290,7 @@ class DecodedFile:
     height: int
     format: str
     image: Image.Image | None
+    facts: PhotoFacts = field(default_factory=PhotoFacts)
 
 
 def decode_file(
@@ -332,7 +335,7 @@ def decode_file(
             fp.seek(0)
             source = fp
         decoded = _decode_guarded(source, name, max_pixels, draft_config, pixels=wanted)
-    return DecodedFile(name, size, digest, decoded.width, decoded.height, decoded.format, decoded.image)
+    return DecodedFile(name, size, digest, decoded.width, decoded.height, decoded.format, decoded.image, decoded.facts)
 
 
 class _Decoded(NamedTuple):
@@ -340,6 +343,7 @@ class _Decoded(NamedTuple):
     width: int  # as displayed (after EXIF orientation), full resolution
     height: int
     format: str
+    facts: PhotoFacts = PhotoFacts()
 
 
 def _decode(
@@ -359,7 +363,8 @@ def _decode(
     fmt = source.format or ""
     if not pixels:  # header only (EXIF that only a full decode reaches, as in PNG, is not seen)
         swap = _exif_orientation(source) >= 5
-        return _Decoded(None, height if swap else width, width if swap else height, fmt)
+        facts = read_photo_facts(source, gps=True)
+        return _Decoded(None, height if swap else width, width if swap else height, fmt, facts)
     box: tuple[float, float, float, float] | None = None
     if draft_config is not None and source.format in _DRAFTABLE:
         side = math.ceil(DRAFT_OVERSAMPLE * draft_config.shortest_edge)
@@ -368,6 +373,7 @@ def _decode(
             box = result[1]
     source.load()
     orientation = _exif_orientation(source)
+    facts = read_photo_facts(source, gps=True)  # after load: a PNG's getexif() would load it, hiding its errors
     image = to_rgb(source, name=name)
     if box is not None and draft_config is not None:
         # The DCT-scaled image covers the original exactly over ``box`` (its last row/column may be
@@ -377,7 +383,7 @@ def _decode(
     method = _TRANSPOSE.get(orientation)
     if orientation >= 5 and method is not None:
         width, height = height, width
-    return _Decoded(image if method is None else image.transpose(method), width, height, fmt)
+    return _Decoded(image if method is None else image.transpose(method), width, height, fmt, facts)
 
 
 def _to_uint8(values: npt.NDArray[np.floating], lo: float, hi: float) -> npt.NDArray[np.uint8]:

@@ -7,7 +7,9 @@ Phases of one run (the CLI's ``clipindex ingest`` is a thin wrapper around :func
    collection built by another model stops the run before anything is written.
 3. **Index**: read ``size, mtime_ns, sha256`` of every stored point (payloads only, no vectors).
 4. **Walk** the folder (:mod:`clipindex.ingest.walk`). A file whose point exists with the same size and mtime is
-   *unchanged* and costs nothing but its ``stat``. ``--shard K/N`` keeps the paths hashing to shard K. The walk
+   *unchanged* and costs nothing but its ``stat`` (unless its payload lacks the date and camera fields: then its
+   header is read and its point rewritten with the stored vector, never re-embedded). ``--shard K/N`` keeps the
+   paths hashing to shard K. The walk
    streams: the files it finds to embed feed the next phase as it goes, so the first batch is embedded long
    before a large tree is fully walked (``Progress.start`` gets the total when the walk ends).
 5. **Embed** the rest in batches of ``batch_size``, decoding one batch ahead on a thread pool; then each batch's
@@ -45,6 +47,7 @@ from clipindex.images.prefetch import decode_ahead
 from clipindex.ingest.failures import FailureMemory, Remembered, new_entry
 from clipindex.ingest.live import LiveProgress, progress_path
 from clipindex.ingest.points import (
+    DATED_KEY,
     ENGINE_FIELDS,
     INDEX_FIELDS,
     UNRECORDED_ENGINE,
@@ -141,6 +144,8 @@ class IngestOptions:
     remember_failures: bool = True
     #: decode the remembered failures again
     retry_failed: bool = False
+    #: store the EXIF GPS position (``gps: {lat, lon}``) of the files this run writes; off by default (privacy)
+    store_gps: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +159,9 @@ class _Stored:
     size: int
     mtime_ns: int
     sha256: bytes
+    #: the payload has the date and camera fields (``taken_at_source``); else an unchanged file is read again,
+    #: header only, and its point rewritten with its stored vector
+    dated: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +264,7 @@ class _Ingest:
     # --- phases -----------------------------------------------------------------------------------------
 
     def load_index(self) -> None:
-        for pid, payload in self.store.iter_payloads(INDEX_FIELDS, page_size=INDEX_PAGE_SIZE):
+        for pid, payload in self.store.iter_payloads([*INDEX_FIELDS, DATED_KEY], page_size=INDEX_PAGE_SIZE):
             self.maybe_yield()
             self.present.add(pid)
             try:
@@ -265,6 +273,7 @@ class _Ingest:
                     size=int(payload["size"]),
                     mtime_ns=int(payload["mtime_ns"]),
                     sha256=bytes.fromhex(str(payload["sha256"])),
+                    dated=DATED_KEY in payload,
                 )
             except (KeyError, TypeError, ValueError):
                 continue  # a point not written by clipindex ingest: never skipped, never reused
@@ -312,7 +321,11 @@ class _Ingest:
                 pid = previous.point_id  # the stored key object: ``seen`` keeps no second copy of the id
             seen.add(pid)
             if previous is not None and previous.size == size and previous.mtime_ns == mtime_ns:
-                self.report.unchanged += 1
+                if previous.dated:
+                    self.report.unchanged += 1
+                    continue
+                # stored before dates and cameras were: its header is read, its vector reused (no re-embedding)
+                yield _Pending(path, size, mtime_ns, pid)
                 continue
             if self.memory is not None and not self.options.retry_failed:
                 known = self.memory.known(path, size, mtime_ns)
@@ -515,6 +528,8 @@ class _Ingest:
                 model=self.embedder.model_name,
                 engine=engine,
                 precision=precision,
+                facts=decoded.facts,
+                store_gps=self.options.store_gps,
             )
             points.append(Point(pending.point_id, vectors[decoded.sha256], payload))
         return points

@@ -15,6 +15,9 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
+from clipindex.dates import CAMERA_KEY, DATED_KEY, TAKEN_TS_KEY
+from clipindex.images.exif import PhotoFacts
+
 #: namespace of clipindex point ids (uuid5 of the absolute path bytes in it)
 ID_NAMESPACE = uuid.UUID("8b6a1f2e-6c1d-5f7e-9a43-0c1a2b3c4d5e")
 _NAMESPACE_BYTES = ID_NAMESPACE.bytes
@@ -24,6 +27,8 @@ _NAMESPACE_BYTES = ID_NAMESPACE.bytes
 INDEX_FIELDS: tuple[str, ...] = ("size", "mtime_ns", "sha256")
 #: payload keys naming what computed the vector: the engine ("onnxruntime", "openvino") and its precision
 ENGINE_FIELDS: tuple[str, ...] = ("engine", "precision")
+#: the payload fields dates and cameras add (what a backfill writes)
+DATE_FIELDS: tuple[str, ...] = ("taken_at", DATED_KEY, TAKEN_TS_KEY, "camera_make", "camera_model", CAMERA_KEY, "gps")
 #: the engine label of vectors whose payload does not name one (written before payloads recorded engines)
 UNRECORDED_ENGINE = "unrecorded"
 
@@ -83,9 +88,12 @@ def make_payload(
     model: str,
     engine: str | None = None,
     precision: str | None = None,
+    facts: PhotoFacts | None = None,
+    store_gps: bool = False,
 ) -> dict[str, Any]:
     """The point's payload. ``engine`` and ``precision``: what computed its vector (``"openvino"``, ``"bf16"``),
-    recorded beside ``model`` when known; ``path_bytes`` (base64) only for a path that is not valid UTF-8."""
+    recorded beside ``model`` when known; ``path_bytes`` (base64) only for a path that is not valid UTF-8;
+    the date and camera fields of :func:`date_fields` (GPS only with ``store_gps``)."""
     recorded = {"engine": engine, "precision": precision}
     payload: dict[str, Any] = {
         "path": display_path(path),
@@ -100,7 +108,45 @@ def make_payload(
         **{key: value for key, value in recorded.items() if value is not None},
         "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    payload.update(date_fields(facts or PhotoFacts(), mtime_ns, store_gps=store_gps))
     raw = path_bytes(path)
     if raw is not None:
         payload["path_bytes"] = raw
     return payload
+
+
+def date_fields(facts: PhotoFacts, mtime_ns: int, *, store_gps: bool = False) -> dict[str, Any]:
+    """The date and camera fields of a payload:
+
+    * ``taken_at``: ISO 8601, the EXIF DateTimeOriginal (with its offset when the EXIF has one, else naive local
+      time), or else the file's mtime in UTC; ``taken_at_source``: ``"exif"`` or ``"mtime"``;
+    * ``taken_ts``: the same instant in epoch seconds (a naive EXIF time read as UTC);
+    * ``camera_make``/``camera_model`` when known (``model`` names the CLIP model), and ``camera_lc``: every run of
+      consecutive lowercase words of them;
+    * ``gps`` (``{"lat", "lon"}``) only when ``store_gps`` and the EXIF has it.
+    """
+    fields: dict[str, Any] = {}
+    if facts.taken_at is not None:
+        taken = facts.taken_at
+        fields["taken_at"] = taken.isoformat()
+        fields[DATED_KEY] = "exif"
+        aware = taken if taken.tzinfo is not None else taken.replace(tzinfo=timezone.utc)
+        fields[TAKEN_TS_KEY] = aware.timestamp()
+    else:
+        stamp = datetime.fromtimestamp(mtime_ns / 1e9, timezone.utc)
+        fields["taken_at"] = stamp.isoformat()
+        fields[DATED_KEY] = "mtime"
+        fields[TAKEN_TS_KEY] = mtime_ns / 1e9
+    words: list[str] = []
+    for key in ("make", "model"):
+        value = getattr(facts, key)
+        if value:
+            fields[f"camera_{key}"] = value
+            parts = value.lower().split()
+            # every run of consecutive words: "canon", "eos r5", "canon eos r5" all match "Canon EOS R5"
+            words.extend(" ".join(parts[i:j]) for i in range(len(parts)) for j in range(i + 1, len(parts) + 1))
+    if words:
+        fields[CAMERA_KEY] = sorted(set(words))
+    if store_gps and facts.gps is not None:
+        fields["gps"] = {"lat": facts.gps[0], "lon": facts.gps[1]}
+    return fields

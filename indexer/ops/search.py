@@ -17,11 +17,17 @@ best first (the README's Library API section has examples).
 * Text queries are tokenized like transformers' ``CLIPTokenizer`` and truncated at the model's context
   (77 tokens); ``on_truncate(text)`` is called when that happens. Only the tower a query needs is loaded
   (a text search never loads ``vision.onnx``), on a worker thread while the store opens.
+* ``filters`` (:class:`~clipindex.store.base.SearchFilter`) keeps hits taken in ``[after, before)`` (epoch
+  seconds of ``taken_at``; a naive EXIF time counts as UTC) and whose camera make or model (or a run of
+  consecutive words of either) equals ``camera``, case-insensitively; payload-indexed filters, applied before ``limit``.
+* ``sort="date"`` orders the ``limit`` best hits by ``taken_at``, oldest first (ties by score); ranks follow that
+  order. ``sort="score"`` (the default) is the usual best first.
 
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -31,6 +37,7 @@ from typing import Literal, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from clipindex.dates import DATE_FORMATS, parse_when
 from clipindex.errors import (
     CollectionMismatchError,
     CollectionNotFoundError,
@@ -41,19 +48,25 @@ from clipindex.model.encode import Embedder
 from clipindex.ops.query import QueryTerm, combine_terms
 from clipindex.ops.results import SearchResult, resolve_path_prefix, to_results
 from clipindex.settings import DEFAULT_LIMIT
-from clipindex.store.base import CollectionInfo, VectorStore
+from clipindex.store.base import CollectionInfo, SearchFilter, VectorStore
 
 __all__ = [
+    "DATE_FORMATS",
+    "SearchFilter",
     "SearchResult",
     "open_collection",
+    "parse_when",
     "resolve_path_prefix",
     "search_image",
     "search_terms",
     "search_text",
     "search_vector",
+    "sort_by_date",
 ]
 
 T = TypeVar("T")
+#: how search orders its hits: by score (best first) or by ``taken_at`` (oldest first)
+SortOrder = Literal["score", "date"]
 
 INGEST_HINT = "run `clipindex ingest DIR` first"
 
@@ -121,6 +134,8 @@ def search_vector(
     threshold: float | None = None,
     path_prefix: str | os.PathLike[str] | None = None,
     model_name: str | None = None,
+    filters: SearchFilter | None = None,
+    sort: SortOrder = "score",
 ) -> list[SearchResult]:
     """The ``limit`` stored images nearest to ``vector`` (any float vector of the collection's dimension).
 
@@ -134,14 +149,38 @@ def search_vector(
     if query.shape[0] != info.vector_dim:
         raise ValueError(f"the query vector has {query.shape[0]} dimensions, the collection {info.vector_dim}")
     prefix = resolve_path_prefix(path_prefix)
-    hits = store.search(query, limit=limit, score_threshold=_store_threshold(threshold), path_prefix=prefix)
+    if filters is not None and filters.camera is not None:
+        filters = SearchFilter(filters.after, filters.before, " ".join(filters.camera.lower().split()))
+    hits = store.search(
+        query,
+        limit=limit,
+        score_threshold=_store_threshold(threshold),
+        path_prefix=prefix,
+        filters=None if filters is None or filters.empty else filters,
+    )
     if threshold is not None:
         hits = [h for h in hits if h.score >= threshold]
     if not hits and store.count(exact=True) == 0:
         raise NothingIndexedError(
             f"nothing is indexed in {store.describe()} yet (the collection is empty): {INGEST_HINT}"
         )
-    return to_results(hits)
+    results = to_results(hits)
+    if sort == "date":
+        results = sort_by_date(results)
+    return results
+
+
+def sort_by_date(results: Sequence[SearchResult]) -> list[SearchResult]:
+    """``results`` ordered by ``taken_ts`` (oldest first; undated last; ties best score first), re-ranked."""
+
+    def key(result: SearchResult) -> tuple[int, float, float]:
+        stamp = result.payload.get("taken_ts")
+        if isinstance(stamp, (int, float)):
+            return (0, float(stamp), -result.score)
+        return (1, 0.0, -result.score)
+
+    ordered = sorted(results, key=key)
+    return [dataclasses.replace(result, rank=rank) for rank, result in enumerate(ordered, 1)]
 
 
 def _embed_query(
@@ -181,6 +220,8 @@ def search_text(
     threshold: float | None = None,
     path_prefix: str | os.PathLike[str] | None = None,
     on_truncate: Callable[[str], None] | None = None,
+    filters: SearchFilter | None = None,
+    sort: SortOrder = "score",
 ) -> list[SearchResult]:
     """Images best matching a text query (text tower only). ``on_truncate(query)`` when cut at the context."""
     vector = _embed_query(
@@ -191,7 +232,14 @@ def search_text(
         lambda _: embedder.encode_text([query], on_truncate=on_truncate)[0],
     )
     return search_vector(
-        store, vector, limit=limit, threshold=threshold, path_prefix=path_prefix, model_name=embedder.model_name
+        store,
+        vector,
+        limit=limit,
+        threshold=threshold,
+        path_prefix=path_prefix,
+        model_name=embedder.model_name,
+        filters=filters,
+        sort=sort,
     )
 
 
@@ -203,6 +251,8 @@ def search_image(
     limit: int = DEFAULT_LIMIT,
     threshold: float | None = None,
     path_prefix: str | os.PathLike[str] | None = None,
+    filters: SearchFilter | None = None,
+    sort: SortOrder = "score",
 ) -> list[SearchResult]:
     """Images most like ``image``: a file, decoded and preprocessed exactly as ingest does, or any other input
     :meth:`Embedder.encode_images` takes (bytes, a URL, a PIL image...).
@@ -219,7 +269,14 @@ def search_image(
 
     vector = _embed_query(store, embedder, "vision", prepare, lambda pixels: embedder.encode_pixels(pixels[None])[0])
     return search_vector(
-        store, vector, limit=limit, threshold=threshold, path_prefix=path_prefix, model_name=embedder.model_name
+        store,
+        vector,
+        limit=limit,
+        threshold=threshold,
+        path_prefix=path_prefix,
+        model_name=embedder.model_name,
+        filters=filters,
+        sort=sort,
     )
 
 
@@ -232,6 +289,8 @@ def search_terms(
     threshold: float | None = None,
     path_prefix: str | os.PathLike[str] | None = None,
     on_truncate: Callable[[str], None] | None = None,
+    filters: SearchFilter | None = None,
+    sort: SortOrder = "score",
 ) -> list[SearchResult]:
     """Images best matching a combination of texts and images (:mod:`clipindex.ops.query`: the weighted sum of
     the ``+`` terms' embeddings minus the ``-`` terms', normalised). Texts run the text tower, image files are
@@ -251,5 +310,12 @@ def search_terms(
             vectors.append(embedder.encode_pixels(preprocessor.preprocess(decoded)[None])[0])
     vector = combine_terms(vectors, terms)
     return search_vector(
-        store, vector, limit=limit, threshold=threshold, path_prefix=path_prefix, model_name=embedder.model_name
+        store,
+        vector,
+        limit=limit,
+        threshold=threshold,
+        path_prefix=path_prefix,
+        model_name=embedder.model_name,
+        filters=filters,
+        sort=sort,
     )

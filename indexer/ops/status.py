@@ -26,7 +26,7 @@ from clipindex.errors import (
     StoreError,
 )
 from clipindex.ingest.live import read_live_progress
-from clipindex.ingest.points import UNRECORDED_ENGINE
+from clipindex.ingest.points import DATED_KEY, UNRECORDED_ENGINE
 from clipindex.store.base import UNKNOWN_MODEL, VectorStore
 from clipindex.store.edge import EdgeStore
 
@@ -88,6 +88,9 @@ class Status:
     mixed_engines: bool = False
     #: the count contradicts the last ingest's summary: the store may be damaged (:func:`count_contradiction`)
     integrity_warning: str | None = None
+    #: points whose payload carries the date and camera fields (``taken_at_source``); the others get them on the
+    #: next ingest (None when the collection does not exist or is busy)
+    dated_points: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,6 +124,11 @@ class Status:
             )
             rows.append(("collection", f"{self.collection}: {built}"))
             rows.append(("points", f"{self.points:,}" if self.points is not None else "unknown"))
+            if self.dated_points is not None and self.points:
+                dated = f"{self.dated_points:,} of {self.points:,} points"
+                if self.dated_points < self.points:
+                    dated += " (the next ingest adds them to the others, without re-embedding)"
+                rows.append(("dates", dated))
             if self.engines:
                 rows.append(("engine", ("mixed: " if self.mixed_engines else "") + ", ".join(self.engines)))
             if self.integrity_warning is not None:
@@ -276,12 +284,14 @@ def collect_status(model_dir: str | Path, store: VectorStore) -> Status:
     collection_model: str | None = None
     collection_dim: int | None = None
     points: int | None = None
+    dated: int | None = None
     damaged: str | None = None
     try:
         info = store.collection_info()
         exists = True
         collection_model, collection_dim = info.model_name, info.vector_dim
         points = store.count(exact=True)
+        dated = store.count_with(DATED_KEY)
     except CollectionNotFoundError:
         pass
     except StoreBusyError as exc:
@@ -342,6 +352,7 @@ def collect_status(model_dir: str | Path, store: VectorStore) -> Status:
         busy_reason=busy_reason,
         engines=engines,
         mixed_engines=engines is not None and len(engines) > 1,
+        dated_points=dated,
     )
 
 

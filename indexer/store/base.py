@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from clipindex.dates import CAMERA_KEY, DATED_KEY, TAKEN_TS_KEY
 from clipindex.errors import StoreError
 from clipindex.settings import DEFAULT_LIMIT
 
@@ -49,13 +50,29 @@ PATH_KEY = "path"
 #: payload key holding the model name (filled in by :meth:`VectorStore.upsert` when missing)
 MODEL_KEY = "model"
 #: payload keys that get a keyword index
-INDEXED_KEYS: tuple[str, ...] = (PATH_KEY, DIRS_KEY)
+INDEXED_KEYS: tuple[str, ...] = (PATH_KEY, DIRS_KEY, CAMERA_KEY, DATED_KEY)
+#: payload keys that get a float (range) index
+FLOAT_INDEXED_KEYS: tuple[str, ...] = (TAKEN_TS_KEY,)
 #: payload keys the store adds and hides from hits
 INTERNAL_KEYS: tuple[str, ...] = (DIRS_KEY,)
 #: version of the metadata layout written by this code
 META_FORMAT = 1
 #: model name reported for a collection whose model cannot be known (empty, metadata lost)
 UNKNOWN_MODEL = "unknown"
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """Payload conditions of a search, all of which a hit meets: ``after <= taken_ts < before`` (epoch seconds;
+    either bound ``None``: open) and ``camera`` (lowercase) among the point's ``camera_lc``."""
+
+    after: float | None = None
+    before: float | None = None
+    camera: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.after is None and self.before is None and self.camera is None
 
 
 @dataclass
@@ -315,12 +332,18 @@ class VectorStore(ABC):
         limit: int = DEFAULT_LIMIT,
         score_threshold: float | None = None,
         path_prefix: str | None = None,
+        filters: SearchFilter | None = None,
     ) -> list[Hit]:
         """The ``limit`` nearest points by cosine similarity, best first.
 
         ``score_threshold`` drops hits scoring below it; ``path_prefix`` keeps files under that
-        folder (or that exact file): ``/a/photos`` never matches ``/a/photos2/...``.
+        folder (or that exact file): ``/a/photos`` never matches ``/a/photos2/...``; ``filters`` keeps the hits
+        that meet all its conditions (dates, camera; the payload indexes serve them).
         """
+
+    @abstractmethod
+    def count_with(self, key: str) -> int:
+        """Exact number of points whose payload has ``key`` (a keyword-indexed key, e.g. ``taken_at_source``)."""
 
     # --- status -------------------------------------------------------------------------------
 

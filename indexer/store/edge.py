@@ -47,17 +47,21 @@ from clipindex.errors import (
 )
 from clipindex.settings import DEFAULT_COLLECTION, DEFAULT_LIMIT, DEFAULT_WAIT_S, min_free_bytes_from_env
 from clipindex.store.base import (
+    CAMERA_KEY,
     DIRS_KEY,
+    FLOAT_INDEXED_KEYS,
     INDEXED_KEYS,
     INTERNAL_KEYS,
     META_FORMAT,
     MODEL_KEY,
     PATH_KEY,
+    TAKEN_TS_KEY,
     UNKNOWN_MODEL,
     CollectionInfo,
     Hit,
     Lending,
     Point,
+    SearchFilter,
     VectorStore,
     as_vector,
     check_id,
@@ -586,6 +590,11 @@ class EdgeStore(VectorStore):
             return int(self._engine("count", lambda: shard.count(qe.CountRequest(exact=True))))
         return int(self._engine("info", shard.info).points_count)
 
+    def count_with(self, key: str) -> int:
+        shard = self._need()
+        flt = qe.Filter(must_not=[qe.FieldCondition(key, is_empty=True)])
+        return int(self._engine("count", lambda: shard.count(qe.CountRequest(exact=True, filter=flt))))
+
     def iter_payloads(
         self, fields: Sequence[str] | None = None, page_size: int = 1000
     ) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -647,6 +656,7 @@ class EdgeStore(VectorStore):
         limit: int = DEFAULT_LIMIT,
         score_threshold: float | None = None,
         path_prefix: str | None = None,
+        filters: SearchFilter | None = None,
     ) -> list[Hit]:
         shard = self._need()
         assert self._info is not None
@@ -654,13 +664,21 @@ class EdgeStore(VectorStore):
         if limit <= 0:
             return []
         flt: qe.Filter | None = None
+        should: list[ConditionType] | None = None
+        must: list[ConditionType] = []
         if path_prefix is not None:
             p = normalize_prefix(path_prefix)
-            should: list[ConditionType] = [
+            should = [
                 qe.FieldCondition(DIRS_KEY, match=qe.MatchValue(p)),
                 qe.FieldCondition(PATH_KEY, match=qe.MatchValue(p)),
             ]
-            flt = qe.Filter(should=should)
+        if filters is not None:
+            if filters.after is not None or filters.before is not None:
+                must.append(qe.FieldCondition(TAKEN_TS_KEY, range=qe.RangeFloat(gte=filters.after, lt=filters.before)))
+            if filters.camera is not None:
+                must.append(qe.FieldCondition(CAMERA_KEY, match=qe.MatchValue(filters.camera)))
+        if should is not None or must:
+            flt = qe.Filter(should=should, must=must or None)
         request = qe.QueryRequest(
             limit=limit,
             query=qe.Query.Nearest(query.tolist()),
@@ -1011,6 +1029,10 @@ class EdgeStore(VectorStore):
             if key not in present:
                 # on_disk: sealed segments keep the index memory-mapped (an appendable one keeps it in RAM)
                 op = qe.UpdateOperation.create_field_index(key, qe.KeywordIndexParams(on_disk=True))
+                self._engine("create a payload index", partial(shard.update, op))
+        for key in FLOAT_INDEXED_KEYS:
+            if key not in present:
+                op = qe.UpdateOperation.create_field_index(key, qe.FloatIndexParams(on_disk=True))
                 self._engine("create a payload index", partial(shard.update, op))
 
     def _close_shard(self, shard: qe.EdgeShard, *, keep_turn: bool = False) -> None:

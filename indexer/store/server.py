@@ -52,16 +52,20 @@ from clipindex.errors import (
 from clipindex.lock import server_lock_path
 from clipindex.settings import DEFAULT_COLLECTION, DEFAULT_LIMIT, DEFAULT_TIMEOUT_S, default_state_dir
 from clipindex.store.base import (
+    CAMERA_KEY,
     DIRS_KEY,
+    FLOAT_INDEXED_KEYS,
     INDEXED_KEYS,
     INTERNAL_KEYS,
     META_FORMAT,
     MODEL_KEY,
     PATH_KEY,
+    TAKEN_TS_KEY,
     UNKNOWN_MODEL,
     CollectionInfo,
     Hit,
     Point,
+    SearchFilter,
     VectorStore,
     as_vector,
     check_id,
@@ -343,6 +347,15 @@ class ServerStore(VectorStore):
         result = self._call("count", lambda: self._client.count(name, exact=exact))
         return int(result.count)
 
+    def count_with(self, key: str) -> int:
+        require_open(self._opened, self)
+        from qdrant_client import models
+
+        name = self.collection
+        flt = models.Filter(must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key=key))])
+        result = self._call("count", lambda: self._client.count(name, count_filter=flt, exact=True))
+        return int(result.count)
+
     def iter_payloads(
         self, fields: Sequence[str] | None = None, page_size: int = 1000
     ) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -413,6 +426,7 @@ class ServerStore(VectorStore):
         limit: int = DEFAULT_LIMIT,
         score_threshold: float | None = None,
         path_prefix: str | None = None,
+        filters: SearchFilter | None = None,
     ) -> list[Hit]:
         require_open(self._opened, self)
         assert self._info is not None
@@ -422,13 +436,22 @@ class ServerStore(VectorStore):
         if limit <= 0:
             return []
         flt: models.Filter | None = None
+        should: list[Any] | None = None
+        must: list[Any] = []
         if path_prefix is not None:
             p = normalize_prefix(path_prefix)
-            should: list[Any] = [
+            should = [
                 models.FieldCondition(key=DIRS_KEY, match=models.MatchValue(value=p)),
                 models.FieldCondition(key=PATH_KEY, match=models.MatchValue(value=p)),
             ]
-            flt = models.Filter(should=should)
+        if filters is not None:
+            if filters.after is not None or filters.before is not None:
+                bounds = models.Range(gte=filters.after, lt=filters.before)
+                must.append(models.FieldCondition(key=TAKEN_TS_KEY, range=bounds))
+            if filters.camera is not None:
+                must.append(models.FieldCondition(key=CAMERA_KEY, match=models.MatchValue(value=filters.camera)))
+        if should is not None or must:
+            flt = models.Filter(should=should, must=must or None)
         name = self.collection
         response = self._call(
             "search",
@@ -611,7 +634,9 @@ class ServerStore(VectorStore):
 
         name = self.collection
         col = self._call("read the collection", lambda: self._client.get_collection(name))
-        for key in INDEXED_KEYS:
+        kinds = [(key, models.PayloadSchemaType.KEYWORD) for key in INDEXED_KEYS]
+        kinds += [(key, models.PayloadSchemaType.FLOAT) for key in FLOAT_INDEXED_KEYS]
+        for key, kind in kinds:
             if key not in (col.payload_schema or {}):
                 self._call(
                     "create a payload index",
@@ -619,7 +644,7 @@ class ServerStore(VectorStore):
                         self._client.create_payload_index,
                         name,
                         key,
-                        field_schema=models.PayloadSchemaType.KEYWORD,
+                        field_schema=kind,
                         wait=True,
                     ),
                 )
