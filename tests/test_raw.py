@@ -27,7 +27,7 @@ from PIL import Image
 from clipindex.cli import cli
 from clipindex.errors import ImageError, ImageTooLargeError
 from clipindex.images.decode import decode_file, load_image, load_image_bytes
-from clipindex.images.raw import MISSING_EXTRA, flip_to_orientation, is_raw_name
+from clipindex.images.raw import MISSING_EXTRA, flip_to_orientation, is_raw_name, raw_exif
 
 rawpy = pytest.importorskip("rawpy", reason="the clipindex[raw] extra (rawpy) is not installed")
 tifffile = pytest.importorskip("tifffile", reason="tifffile writes the test DNG files")
@@ -68,10 +68,18 @@ def mosaic(photo: Image.Image) -> np.ndarray:
     return cfa
 
 
-def write_dng(path: Path, photo: Image.Image, *, preview: Image.Image | None = None, orientation: int = 1) -> Path:
+def write_dng(
+    path: Path,
+    photo: Image.Image,
+    *,
+    preview: Image.Image | None = None,
+    orientation: int = 1,
+    taken: str = "2024:05:17 08:30:00",
+) -> Path:
     """A real DNG of ``photo`` (see the module doc); with ``preview``, that image as a JPEG preview in IFD0."""
     cfa = mosaic(photo)
     dng_tags = [
+        (36867, _ASCII, 0, taken, True),  # DateTimeOriginal (in IFD0, where TIFF/EP puts it)
         (50706, _BYTE, 4, (1, 4, 0, 0), True),  # DNGVersion
         (50707, _BYTE, 4, (1, 1, 0, 0), True),  # DNGBackwardVersion
         (50708, _ASCII, 0, "clipindex test camera", True),  # UniqueCameraModel
@@ -227,6 +235,17 @@ def test_a_corrupt_raw_file_is_an_image_error(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match=r"bad\.nef: "):
         decode_file(bad)
     assert is_raw_name("a.CR2") and is_raw_name("b.arw") and not is_raw_name("c.jpg")
+
+
+def test_raw_exif_reads_the_date_and_camera(tmp_path: Path, coffee: Image.Image) -> None:
+    exif = raw_exif(write_dng(tmp_path / "a.dng", coffee, taken="2021:12:24 18:00:05"))
+    assert exif.get(36867) == "2021:12:24 18:00:05"
+    assert (exif.get(271), exif.get(272)) == ("clipindex", "Test DNG")
+    exif = raw_exif(write_dng(tmp_path / "b.dng", coffee, preview=coffee))
+    assert exif.get(36867) == "2024:05:17 08:30:00"
+    bad = tmp_path / "bad.raf"
+    bad.write_bytes(b"nothing")
+    assert len(raw_exif(bad)) == 0
 
 
 # --- the real CLI ---------------------------------------------------------------------------------------------

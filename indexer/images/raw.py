@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -33,6 +34,7 @@ __all__ = [
     "is_raw_name",
     "open_raw",
     "raw_available",
+    "raw_exif",
 ]
 
 #: the reason every RAW file fails with when ``rawpy`` is not installed
@@ -151,3 +153,43 @@ def open_raw(source: IO[bytes] | str, name: str) -> Iterator[RawFile]:
         yield RawFile(raw, name, int(sizes.width), int(sizes.height), flip_to_orientation(sizes.flip))
     finally:
         raw.close()
+
+
+_EXIF_IFD = 0x8769
+_DATE_TIME_ORIGINAL = 36867
+
+
+def _dated(exif: Image.Exif) -> bool:
+    try:
+        return _DATE_TIME_ORIGINAL in exif.get_ifd(_EXIF_IFD) or _DATE_TIME_ORIGINAL in exif
+    except Exception:  # a corrupt EXIF IFD
+        return False
+
+
+def raw_exif(path: str | os.PathLike[str]) -> Image.Exif:
+    """The EXIF of a camera RAW file, for its date and camera (``DateTimeOriginal`` and ``OffsetTimeOriginal`` in
+    the EXIF IFD, ``Make``, ``Model``): from its TIFF header when it has one (CR2, NEF, ARW, DNG) and that holds
+    a ``DateTimeOriginal``, else from the embedded JPEG preview's (RAF, ORF; needs ``rawpy``). An empty ``Exif`` when
+    neither can be read: never raises."""
+    name = os.fspath(path)
+    header = Image.Exif()
+    # a TIFF-based RAW's IFD0 is an EXIF block as is (Pillow cannot open a CFA image itself); not one (RAF), or a
+    # damaged header: no header EXIF
+    with contextlib.suppress(Exception), open(name, "rb") as fp:
+        data = fp.read()
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            header.load(data)
+    if _dated(header) or not raw_available():
+        return header
+    try:
+        with open(name, "rb") as fp, open_raw(fp, name) as raw:
+            thumb = raw.raw.extract_thumb()
+            import rawpy
+
+            if thumb.format != rawpy.ThumbFormat.JPEG:
+                return header
+            with Image.open(io.BytesIO(bytes(thumb.data))) as preview:
+                exif = preview.getexif()
+    except Exception:  # no preview, or LibRaw cannot read the file: what the header had
+        return header
+    return exif if _dated(exif) or not len(header) else header
