@@ -75,6 +75,7 @@ def write_dng(
     preview: Image.Image | None = None,
     orientation: int = 1,
     taken: str = "2024:05:17 08:30:00",
+    cut_preview: bool = False,
 ) -> Path:
     """A real DNG of ``photo`` (see the module doc); with ``preview``, that image as a JPEG preview in IFD0."""
     cfa = mosaic(photo)
@@ -102,13 +103,14 @@ def write_dng(
         else:  # a camera's layout: IFD0 the JPEG preview, its SubIFD the raw data
             jpeg = io.BytesIO()
             preview.convert("RGB").save(jpeg, "JPEG", quality=92)
+            strip = jpeg.getvalue()[: len(jpeg.getvalue()) // 2] if cut_preview else jpeg.getvalue()
             width, height = preview.size
             codecs = tifffile.TIFF.COMPRESSORS._codecs  # the strip is JPEG already: no encoder (imagecodecs) needed
             had = _JPEG in codecs
             codecs.setdefault(_JPEG, lambda data, *args, **kwargs: data)
             try:
                 tif.write(
-                    iter([jpeg.getvalue()]),
+                    iter([strip]),
                     shape=(height, width, 3),
                     dtype=np.uint8,
                     photometric="rgb",
@@ -193,6 +195,17 @@ def test_a_preview_smaller_than_the_crop_size_is_not_used(tmp_path: Path, coffee
     red = Image.new("RGB", (300, 200), (255, 0, 0))
     path = write_dng(tmp_path / "red.dng", coffee, preview=red)
     assert mean_error(load_image(path), coffee) < 16
+
+
+def test_a_damaged_preview_falls_back_to_the_demosaic(tmp_path: Path, coffee: Image.Image) -> None:
+    path = write_dng(tmp_path / "cut.dng", coffee, preview=coffee, cut_preview=True)
+    with rawpy.imread(str(path)) as raw:
+        thumb = raw.extract_thumb()
+    assert thumb.format == rawpy.ThumbFormat.JPEG
+    with pytest.raises(OSError, match="truncated"):
+        Image.open(io.BytesIO(bytes(thumb.data))).load()
+    image = load_image(path)
+    assert image.size == (300, 200) and mean_error(image, coffee) < 16
 
 
 @pytest.mark.parametrize("with_preview", [False, True])

@@ -435,14 +435,17 @@ def _decode_raw(
             raise _too_large(name, width, height, limit)
         if not pixels:
             return _Decoded(None, width, height, fmt)
-        found = raw.preview(min_side)
-        if found is None:
+        try:
+            found = raw.preview(min_side)
+            # the preview decodes as any JPEG (limits, draft, its own EXIF orientation); then the RAW's own turn
+            image = None if found is None else _decode_opened(found[0], name, limit, draft_config).image
+        except ImageError:  # a preview over the pixel limit
+            raise
+        except Exception:  # a damaged preview: the raw data may still be whole
+            image = None
+        if found is None or image is None:
             return _Decoded(raw.demosaic(), width, height, fmt)
-    preview, turn = found
-    # the preview decodes as any JPEG (limits, draft, its own EXIF orientation); then the RAW's own turn
-    image = _decode_opened(preview, name, limit, draft_config).image
-    assert image is not None
-    method = _TRANSPOSE.get(turn)
+    method = _TRANSPOSE.get(found[1])
     return _Decoded(image if method is None else image.transpose(method), width, height, fmt)
 
 
