@@ -223,6 +223,11 @@ def test_orientation_turns_both_the_demosaic_and_the_preview(
     assert (decoded.width, decoded.height) == (400, 600)
 
 
+def test_flip_to_orientation_inverts_libraw_reading_of_exif_orientation() -> None:
+    for orientation in range(1, 9):  # LibRaw (dcraw) reads EXIF orientation as flip = "50132467"[orientation & 7]
+        assert flip_to_orientation(int("50132467"[orientation & 7])) == orientation
+
+
 def test_the_pixel_limit_applies_to_the_sensor(tmp_path: Path, coffee: Image.Image) -> None:
     path = write_dng(tmp_path / "coffee.dng", coffee, preview=coffee)
     with pytest.raises(ImageTooLargeError, match="600x400"):
