@@ -17,7 +17,7 @@ from PIL import Image
 
 from clipindex.errors import ImageError, WalkError
 from clipindex.images.decode import load_image
-from clipindex.images.formats import BASE_EXTENSIONS, supported_extensions
+from clipindex.images.formats import BASE_EXTENSIONS, RAW_EXTENSIONS, supported_extensions
 from clipindex.ingest.walk import FoundFile, iter_image_files
 
 NOBODY = 65534
@@ -84,7 +84,8 @@ def test_extensions_are_case_insensitive_and_filtered(tmp_path: Path) -> None:
     for name in names:
         touch(tmp_path / name)
     found, _ = walk(tmp_path)
-    expected = ["a.JPG", "b.Jpeg", "c.png", "d.PNG", "e.webp", "f.bmp", "g.gif", "h.TIF", "i.tiff"]
+    # RAW files are always walked: without the clipindex[raw] extra each one fails with a reason naming it
+    expected = ["a.JPG", "b.Jpeg", "c.png", "d.PNG", "e.webp", "f.bmp", "g.gif", "h.TIF", "i.tiff", "raw.cr2"]
     if "heic" in supported_extensions():  # only with the optional pillow_heif plugin
         expected.append("x.heic")
     assert found == expected
@@ -94,7 +95,7 @@ def test_extensions_are_case_insensitive_and_filtered(tmp_path: Path) -> None:
 
 def test_supported_extensions() -> None:
     exts = supported_extensions()
-    assert exts >= BASE_EXTENSIONS
+    assert exts >= BASE_EXTENSIONS | RAW_EXTENSIONS
     try:
         import pillow_heif  # noqa: F401
 

@@ -11,6 +11,9 @@ Promises, per file (:func:`load_image`, :func:`decode_file`, :func:`load_image_b
 * EXIF orientation is applied like ``ImageOps.exif_transpose`` (an unreadable EXIF block is ignored);
 * :func:`to_rgb` follows transformers' ``convert_to_rgb``: transparency composited onto white, other modes
   converted; high-depth grey (16-bit, 32-bit, float) is scaled to 8 bits rather than clipped;
+* a camera RAW file (by its extension: CR2, NEF, ARW, DNG, RAF, ORF) is decoded by ``rawpy`` (LibRaw), the
+  ``clipindex[raw]`` extra: its embedded preview when that is large enough, else a half-size demosaic
+  (:mod:`clipindex.images.raw`); without the extra it raises :class:`~clipindex.errors.ImageError` naming it;
 * ``draft`` (JPEG only, :data:`~clipindex.settings.DEFAULT_DRAFT`): a DCT-scaled decode keeping both sides
   >= :data:`DRAFT_OVERSAMPLE` times the model's shortest edge, resized straight to the size preprocessing
   would resize to; ``draft=False`` is bit-exact with transformers.
@@ -40,6 +43,7 @@ from clipindex.images.config import CLIP_DEFAULT, DecodeSettings, PreprocessConf
 from clipindex.images.crop_resize import resample_filter, resize_size
 from clipindex.images.exif import PhotoFacts, read_photo_facts
 from clipindex.images.formats import file_kind, register_optional_plugins
+from clipindex.images.raw import MISSING_EXTRA, is_raw_name, open_raw, raw_available
 from clipindex.settings import DEFAULT_MAX_PIXELS
 
 __all__ = [
@@ -62,6 +66,12 @@ DRAFT_OVERSAMPLE: float = 1.5
 _SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _HIGH_DEPTH = _SIXTEEN_BIT | {"I", "F"}
 _DRAFTABLE = frozenset({"JPEG", "MPO"})
+
+
+def _raw_min_side(config: PreprocessConfig | None) -> int:
+    """The short side a RAW file's preview needs to be used instead of a demosaic: the model's crop size."""
+    config = CLIP_DEFAULT if config is None else config
+    return max(config.shortest_edge, config.crop_height, config.crop_width)
 
 
 def _draft_target(config: PreprocessConfig | None, draft: bool | None) -> PreprocessConfig | None:
@@ -193,9 +203,10 @@ def load_image(
     :class:`~clipindex.errors.ImageTooLargeError`) for anything that is not a decodable image.
     """
     name = os.fspath(path)
+    raw = _raw_min_side(config) if is_raw_name(name) else None
     with _open_regular(name) as fp:
         draft_config = _draft_target(config, draft)
-        image = _decode_guarded(fp, name, resolve_max_pixels(max_pixels), draft_config).image
+        image = _decode_guarded(fp, name, resolve_max_pixels(max_pixels), draft_config, raw=raw).image
     assert image is not None
     return image
 
@@ -217,7 +228,8 @@ def load_image_bytes(
     draft_config = _draft_target(config, draft)
     # BytesIO copies a memoryview/bytearray once; bytes are shared
     source = io.BytesIO(data if isinstance(data, bytes) else view.tobytes())
-    image = _decode_guarded(source, name, resolve_max_pixels(max_pixels), draft_config).image
+    raw = _raw_min_side(config) if is_raw_name(name) else None
+    image = _decode_guarded(source, name, resolve_max_pixels(max_pixels), draft_config, raw=raw).image
     assert image is not None
     return image
 
@@ -244,19 +256,25 @@ def prepare_decoded_image(image: Image.Image, *, name: str = "<image>", max_pixe
 
 
 def _decode_guarded(
-    fp: IO[bytes],
+    fp: IO[bytes] | None,
     name: str,
     limit: int,
     draft_config: PreprocessConfig | None,
     *,
     pixels: bool = True,
+    raw: int | None = None,
 ) -> _Decoded:
-    """:func:`_decode` with every failure turned into :class:`ImageError` (``limit`` 0: none)."""
+    """:func:`_decode` with every failure turned into :class:`ImageError` (``limit`` 0: none). ``raw``: the file is a
+    camera RAW (read from ``fp``, or LibRaw reads ``name`` itself when ``fp`` is ``None``), and this is the short
+    side its preview needs."""
     register_optional_plugins()
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone flipped it: truncated files would decode half grey
         ImageFile.LOAD_TRUNCATED_IMAGES = False
     _allow_pil_limit(limit)
     try:
+        if raw is not None:
+            return _decode_raw(fp, name, limit, draft_config, raw, pixels=pixels)
+        assert fp is not None
         return _decode(fp, name, limit, draft_config, pixels=pixels)
     except ImageError:
         raise
@@ -308,10 +326,15 @@ def decode_file(
     name = os.fspath(path)
     draft_config = _draft_target(settings.config, settings.draft) if settings else _draft_target(None, None)
     max_pixels = resolve_max_pixels(settings.max_pixels if settings else None)
+    raw = _raw_min_side(settings.config if settings else None) if is_raw_name(name) else None
+    if raw is not None and not raw_available():  # before reading a byte: the same reason for every RAW file
+        raise ImageError(name, MISSING_EXTRA)
     with _open_regular(name) as fp:
         # The header first (Pillow reads only what it needs): a file that is no image, or one declaring too
-        # many pixels, fails in milliseconds instead of being read and hashed in full (a 10 GB file named .jpg)
-        _decode_guarded(fp, name, max_pixels, None, pixels=False)
+        # many pixels, fails in milliseconds instead of being read and hashed in full (a 10 GB file named .jpg).
+        # LibRaw reads a RAW file in full to parse it: its header is checked with the decode below.
+        if raw is None:
+            _decode_guarded(fp, name, max_pixels, None, pixels=False)
         try:
             fp.seek(0)
             size = os.fstat(fp.fileno()).st_size
@@ -330,11 +353,13 @@ def decode_file(
             raise ImageError(name, f"read error: {exc.strerror or exc}") from exc
         wanted = decode_pixels is None or decode_pixels(digest)
         if size <= IN_MEMORY_LIMIT:
-            source: IO[bytes] = io.BytesIO(data)
+            source: IO[bytes] | None = io.BytesIO(data)
+        elif raw is not None:
+            source = None  # LibRaw reads the file itself
         else:
             fp.seek(0)
             source = fp
-        decoded = _decode_guarded(source, name, max_pixels, draft_config, pixels=wanted)
+        decoded = _decode_guarded(source, name, max_pixels, draft_config, pixels=wanted, raw=raw)
     return DecodedFile(name, size, digest, decoded.width, decoded.height, decoded.format, decoded.image, decoded.facts)
 
 
@@ -354,7 +379,17 @@ def _decode(
     *,
     pixels: bool = True,
 ) -> _Decoded:
-    source = Image.open(fp)
+    return _decode_opened(Image.open(fp), name, limit, draft_config, pixels=pixels)
+
+
+def _decode_opened(
+    source: Image.Image,
+    name: str,
+    limit: int,
+    draft_config: PreprocessConfig | None,
+    *,
+    pixels: bool = True,
+) -> _Decoded:
     width, height = source.size
     if width <= 0 or height <= 0:
         raise ImageError(name, f"image has no pixels ({width}x{height})")
@@ -384,6 +419,40 @@ def _decode(
     if orientation >= 5 and method is not None:
         width, height = height, width
     return _Decoded(image if method is None else image.transpose(method), width, height, fmt, facts)
+
+
+def _decode_raw(
+    fp: IO[bytes] | None,
+    name: str,
+    limit: int,
+    draft_config: PreprocessConfig | None,
+    min_side: int,
+    *,
+    pixels: bool = True,
+) -> _Decoded:
+    """A camera RAW file: the pixel limit on the sensor's size, then its preview or a half-size demosaic."""
+    dot = name.rfind(".")
+    fmt = name[dot + 1 :].upper() if dot > 0 else "RAW"
+    with open_raw(name if fp is None else fp, name) as raw:
+        width, height = raw.display_size
+        if width <= 0 or height <= 0:
+            raise ImageError(name, f"image has no pixels ({width}x{height})")
+        if limit and width * height > limit:
+            raise _too_large(name, width, height, limit)
+        if not pixels:
+            return _Decoded(None, width, height, fmt)
+        try:
+            found = raw.preview(min_side)
+            # the preview decodes as any JPEG (limits, draft, its own EXIF orientation); then the RAW's own turn
+            image = None if found is None else _decode_opened(found[0], name, limit, draft_config).image
+        except ImageError:  # a preview over the pixel limit
+            raise
+        except Exception:  # a damaged preview: the raw data may still be whole
+            image = None
+        if found is None or image is None:
+            return _Decoded(raw.demosaic(), width, height, fmt)
+    method = _TRANSPOSE.get(found[1])
+    return _Decoded(image if method is None else image.transpose(method), width, height, fmt)
 
 
 def _to_uint8(values: npt.NDArray[np.floating], lo: float, hi: float) -> npt.NDArray[np.uint8]:

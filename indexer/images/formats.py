@@ -9,6 +9,7 @@ __all__ = [
     "AVIF_EXTENSIONS",
     "BASE_EXTENSIONS",
     "HEIF_EXTENSIONS",
+    "RAW_EXTENSIONS",
     "file_kind",
     "has_image_extension",
     "register_optional_plugins",
@@ -20,6 +21,9 @@ BASE_EXTENSIONS: frozenset[str] = frozenset({"jpg", "jpeg", "png", "webp", "bmp"
 #: extensions that need the optional ``pillow_heif`` plugin (AVIF: or Pillow's native AVIF support)
 HEIF_EXTENSIONS: frozenset[str] = frozenset({"heic", "heif"})
 AVIF_EXTENSIONS: frozenset[str] = frozenset({"avif"})
+#: camera RAW files, decoded by the optional ``rawpy`` (``clipindex[raw]``); always walked, so that without the
+#: extra each one fails with a reason that names it (:mod:`clipindex.images.raw`)
+RAW_EXTENSIONS: frozenset[str] = frozenset({"cr2", "nef", "arw", "dng", "raf", "orf"})
 
 #: folder links into these are never followed (kernel views of processes and devices, not photos)
 
@@ -53,8 +57,9 @@ def register_optional_plugins() -> frozenset[str]:
 
 
 def supported_extensions() -> frozenset[str]:
-    """Lower-case extensions (no dot) this installation can decode; registers optional plugins."""
-    return BASE_EXTENSIONS | register_optional_plugins()
+    """Lower-case extensions (no dot) ingest walks: what this installation decodes (registers optional plugins),
+    and the RAW extensions, decoded with the ``clipindex[raw]`` extra and failed with a reason naming it without."""
+    return BASE_EXTENSIONS | RAW_EXTENSIONS | register_optional_plugins()
 
 
 def has_image_extension(name: str, extensions: frozenset[str]) -> bool:

@@ -44,6 +44,7 @@ from clipindex import cstderr
 from clipindex.errors import CountMismatchError, ImageError, StoreDamagedError, StoreError, StoreUnavailableError
 from clipindex.images.decode import DecodedFile, decode_file
 from clipindex.images.prefetch import decode_ahead
+from clipindex.images.raw import MISSING_EXTRA, raw_available
 from clipindex.ingest.failures import FailureMemory, Remembered, new_entry
 from clipindex.ingest.live import LiveProgress, progress_path
 from clipindex.ingest.points import (
@@ -329,7 +330,9 @@ class _Ingest:
                 continue
             if self.memory is not None and not self.options.retry_failed:
                 known = self.memory.known(path, size, mtime_ns)
-                if known is not None:  # failed before and unchanged since: not decoded again
+                if known is not None and not (MISSING_EXTRA in known.reason and raw_available()):
+                    # failed before and unchanged since: not decoded again (a RAW file remembered as needing the
+                    # ``clipindex[raw]`` extra is tried again once the extra is installed)
                     self.new_failures.append(known)
                     self.fail(path, known.reason, known=True)
                     continue

@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from clipindex.errors import ImageError
-from clipindex.images.formats import AVIF_EXTENSIONS, BASE_EXTENSIONS, HEIF_EXTENSIONS
+from clipindex.images.formats import AVIF_EXTENSIONS, BASE_EXTENSIONS, HEIF_EXTENSIONS, RAW_EXTENSIONS
 
 if TYPE_CHECKING:
     import numpy as np
 
 __all__ = ["QueryTerm", "combine_terms", "parse_terms"]
 
-_IMAGE_EXTENSIONS = BASE_EXTENSIONS | HEIF_EXTENSIONS | AVIF_EXTENSIONS
+_IMAGE_EXTENSIONS = BASE_EXTENSIONS | HEIF_EXTENSIONS | AVIF_EXTENSIONS | RAW_EXTENSIONS
 _WEIGHT = re.compile(r"^(\d+(?:\.\d*)?|\.\d+):(.+)$", re.S)
 
 
