@@ -822,10 +822,9 @@ def search(
     embedder = Embedder(location.path, device=device, precision=precision, engine=engine, max_pixels=max_pixels)
 
     def on_truncate(text: str) -> None:
-        info(
-            f"Warning: the query is longer than {embedder.manifest.context_length} tokens; "
-            "CLIP sees only its beginning (the rest is ignored)"
-        )
+        from clipindex.ops.results import truncation_warning
+
+        info(f"Warning: {truncation_warning(embedder.manifest.context_length)}")
 
     where: dict[str, Any] = {
         "limit": limit,

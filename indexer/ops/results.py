@@ -14,7 +14,7 @@ from clipindex.ingest.points import absolute, display_path
 if TYPE_CHECKING:
     from clipindex.store.base import Hit
 
-__all__ = ["SearchResult", "resolve_path_prefix", "to_results"]
+__all__ = ["SearchResult", "resolve_path_prefix", "to_results", "truncation_warning"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +75,8 @@ def resolve_path_prefix(path_prefix: str | os.PathLike[str] | None) -> str | Non
     if not text:
         raise ValueError("path_prefix must not be empty")
     return display_path(absolute(text))
+
+
+def truncation_warning(context_length: int) -> str:
+    """What a text query cut at the model's context is told (the CLI's ``Warning:`` line, the API's ``warnings``)."""
+    return f"the query is longer than {context_length} tokens; CLIP sees only its beginning (the rest is ignored)"

@@ -34,7 +34,7 @@ from clipindex.errors import ImageError, PointNotFoundError
 from clipindex.images.inputs import load_input
 from clipindex.model.encode import Embedder
 from clipindex.model.locate import ModelLocation
-from clipindex.ops.results import SearchResult
+from clipindex.ops.results import SearchResult, truncation_warning
 from clipindex.settings import DEFAULT_LIMIT, DEFAULT_THUMBNAIL_SIZE
 from clipindex.store.base import VectorStore, check_id
 from clipindex.web.storeproc import StoreProcess
@@ -143,6 +143,22 @@ class SearchService:
             while len(self._recent) > RECENT_POINTS:
                 self._recent.popitem(last=False)
 
+    def _embed_upload(self, data: bytes, name: str) -> np.ndarray:
+        """The vector of an uploaded image, decoded and preprocessed exactly as ingest does (its pixel limit and
+        checks); ImageError naming ``name`` when the bytes are not a readable image."""
+        preprocessor = self.embedder.preprocessor
+        image = load_input(bytes(data), preprocessor, name=name)
+        vector: np.ndarray = self.embedder.encode_pixels(preprocessor.preprocess(image)[None])[0]
+        return vector
+
+    def _point_vector(self, point_id: str) -> np.ndarray:
+        """An indexed point's stored vector; PointNotFoundError for any other id."""
+        canonical = _point_id(point_id)
+        vector: np.ndarray | None = self.reader.call("vector", canonical)
+        if vector is None:
+            raise PointNotFoundError(f"no indexed image has the id {canonical}")
+        return vector
+
     def search_text(
         self,
         text: str,
@@ -158,10 +174,7 @@ class SearchService:
         warnings: list[str] = []
 
         def truncated(_text: str) -> None:
-            warnings.append(
-                f"the query is longer than {self.embedder.manifest.context_length} tokens; "
-                "CLIP sees only its beginning (the rest is ignored)"
-            )
+            warnings.append(truncation_warning(self.embedder.manifest.context_length))
 
         vector = self.embedder.encode_text([text], on_truncate=truncated)[0]
         results = self._search(vector, limit=limit, offset=offset, min_score=min_score, folder=folder)
@@ -179,10 +192,7 @@ class SearchService:
         """Images like an uploaded one: decoded and preprocessed exactly as ingest does (its pixel limit and
         checks); ImageError when the bytes are not a readable image."""
         started = time.perf_counter()
-        preprocessor = self.embedder.preprocessor
-        image = load_input(bytes(data), preprocessor, name="the uploaded image")
-        pixels = preprocessor.preprocess(image)
-        vector = self.embedder.encode_pixels(pixels[None])[0]
+        vector = self._embed_upload(data, "the uploaded image")
         results = self._search(vector, limit=limit, offset=offset, min_score=min_score, folder=folder)
         return SearchOutcome(results, _ms_since(started))
 
@@ -197,11 +207,7 @@ class SearchService:
     ) -> SearchOutcome:
         """ "More like this": the images nearest to an indexed point's stored vector (itself first)."""
         started = time.perf_counter()
-        canonical = _point_id(point_id)
-
-        vector = self.reader.call("vector", canonical)
-        if vector is None:
-            raise PointNotFoundError(f"no indexed image has the id {canonical}")
+        vector = self._point_vector(point_id)
         results = self._search(vector, limit=limit, offset=offset, min_score=min_score, folder=folder)
         return SearchOutcome(results, _ms_since(started))
 
@@ -225,15 +231,9 @@ class SearchService:
             if kind == "text":
                 vectors.append(self.embedder.encode_text([str(value)])[0])
             elif kind == "image_id":
-                canonical = _point_id(str(value))
-                vector = self.reader.call("vector", canonical)
-                if vector is None:
-                    raise PointNotFoundError(f"no indexed image has the id {canonical}")
-                vectors.append(vector)
+                vectors.append(self._point_vector(str(value)))
             else:
-                preprocessor = self.embedder.preprocessor
-                image = load_input(bytes(value), preprocessor, name="an uploaded image")
-                vectors.append(self.embedder.encode_pixels(preprocessor.preprocess(image)[None])[0])
+                vectors.append(self._embed_upload(value, "an uploaded image"))
             signed.append(QueryTerm("text", "term", weight, sign))  # the kind does not enter the sum
         vector = combine_terms(vectors, signed)
         results = self._search(vector, limit=limit, offset=offset, min_score=min_score, folder=folder)
