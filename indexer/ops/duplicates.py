@@ -12,10 +12,13 @@
 * The *best* member of a group is the one to keep: most pixels (width * height), then the oldest mtime, then the
   smallest path. Every other member is a copy (:attr:`DuplicateReport.copies`).
 * Output is deterministic: members sorted by path, groups by their first member's path.
-* Cost: one read of the payloads and the vectors; the vectors are held as float16 (``N * D * 2`` bytes, 1 GB at 1M
-  points of 512-d) and compared in float32 blocks (:data:`BLOCK` rows); a pair that scores within
-  :data:`CANDIDATE_MARGIN` of the threshold in float16 is scored again on the stored float32 vectors, so the
-  result is the float32 one. Time grows as ``N**2 * D``.
+* How the vectors are compared (:mod:`clipindex.ops.pairs`): up to :data:`EXACT_MAX_POINTS` points, every pair
+  (``method="exact"``, time ``N**2 * D``); above it, only pairs that share a cell of a k-means index built for
+  the scan (``method="cells"``, time linear in ``N``), checked against an exact scan of :data:`CHECK_SAMPLE`
+  sampled points (:attr:`DuplicateReport.sampled_recall`). ``method`` forces either.
+* Cost: one scan of the store's vectors, held as float16 (``N * D * 2`` bytes, 1 GB at 1M points of 512-d) and
+  compared in float32; a pair that scores within :data:`CANDIDATE_MARGIN` of the threshold in float16 is scored
+  again on the stored float32 vectors, so every link is decided in float32.
 """
 
 from __future__ import annotations
@@ -30,33 +33,40 @@ import numpy as np
 import numpy.typing as npt
 
 from clipindex.errors import CollectionNotFoundError, NothingIndexedError
+from clipindex.ops.pairs import BLOCK, SampledRecall, cell_pairs, exact_pairs, sampled_recall
 from clipindex.ops.results import resolve_path_prefix
 from clipindex.store.base import VectorStore
 
 __all__ = [
-    "BLOCK",
     "CANDIDATE_MARGIN",
+    "CHECK_SAMPLE",
     "DEFAULT_MIN_SIMILARITY",
+    "EXACT_MAX_POINTS",
     "DuplicateGroup",
     "DuplicateMember",
     "DuplicateReport",
+    "Method",
     "components",
     "find_duplicates",
     "linked",
-    "similar_pairs",
 ]
 
 #: cosine similarity at or above which two photos are near-duplicates (immich's cosine distance 0.01)
 DEFAULT_MIN_SIMILARITY = 0.99
-#: rows of one block of the pairwise comparison (a BLOCK x BLOCK float32 score block is 64 MB)
-BLOCK = 4096
 #: how far below the threshold a float16 score may fall and still be checked in float32 (float16 rounding of
 #: unit vectors moves a cosine by < 1e-3)
 CANDIDATE_MARGIN = 2e-3
-#: payload fields read
-FIELDS: tuple[str, ...] = ("path", "path_bytes", "sha256", "width", "height", "mtime", "size")
+#: ``method="auto"`` compares every pair up to this many points, and uses the cell index above
+EXACT_MAX_POINTS = 150_000
+#: points the cell index's result is checked on, each against every point
+CHECK_SAMPLE = 2000
+#: payload fields read for every point, and for the members of a group
+SCAN_FIELDS: tuple[str, ...] = ("path", "sha256")
+MEMBER_FIELDS: tuple[str, ...] = ("path", "path_bytes", "sha256", "width", "height", "mtime", "size")
 #: vectors fetched per store call
 FETCH_CHUNK = 4096
+
+Method = Literal["auto", "exact", "cells"]
 
 
 @dataclass(frozen=True)
@@ -112,13 +122,16 @@ class DuplicateGroup:
 
 @dataclass(frozen=True)
 class DuplicateReport:
-    """What :func:`find_duplicates` found: the groups (sorted), how many points were scanned, the threshold and
-    the folder (absolute) the scan was limited to."""
+    """What :func:`find_duplicates` found: the groups (sorted), how many points were scanned, the threshold, the
+    folder (absolute) the scan was limited to, how the vectors were compared (``"exact"`` or ``"cells"``) and,
+    for the cell index, its check on sampled points."""
 
     groups: tuple[DuplicateGroup, ...]
     scanned: int
     min_similarity: float
     path_prefix: str | None
+    method: Literal["exact", "cells"] = "exact"
+    sampled_recall: SampledRecall | None = None
 
     @property
     def copies(self) -> list[DuplicateMember]:
@@ -126,10 +139,15 @@ class DuplicateReport:
         return [m for g in self.groups for m in g.copies]
 
     def as_json(self) -> dict[str, Any]:
+        check = self.sampled_recall
         return {
             "min_similarity": self.min_similarity,
             "path_prefix": self.path_prefix,
             "scanned": self.scanned,
+            "method": self.method,
+            "sampled_recall": None
+            if check is None
+            else {"sampled": check.sampled, "expected": check.expected, "found": check.found, "recall": check.recall},
             "groups": [g.as_json() for g in self.groups],
         }
 
@@ -167,36 +185,6 @@ def components(count: int, pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
     return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
 
 
-def similar_pairs(
-    vectors: npt.NDArray[Any],
-    min_similarity: float,
-    *,
-    block: int = BLOCK,
-    margin: float = 0.0,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Index pairs ``(i, j)``, ``i < j``, of the rows of ``vectors`` (unit-norm, any float dtype) whose dot product
-    is ``>= min_similarity - margin``: blocked float32 matrix products, never the whole ``N x N`` matrix."""
-    n = len(vectors)
-    firsts: list[npt.NDArray[np.int64]] = []
-    seconds: list[npt.NDArray[np.int64]] = []
-    cut = np.float32(min_similarity - margin)
-    for i0 in range(0, n, block):
-        rows = np.asarray(vectors[i0 : i0 + block], dtype=np.float32)
-        for j0 in range(i0, n, block):
-            cols = rows if j0 == i0 else np.asarray(vectors[j0 : j0 + block], dtype=np.float32)
-            ii, jj = np.nonzero(rows @ cols.T >= cut)
-            if j0 == i0:  # the diagonal block: each pair once, never a point with itself
-                upper = ii < jj
-                ii, jj = ii[upper], jj[upper]
-            if len(ii):
-                firsts.append(ii.astype(np.int64) + i0)
-                seconds.append(jj.astype(np.int64) + j0)
-    if not firsts:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty.copy()
-    return np.concatenate(firsts), np.concatenate(seconds)
-
-
 # --- the scan ------------------------------------------------------------------------------------------------
 
 
@@ -226,17 +214,25 @@ def find_duplicates(
     *,
     min_similarity: float = DEFAULT_MIN_SIMILARITY,
     path_prefix: str | os.PathLike[str] | None = None,
+    method: Method = "auto",
     block: int = BLOCK,
+    cells: int | None = None,
+    probes: int | None = None,
+    check_sample: int = CHECK_SAMPLE,
     on_progress: Callable[[str], None] | None = None,
 ) -> DuplicateReport:
     """The groups of exact copies and near-duplicates among the store's points (module doc for the rules).
 
     ``store``'s collection is read, never created or changed; an absent collection raises
     :class:`~clipindex.errors.NothingIndexedError` (an empty one has no groups). ``min_similarity`` must be a
-    finite number in ``[-1, 1]`` (:class:`ValueError` otherwise). ``on_progress`` gets one line per phase.
+    finite number in ``[-1, 1]`` (:class:`ValueError` otherwise). ``block`` is the exact scan's block size,
+    ``cells``/``probes`` the cell index's shape (:func:`clipindex.ops.pairs.cell_pairs`'s defaults when None).
+    ``on_progress`` gets one line per phase.
     """
     if not (math.isfinite(min_similarity) and -1.0 <= min_similarity <= 1.0):
         raise ValueError(f"min_similarity must be a number between -1 and 1, not {min_similarity}")
+    if method not in ("auto", "exact", "cells"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'cells', not {method!r}")
     prefix = resolve_path_prefix(path_prefix)
     try:
         info = store.collection_info()
@@ -245,31 +241,24 @@ def find_duplicates(
             f"nothing is indexed in {store.describe()} (no collection {store.collection!r}): "
             "run `clipindex ingest DIR` first"
         ) from None
-    records = sorted(
-        (
-            (str(p.get("path", "")), pid, p)
-            for pid, p in store.iter_payloads(list(FIELDS))
-            if _under(str(p.get("path", "")), prefix)
-        ),
-        key=lambda r: (r[0], r[1]),
-    )
-    n = len(records)
-    ids = [pid for _path, pid, _p in records]
+    ids, paths, hashes, half = _scan(store, info.vector_dim, store.count(exact=False), prefix)
+    n = len(ids)
+    rows = _first_of_each_content(hashes)  # a byte-identical copy is linked by its hash, not compared again
+    half = _compact(half, rows)
+    chosen: Literal["exact", "cells"] = method if method != "auto" else ("exact" if n <= EXACT_MAX_POINTS else "cells")
     if on_progress is not None:
-        on_progress(f"read {n:,} payloads; reading vectors")
-    half = np.zeros((n, info.vector_dim), dtype=np.float16)
-    for start in range(0, n, FETCH_CHUNK):
-        chunk = ids[start : start + FETCH_CHUNK]
-        got = store.get_vectors(chunk)
-        for k, pid in enumerate(chunk, start=start):
-            vec = got.get(pid)
-            if vec is not None:
-                half[k] = vec
-    store.release_memory()  # the engine's pages read so far would count in this process's RSS
-    if on_progress is not None:
-        on_progress(f"comparing {n:,} vectors")
-    ii, jj = similar_pairs(half, min_similarity, block=block, margin=CANDIDATE_MARGIN)
+        on_progress(f"comparing {n:,} vectors ({'every pair' if chosen == 'exact' else 'by cells'})")
+    cut = min_similarity - CANDIDATE_MARGIN
+    check: SampledRecall | None = None
+    if chosen == "exact":
+        ii, jj = exact_pairs(half, cut, block=block)
+    else:
+        ii, jj = cell_pairs(half, cut, cells=cells, probes=probes, on_progress=on_progress)
+        if on_progress is not None:
+            on_progress(f"checking the cells against every pair of {min(check_sample, n):,} sampled points")
+        check = sampled_recall(half, cut, ii, jj, sample=check_sample)
     del half
+    ii, jj = rows[ii], rows[jj]
     candidates = sorted(set(ii.tolist()) | set(jj.tolist()))
     exact = _float32_vectors(store, [ids[k] for k in candidates])
     pairs: list[tuple[int, int]] = []
@@ -277,19 +266,85 @@ def find_duplicates(
         va, vb = exact.get(ids[a]), exact.get(ids[b])
         if va is not None and vb is not None and linked(float(va @ vb), min_similarity):
             pairs.append((a, b))
-    by_hash: dict[str, list[int]] = {}
-    for k, (_path, _pid, payload) in enumerate(records):
-        sha = payload.get("sha256")
-        if isinstance(sha, str) and sha:
-            by_hash.setdefault(sha, []).append(k)
-    for same in by_hash.values():
-        pairs.extend((same[0], other) for other in same[1:] if linked(-1.0, min_similarity, same_content=True))
+    pairs.extend(_same_content(hashes, min_similarity))
     found = components(n, pairs)
     need = [ids[k] for g in found for k in g if ids[k] not in exact]
     exact.update(_float32_vectors(store, need))
-    groups = [_group(records, g, exact) for g in found]
+    member_ids = [ids[k] for g in found for k in g]
+    payloads: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(member_ids), FETCH_CHUNK):
+        payloads.update(store.get_payloads(member_ids[start : start + FETCH_CHUNK], list(MEMBER_FIELDS)))
+    groups = [_group([(paths[k], ids[k], payloads.get(ids[k], {})) for k in g], exact) for g in found]
     groups.sort(key=lambda g: (g.members[0].path, g.members[0].id))
-    return DuplicateReport(tuple(groups), n, float(min_similarity), prefix)
+    return DuplicateReport(tuple(groups), n, float(min_similarity), prefix, chosen, check)
+
+
+def _scan(
+    store: VectorStore, dim: int, expected: int, prefix: str | None
+) -> tuple[list[str], list[str], npt.NDArray[np.bytes_], npt.NDArray[np.float16]]:
+    """Ids, paths, content hashes and float16 vectors of the points under ``prefix``, in store order."""
+    ids: list[str] = []
+    paths: list[str] = []
+    hashes: list[bytes] = []
+    half = np.zeros((max(expected, 1), dim), dtype=np.float16)  # pages are committed as rows are filled
+    filled = 0
+    for page_ids, page_payloads, vectors in store.iter_vector_pages(list(SCAN_FIELDS)):
+        keep = [k for k, p in enumerate(page_payloads) if _under(str(p.get("path", "")), prefix)]
+        if not keep:
+            continue
+        if filled + len(keep) > len(half):  # more points than the count said: grow by half again
+            grown = np.zeros((max(len(half) * 3 // 2, filled + len(keep)), dim), dtype=np.float16)
+            grown[:filled] = half[:filled]
+            half = grown
+        half[filled : filled + len(keep)] = vectors[keep]
+        filled += len(keep)
+        for k in keep:
+            p = page_payloads[k]
+            ids.append(page_ids[k])
+            paths.append(str(p.get("path", "")))
+            sha = p.get("sha256")
+            hashes.append(sha.encode("ascii", "replace") if isinstance(sha, str) else b"")
+    store.release_memory()  # the engine's pages read so far would count in this process's RSS
+    return ids, paths, np.array(hashes, dtype="S64"), half[:filled]
+
+
+def _first_of_each_content(hashes: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
+    """Increasing point numbers: every point but those whose (non-empty) hash an earlier point holds."""
+    if not len(hashes):
+        return np.zeros(0, dtype=np.int64)
+    _values, first = np.unique(hashes, return_index=True)
+    keep = np.zeros(len(hashes), dtype=bool)
+    keep[first] = True
+    keep[hashes == b""] = True
+    return np.flatnonzero(keep).astype(np.int64)
+
+
+def _compact(half: npt.NDArray[np.float16], rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float16]:
+    """``half[rows]`` for increasing ``rows``, moved down in place a chunk at a time (no second copy)."""
+    if len(rows) == len(half):
+        return half
+    for start in range(0, len(rows), FETCH_CHUNK):
+        chunk = rows[start : start + FETCH_CHUNK]
+        half[start : start + len(chunk)] = half[chunk]
+    return half[: len(rows)]
+
+
+def _same_content(hashes: npt.NDArray[np.bytes_], min_similarity: float) -> list[tuple[int, int]]:
+    """Pairs linking every point to the first point holding the same (non-empty) content hash."""
+    if not len(hashes):
+        return []
+    order = np.argsort(hashes, kind="stable")
+    ordered = hashes[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(ordered)]
+    pairs: list[tuple[int, int]] = []
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        if e - s > 1 and ordered[s]:
+            first = int(order[s])
+            pairs.extend(
+                (first, int(other)) for other in order[s + 1 : e] if linked(-1.0, min_similarity, same_content=True)
+            )
+    return pairs
 
 
 def _float32_vectors(store: VectorStore, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
@@ -299,9 +354,8 @@ def _float32_vectors(store: VectorStore, ids: Sequence[str]) -> dict[str, npt.ND
     return out
 
 
-def _group(
-    records: Sequence[tuple[str, str, dict[str, Any]]], nodes: Sequence[int], vectors: dict[str, npt.NDArray[Any]]
-) -> DuplicateGroup:
+def _group(records: Sequence[tuple[str, str, dict[str, Any]]], vectors: dict[str, npt.NDArray[Any]]) -> DuplicateGroup:
+    """One group from its members' ``(path, id, payload)``."""
     plain = [
         DuplicateMember(
             path=path,
@@ -314,7 +368,7 @@ def _group(
             similarity=1.0,
             path_bytes=p.get("path_bytes") if isinstance(p.get("path_bytes"), str) else None,
         )
-        for path, pid, p in (records[k] for k in nodes)
+        for path, pid, p in records
     ]
     best = _best(plain)
     ref = vectors.get(best.id)

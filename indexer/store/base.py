@@ -165,6 +165,27 @@ def unit(vector: npt.ArrayLike) -> npt.NDArray[np.float32]:
     return arr / norm if norm > 0 else arr.copy()
 
 
+def vector_page(records: Iterable[Any]) -> tuple[list[str], list[dict[str, Any]], npt.NDArray[np.float32]]:
+    """Engine records -> ``(ids, payloads, unit-norm float32 rows)`` of those holding the unnamed vector."""
+    ids: list[str] = []
+    payloads: list[dict[str, Any]] = []
+    rows: list[Any] = []
+    for rec in records:
+        vec: Any = rec.vector
+        if isinstance(vec, dict):
+            vec = vec.get("")
+        if vec is not None:
+            ids.append(str(rec.id))
+            payloads.append(dict(rec.payload or {}))
+            rows.append(vec)
+    if not rows:
+        return ids, payloads, np.zeros((0, 0), dtype=np.float32)
+    matrix = np.asarray(rows, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return ids, payloads, matrix / norms
+
+
 def vectors_by_id(records: Iterable[Any]) -> dict[str, npt.NDArray[np.float32]]:
     """Engine records (Qdrant Edge or qdrant-client) -> id: unit vector, of the unnamed vector; records without
     one are left out."""
@@ -312,6 +333,14 @@ class VectorStore(ABC):
         self, fields: Sequence[str] | None = None, page_size: int = 1000
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every ``(id, payload)``, in pages; only ``fields`` when given (else all but ``dirs``)."""
+
+    @abstractmethod
+    def iter_vector_pages(
+        self, fields: Sequence[str], page_size: int = 1000
+    ) -> Iterator[tuple[list[str], list[dict[str, Any]], npt.NDArray[np.float32]]]:
+        """Every point once, a page at a time: ``(ids, payloads with only fields, (len(ids), vector_dim) unit-norm
+        float32 vectors)``. Points without a vector are left out. For the embedded store, the engine pages read
+        are given back as the scan goes, so a full read does not hold the whole store in RSS."""
 
     @abstractmethod
     def get_vectors(self, ids: Iterable[str]) -> dict[str, npt.NDArray[np.float32]]:

@@ -69,6 +69,7 @@ from clipindex.store.base import (
     normalize_prefix,
     require_open,
     stored_payload,
+    vector_page,
     vectors_by_id,
 )
 from clipindex.store.prefetch import prefetch_shard
@@ -99,6 +100,8 @@ OVERSAMPLING = 4.0
 #: a full read of the payloads (:meth:`EdgeStore.iter_payloads`: ingest's index) gives back the pages it mapped
 #: (closes and reopens the shard) every this many points, so they do not pile up on top of the run's own memory
 RELEASE_EVERY_POINTS = 250_000
+#: ... and every this many points of a scan that reads vectors
+RELEASE_EVERY_VECTORS = 100_000
 #: the engine may hold its WAL lock for a moment after another process closed the shard: retry the open this long
 OPEN_RETRY_S = 5.0
 #: while a batch's inference runs, waiting readers are looked for this often (seconds)
@@ -618,6 +621,26 @@ class EdgeStore(VectorStore):
                 return
             since_release += len(records)
             if since_release >= RELEASE_EVERY_POINTS:  # the pages read so far stay mapped until the shard closes
+                since_release = 0
+                self.release_memory()
+
+    def iter_vector_pages(
+        self, fields: Sequence[str], page_size: int = 1000
+    ) -> Iterator[tuple[list[str], list[dict[str, Any]], npt.NDArray[np.float32]]]:
+        self._need()
+        selector: bool | qe.PayloadSelector = qe.PayloadSelector.Include(list(fields)) if fields else False
+        offset: Any = None
+        since_release = 0
+        while True:
+            request = qe.ScrollRequest(offset=offset, limit=page_size, with_payload=selector, with_vector=True)
+            records, offset = self._engine("scroll", partial(self._need().scroll, request))
+            page = vector_page(records)
+            if page[0]:
+                yield page
+            if offset is None:
+                return
+            since_release += len(records)
+            if since_release >= RELEASE_EVERY_VECTORS:  # a vector is 4 bytes a dimension of mapped pages
                 since_release = 0
                 self.release_memory()
 

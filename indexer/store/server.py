@@ -73,6 +73,7 @@ from clipindex.store.base import (
     normalize_prefix,
     require_open,
     stored_payload,
+    vector_page,
     vectors_by_id,
 )
 from clipindex.store.sizing import CollectionSettings
@@ -385,6 +386,30 @@ class ServerStore(VectorStore):
             )
             for rec in records:
                 yield str(rec.id), dict(rec.payload or {})
+            if offset is None:
+                return
+
+    def iter_vector_pages(
+        self, fields: Sequence[str], page_size: int = 1000
+    ) -> Iterator[tuple[list[str], list[dict[str, Any]], npt.NDArray[np.float32]]]:
+        require_open(self._opened, self)
+        from qdrant_client import models
+
+        selector: bool | models.PayloadSelectorInclude = (
+            models.PayloadSelectorInclude(include=list(fields)) if fields else False
+        )
+        name = self.collection
+        offset: Any = None
+        while True:
+            records, offset = self._call(
+                "scroll",
+                partial(
+                    self._client.scroll, name, limit=page_size, offset=offset, with_payload=selector, with_vectors=True
+                ),
+            )
+            page = vector_page(records)
+            if page[0]:
+                yield page
             if offset is None:
                 return
 
