@@ -176,7 +176,8 @@ def _offsets(
     sample: npt.NDArray[np.float32], centroids: npt.NDArray[np.float32], probes: int
 ) -> npt.NDArray[np.float32]:
     """Per-cell score offsets that give every cell about its fair share of the probes of (at most
-    :data:`BALANCE_SAMPLE_PER_CELL` a cell of) the sample; scores are recomputed a chunk at a time, never held."""
+    :data:`BALANCE_SAMPLE_PER_CELL` a cell of) the sample: of the rounds' offsets (none included), those whose
+    work on the sample is least. Scores are recomputed a chunk at a time, never held."""
     cells = len(centroids)
     offsets = np.zeros(cells, dtype=np.float32)
     if probes >= cells:
@@ -184,24 +185,32 @@ def _offsets(
     rows = sample[: cells * BALANCE_SAMPLE_PER_CELL]  # the sample is already a random draw
     fair = len(rows) * probes / cells
 
-    def drawn_and_gaps() -> tuple[npt.NDArray[np.float64], list[npt.NDArray[np.float32]]]:
+    def tally() -> tuple[npt.NDArray[np.float64], float, list[npt.NDArray[np.float32]]]:
+        """Probes each cell draws, the work they make (home rows times probing rows, summed), the score gaps."""
         drawn = np.zeros(cells, dtype=np.float64)
+        homes = np.zeros(cells, dtype=np.float64)
         gaps: list[npt.NDArray[np.float32]] = []
         for s in range(0, len(rows), ASSIGN_CHUNK):
             scores = rows[s : s + ASSIGN_CHUNK] @ centroids.T
             scores += offsets
             part = np.argpartition(-scores, probes - 1, axis=1)[:, :probes]
-            drawn += np.bincount(part.reshape(-1), minlength=cells)
             picked = np.take_along_axis(scores, part, axis=1)
+            drawn += np.bincount(part.reshape(-1), minlength=cells)
+            homes += np.bincount(part[np.arange(len(part)), np.argmax(picked, axis=1)], minlength=cells)
             gaps.append(picked.max(axis=1) - picked.min(axis=1))
-        return drawn, gaps
+        return drawn, float(homes @ drawn), gaps
 
-    drawn, gaps = drawn_and_gaps()
+    drawn, work, gaps = tally()
     step = np.float32(BALANCE_STEP * float(np.median(np.concatenate(gaps))))
+    best, best_work = offsets.copy(), work
     for _ in range(BALANCE_ROUNDS):
-        offsets -= step * np.log((drawn + 1.0) / fair).astype(np.float32)
-        drawn, _gaps = drawn_and_gaps()
-    return offsets
+        # over-drawn cells step down, under-drawn ones up, by at most a few steps a round (a cell nobody draws
+        # must not climb until everybody does)
+        offsets -= step * np.clip(np.log((drawn + 1.0) / fair), -1.0, 2.0).astype(np.float32)
+        drawn, work, _gaps = tally()
+        if work < best_work:
+            best, best_work = offsets.copy(), work
+    return best
 
 
 def _assign(
