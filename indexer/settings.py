@@ -159,3 +159,8 @@ def min_free_bytes_from_env() -> int:
     """``$CLIPINDEX_MIN_FREE_MB`` in bytes, else :data:`DEFAULT_MIN_FREE_BYTES`."""
     value = os.environ.get(ENV_MIN_FREE_MB)
     return int(float(value) * 2**20) if value else DEFAULT_MIN_FREE_BYTES
+
+
+#: ``clipindex duplicates``: cosine similarity at or above which two photos are near-duplicates (immich's default
+#: cosine distance, 0.01)
+DEFAULT_MIN_SIMILARITY = 0.99

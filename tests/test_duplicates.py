@@ -163,6 +163,14 @@ def test_synthetic_512d_store_equals_brute_force(tmp_path: Path) -> None:
     with EdgeStore(tmp_path / "data", "images") as store:
         folder = find_duplicates(store, min_similarity=0.9, path_prefix="/photos/01")
     assert folder.groups and all(m.path.startswith("/photos/01/") for g in folder.groups for m in g.members)
+    for threshold in (0.97, 0.99):  # the cell index (small cells, so that pairs straddle them) finds the same
+        with EdgeStore(tmp_path / "data", "images") as store:
+            cells = find_duplicates(store, min_similarity=threshold, method="cells", cells=12)
+        assert cells.method == "cells" and cells.sampled_recall is not None
+        assert cells.sampled_recall.recall == 1.0 and cells.sampled_recall.expected > 0
+        assert [[m.path for m in g.members] for g in cells.groups] == reference_groups(
+            paths, shas, vectors, threshold
+        )
 
 
 def test_print0_lists_the_copies_not_the_best(indexed: Path) -> None:
@@ -221,3 +229,16 @@ def test_rule_and_components() -> None:
     assert linked(0.99, 0.99) and not linked(0.9899, 0.99) and linked(-1.0, 0.99, same_content=True)
     assert components(6, [(4, 5), (0, 2), (2, 3)]) == [[0, 2, 3], [4, 5]]
     assert components(3, []) == []
+
+
+def test_method_cells_from_the_cli(indexed: Path) -> None:
+    exact = json.loads(run_cli(indexed, "--min-similarity", str(TINY_THRESHOLD), "--json").stdout)
+    cells = run_cli(indexed, "--min-similarity", str(TINY_THRESHOLD), "--method", "cells", "--json")
+    found = json.loads(cells.stdout)
+    assert exact["method"] == "exact" and exact["sampled_recall"] is None
+    assert found["method"] == "cells" and found["groups"] == exact["groups"]
+    assert found["sampled_recall"]["sampled"] == 11 and found["sampled_recall"]["recall"] == 1.0
+    table = run_cli(indexed, "--min-similarity", str(TINY_THRESHOLD), "--method", "cells")
+    assert "Compared by cells: of the" in table.stderr and "(100.00%)" in table.stderr
+    bad = CliRunner().invoke(cli, ["duplicates", "--data-dir", str(indexed / "data"), "--method", "faiss"])
+    assert bad.exit_code == 2 and "--method" in bad.output

@@ -28,6 +28,7 @@ from clipindex.cli import cli
 from clipindex.errors import ImageError, ImageTooLargeError
 from clipindex.images.decode import decode_file, load_image, load_image_bytes
 from clipindex.images.raw import MISSING_EXTRA, flip_to_orientation, is_raw_name, raw_exif
+from clipindex.store.edge import EdgeStore
 
 rawpy = pytest.importorskip("rawpy", reason="the clipindex[raw] extra (rawpy) is not installed")
 tifffile = pytest.importorskip("tifffile", reason="tifffile writes the test DNG files")
@@ -306,6 +307,31 @@ def test_ingest_and_search_find_dng_files(
         assert sorted(_paths(found)) == ["chelsea.jpg", "coffee.dng", "rocket.DNG"]
     status = CliRunner().invoke(cli, ["status", "--data-dir", str(data), "--model-dir", str(tiny_model_dir)])
     assert status.exit_code == 0, status.output
+
+
+def test_a_raw_files_date_and_camera_come_from_its_own_metadata(
+    tmp_path: Path, tiny_model_dir: Path, sample_photos: dict[str, Any], coffee: Image.Image
+) -> None:
+    photos, data = tmp_path / "photos", tmp_path / "data"
+    photos.mkdir()
+    demosaiced = write_dng(photos / "coffee.dng", coffee, taken="2021:12:24 18:00:05")
+    previewed = write_dng(photos / "rocket.dng", sample_photos["rocket"], preview=sample_photos["rocket"])
+    for path in (demosaiced, previewed):
+        os.utime(path, (978_307_200, 978_307_200))  # 2001-01-01: the file time is not the date taken
+    assert _ingest(photos, data, tiny_model_dir).exit_code == 0
+    with EdgeStore(data, "images") as store:
+        store.collection_info()
+        stored = {Path(p["path"]).name: p for _pid, p in store.iter_payloads()}
+    assert stored["coffee.dng"]["taken_at"] == "2021-12-24T18:00:05"
+    assert stored["rocket.dng"]["taken_at"] == "2024-05-17T08:30:00"
+    for payload in stored.values():
+        assert payload["taken_at_source"] == "exif"
+        assert (payload["camera_make"], payload["camera_model"]) == ("clipindex", "Test DNG")
+    assert _paths(_search(data, tiny_model_dir, "a photo", "--after", "2022")) == ["rocket.dng"]
+    assert _paths(_search(data, tiny_model_dir, "a photo", "--before", "2022", "--camera", "test dng")) == [
+        "coffee.dng"
+    ]
+    assert _search(data, tiny_model_dir, "a photo", "--camera", "nikon") == []
 
 
 def _hide_rawpy(tmp_path: Path) -> dict[str, str]:

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
@@ -760,7 +760,7 @@ def search(
     itself at 1.0). A text query runs
     only the text tower; text past the model's 77 tokens is truncated, with a warning. Prints a table (rank,
     score, path) or, with --json, one JSON array; --html writes a contact sheet to look at. --after, --before and
-    --camera filter on what ingest read from EXIF (payload-indexed); with them the search runs in this process.
+    --camera filter on what ingest read from EXIF (payload-indexed).
 
     \b
     Exit codes: 0 done (also when nothing matched); 1 nothing indexed yet, another model built the
@@ -782,9 +782,10 @@ def search(
         raise click.BadParameter("must not be empty", param_hint="--camera")
     bounds = (_when(after, "--after"), _when(before, "--before"))
     camera_lc = " ".join(camera.lower().split()) if camera else None
-    # the filters and the date order run in this process (serve's API does not take them)
-    plain = bounds == (None, None) and camera_lc is None and sort == "score"
-    if terms is None and not no_server and not _model_options_given() and plain:
+    served_where = {k: v for k, v in (("after", after), ("before", before), ("camera", camera)) if v is not None}
+    if sort != "score":
+        served_where["sort"] = sort
+    if terms is None and not no_server and not _model_options_given():
         # the embedded store's record is found without importing the store (numpy, the engine)
         from clipindex.web.discovery import embedded_lock_path
 
@@ -792,7 +793,7 @@ def search(
         if lock_path is None:
             lock_path = make_store(data_dir, qdrant_url, api_key_file, collection, timeout_s=timeout_s).lock_path
         served = search_through_server(
-            lock_path, query, image, limit=limit, threshold=threshold, path_prefix=path_prefix
+            lock_path, query, image, limit=limit, threshold=threshold, path_prefix=path_prefix, where=served_where
         )
         if served is not None:
             results_served, served_store = served
@@ -916,6 +917,10 @@ def _when(text: str | None, option: str) -> float | None:
         raise click.BadParameter(str(exc), param_hint=option) from None
 
 
+#: fields of a served hit that ``clipindex search`` shows, kept as the in-process search's payload would hold them
+SERVED_PAYLOAD = ("path_bytes", "taken_at", "taken_at_source", "camera_make", "camera_model")
+
+
 def search_through_server(
     lock_path: Path,
     query: str | None,
@@ -924,6 +929,7 @@ def search_through_server(
     limit: int,
     threshold: float | None,
     path_prefix: str | None,
+    where: dict[str, str] | None = None,
 ) -> tuple[list[SearchResult], str] | None:
     """The results of a running ``clipindex serve`` for the store whose ingest lock is ``lock_path``
     (:mod:`clipindex.web.client`) and the store it names, or None when none runs or it does not answer (then the
@@ -945,7 +951,13 @@ def search_through_server(
             raise ImageError(str(image), f"cannot read: {exc.strerror or exc}") from None
     try:
         answer = client.search(
-            record, text=query, image=data, limit=limit, min_score=threshold, folder=resolve_path_prefix(path_prefix)
+            record,
+            text=query,
+            image=data,
+            limit=limit,
+            min_score=threshold,
+            folder=resolve_path_prefix(path_prefix),
+            where=where,
         )
     except client.ServeUnreachable:
         return None
@@ -959,7 +971,7 @@ def search_through_server(
             width=hit.get("width"),
             height=hit.get("height"),
             id=str(hit["id"]),
-            payload={"path_bytes": hit["path_bytes"]} if hit.get("path_bytes") else {},
+            payload={k: hit[k] for k in SERVED_PAYLOAD if hit.get(k) is not None},
         )
         for hit in answer.get("results") or []
     ]
@@ -1147,7 +1159,7 @@ def status(
 @click.option(
     "--min-similarity",
     type=click.FloatRange(-1.0, 1.0),
-    default=0.99,
+    default=settings.DEFAULT_MIN_SIMILARITY,
     show_default=True,
     metavar="S",
     help="Near-duplicates: cosine similarity S or more (0.99 is a cosine distance of 0.01). Files with the same "
@@ -1174,6 +1186,15 @@ def status(
     help="Print only the paths of the copies (every member but the best of its group), each ended by a NUL, "
     "for `xargs -0`.",
 )
+@click.option(
+    "--method",
+    type=click.Choice(["auto", "exact", "cells"]),
+    default="auto",
+    show_default=True,
+    help="exact: compare every pair (time grows with the square of the files); cells: only pairs that share a "
+    "cell of a k-means index (linear, may miss a few pairs: the summary says how many of a sampled exact check "
+    "it found); auto: exact up to 150,000 files, cells above.",
+)
 @wait_option
 @handle_errors
 def duplicates(
@@ -1187,6 +1208,7 @@ def duplicates(
     as_json: bool,
     html_file: Path | None,
     print0: bool,
+    method: str,
     wait_s: float,
 ) -> None:
     """Find groups of exact copies (same sha256) and near-duplicates (cosine similarity >= --min-similarity).
@@ -1206,13 +1228,19 @@ def duplicates(
         raise click.BadParameter("must be a number between -1 and 1", param_hint="--min-similarity")
     if sum((as_json, print0)) > 1:
         raise click.UsageError("give at most one of --json and --print0")
-    from clipindex.ops.duplicates import find_duplicates
+    from clipindex.ops.duplicates import Method, find_duplicates
 
     store = make_store(
         data_dir, qdrant_url, api_key_file, collection, timeout_s=timeout_s, wait_s=wait_s, role="duplicates"
     )
     with store:
-        report = find_duplicates(store, min_similarity=min_similarity, path_prefix=folder)
+        report = find_duplicates(
+            store,
+            min_similarity=min_similarity,
+            path_prefix=folder,
+            method=cast(Method, method),
+            on_progress=info if sys.stderr.isatty() and not (as_json or print0) else None,
+        )
         described = store.describe()
     if print0:
         import base64
@@ -1244,6 +1272,12 @@ def print_duplicates(report: Any) -> None:
             click.echo(printable(f"{number:>5}  {group.kind:<5}  {member.similarity:.4f} {mark} {member.path}"))
     copies = len(report.copies)
     info(f"{len(report.groups)} groups, {copies} cop{'ies' if copies != 1 else 'y'} among {report.scanned:,} files")
+    check = report.sampled_recall
+    if check is not None:
+        info(
+            f"Compared by cells: of the {check.expected:,} pairs an exact check of {check.sampled:,} sampled files "
+            f"found, the cells found {check.found:,} ({check.recall:.2%}); --method exact compares every pair"
+        )
 
 
 def write_duplicates_sheet(path: Path, report: Any, *, store: str) -> Path:

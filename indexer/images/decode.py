@@ -41,9 +41,9 @@ from PIL import Image, ImageFile
 from clipindex.errors import ImageError, ImageTooLargeError
 from clipindex.images.config import CLIP_DEFAULT, DecodeSettings, PreprocessConfig, resolve_draft
 from clipindex.images.crop_resize import resample_filter, resize_size
-from clipindex.images.exif import PhotoFacts, read_photo_facts
+from clipindex.images.exif import PhotoFacts, facts_of_exif, read_photo_facts
 from clipindex.images.formats import file_kind, register_optional_plugins
-from clipindex.images.raw import MISSING_EXTRA, is_raw_name, open_raw, raw_available
+from clipindex.images.raw import MISSING_EXTRA, exif_of_raw, is_raw_name, open_raw, raw_available
 from clipindex.settings import DEFAULT_MAX_PIXELS
 
 __all__ = [
@@ -439,8 +439,9 @@ def _decode_raw(
             raise ImageError(name, f"image has no pixels ({width}x{height})")
         if limit and width * height > limit:
             raise _too_large(name, width, height, limit)
+        facts = facts_of_exif(exif_of_raw(_raw_bytes(fp, name), raw), gps=True)
         if not pixels:
-            return _Decoded(None, width, height, fmt)
+            return _Decoded(None, width, height, fmt, facts)
         try:
             found = raw.preview(min_side)
             # the preview decodes as any JPEG (limits, draft, its own EXIF orientation); then the RAW's own turn
@@ -450,9 +451,28 @@ def _decode_raw(
         except Exception:  # a damaged preview: the raw data may still be whole
             image = None
         if found is None or image is None:
-            return _Decoded(raw.demosaic(), width, height, fmt)
+            return _Decoded(raw.demosaic(), width, height, fmt, facts)
     method = _TRANSPOSE.get(found[1])
-    return _Decoded(image if method is None else image.transpose(method), width, height, fmt)
+    return _Decoded(image if method is None else image.transpose(method), width, height, fmt, facts)
+
+
+def _raw_bytes(fp: IO[bytes] | None, name: str) -> bytes | None:
+    """A RAW file's bytes for its TIFF header's EXIF: ``fp``'s (in memory), else the file's first
+    :data:`RAW_HEADER_BYTES` (a file too large to hold; its EXIF sits near the start), else None."""
+    try:
+        if fp is not None:
+            fp.seek(0)
+            data = fp.read()
+            fp.seek(0)
+            return data
+        with open(name, "rb") as whole:
+            return whole.read(RAW_HEADER_BYTES)
+    except OSError:
+        return None
+
+
+#: bytes of a RAW file over :data:`IN_MEMORY_LIMIT` read for its header's EXIF
+RAW_HEADER_BYTES = 16 * 1024 * 1024
 
 
 def _to_uint8(values: npt.NDArray[np.floating], lo: float, hi: float) -> npt.NDArray[np.uint8]:

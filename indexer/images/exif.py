@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["PhotoFacts", "read_photo_facts"]
+__all__ = ["PhotoFacts", "facts_of_exif", "read_photo_facts"]
 
 _EXIF_IFD = 0x8769
 _GPS_IFD = 0x8825
@@ -95,11 +95,17 @@ def read_photo_facts(image: Image.Image, *, gps: bool = False) -> PhotoFacts:
         exif = image.getexif()
     except Exception:  # a corrupt EXIF block costs only its facts
         return PhotoFacts()
+    return facts_of_exif(exif, gps=gps)
+
+
+def facts_of_exif(exif: Image.Exif, *, gps: bool = False) -> PhotoFacts:
+    """The facts an EXIF block holds (a camera RAW's, say); GPS only when ``gps``."""
     facts: dict[str, Any] = {}
     for name, reader in (
         ("make", lambda: _text(exif.get(_MAKE))),
         ("model", lambda: _text(exif.get(_MODEL))),
-        ("taken_at", lambda: _taken_at(exif.get_ifd(_EXIF_IFD))),
+        # the EXIF IFD's, else IFD0's, where TIFF/EP (some camera RAW files) puts it
+        ("taken_at", lambda: _taken_at(exif.get_ifd(_EXIF_IFD)) or _taken_at(exif)),
         ("gps", lambda: _gps(exif) if gps else None),
     ):
         try:

@@ -30,6 +30,7 @@ from clipindex.images.formats import RAW_EXTENSIONS, has_image_extension
 __all__ = [
     "MISSING_EXTRA",
     "RawFile",
+    "exif_of_raw",
     "flip_to_orientation",
     "is_raw_name",
     "open_raw",
@@ -166,30 +167,45 @@ def _dated(exif: Image.Exif) -> bool:
         return False
 
 
-def raw_exif(path: str | os.PathLike[str]) -> Image.Exif:
+def exif_of_raw(data: bytes | None, raw: RawFile | None) -> Image.Exif:
     """The EXIF of a camera RAW file, for its date and camera (``DateTimeOriginal`` and ``OffsetTimeOriginal`` in
-    the EXIF IFD, ``Make``, ``Model``): from its TIFF header when it has one (CR2, NEF, ARW, DNG) and that holds
-    a ``DateTimeOriginal``, else from the embedded JPEG preview's (RAF, ORF; needs ``rawpy``). An empty ``Exif`` when
-    neither can be read: never raises."""
-    name = os.fspath(path)
+    the EXIF IFD, ``Make``, ``Model``): from its TIFF header (``data``, the file's bytes) when it has one (CR2, NEF,
+    ARW, DNG) and that holds a ``DateTimeOriginal``, else from the embedded JPEG preview's (RAF, ORF; from the
+    opened ``raw``). An empty ``Exif`` when neither can be read: never raises."""
     header = Image.Exif()
     # a TIFF-based RAW's IFD0 is an EXIF block as is (Pillow cannot open a CFA image itself); not one (RAF), or a
     # damaged header: no header EXIF
-    with contextlib.suppress(Exception), open(name, "rb") as fp:
-        data = fp.read()
-        if data[:4] in (b"II*\x00", b"MM\x00*"):
+    with contextlib.suppress(Exception):
+        if data is not None and data[:4] in (b"II*\x00", b"MM\x00*"):
             header.load(data)
+    if _dated(header) or raw is None:
+        return header
+    try:
+        import rawpy
+
+        thumb = raw.raw.extract_thumb()
+        if thumb.format != rawpy.ThumbFormat.JPEG:
+            return header
+        with Image.open(io.BytesIO(bytes(thumb.data))) as preview:
+            exif = preview.getexif()
+    except Exception:  # no preview, or LibRaw cannot read it: what the header had
+        return header
+    return exif if _dated(exif) or not len(header) else header
+
+
+def raw_exif(path: str | os.PathLike[str]) -> Image.Exif:
+    """:func:`exif_of_raw` of the file at ``path`` (its preview only with ``rawpy``); never raises."""
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as fp:
+            data = fp.read()
+    except OSError:
+        return Image.Exif()
+    header = exif_of_raw(data, None)
     if _dated(header) or not raw_available():
         return header
     try:
-        with open(name, "rb") as fp, open_raw(fp, name) as raw:
-            thumb = raw.raw.extract_thumb()
-            import rawpy
-
-            if thumb.format != rawpy.ThumbFormat.JPEG:
-                return header
-            with Image.open(io.BytesIO(bytes(thumb.data))) as preview:
-                exif = preview.getexif()
-    except Exception:  # no preview, or LibRaw cannot read the file: what the header had
+        with open_raw(io.BytesIO(data), name) as raw:
+            return exif_of_raw(data, raw)
+    except Exception:  # LibRaw cannot read the file: what the header had
         return header
-    return exif if _dated(exif) or not len(header) else header

@@ -27,7 +27,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -35,7 +35,8 @@ import numpy.typing as npt
 from clipindex.errors import CollectionNotFoundError, NothingIndexedError
 from clipindex.ops.pairs import BLOCK, SampledRecall, cell_pairs, exact_pairs, sampled_recall
 from clipindex.ops.results import resolve_path_prefix
-from clipindex.store.base import VectorStore
+from clipindex.settings import DEFAULT_MIN_SIMILARITY
+from clipindex.store.base import CollectionInfo
 
 __all__ = [
     "CANDIDATE_MARGIN",
@@ -45,14 +46,13 @@ __all__ = [
     "DuplicateGroup",
     "DuplicateMember",
     "DuplicateReport",
+    "DuplicateSource",
     "Method",
     "components",
     "find_duplicates",
     "linked",
 ]
 
-#: cosine similarity at or above which two photos are near-duplicates (immich's cosine distance 0.01)
-DEFAULT_MIN_SIMILARITY = 0.99
 #: how far below the threshold a float16 score may fall and still be checked in float32 (float16 rounding of
 #: unit vectors moves a cosine by < 1e-3)
 CANDIDATE_MARGIN = 2e-3
@@ -67,6 +67,30 @@ MEMBER_FIELDS: tuple[str, ...] = ("path", "path_bytes", "sha256", "width", "heig
 FETCH_CHUNK = 4096
 
 Method = Literal["auto", "exact", "cells"]
+
+
+class DuplicateSource(Protocol):
+    """What :func:`find_duplicates` reads: any :class:`~clipindex.store.base.VectorStore` (``clipindex serve``
+    passes one whose every call goes to its store process)."""
+
+    @property
+    def collection(self) -> str: ...
+
+    def describe(self) -> str: ...
+
+    def collection_info(self) -> CollectionInfo: ...
+
+    def count(self, exact: bool = True) -> int: ...
+
+    def iter_vector_pages(
+        self, fields: Sequence[str], page_size: int = 1000
+    ) -> Iterable[tuple[list[str], list[dict[str, Any]], npt.NDArray[np.float32]]]: ...
+
+    def release_memory(self) -> None: ...
+
+    def get_vectors(self, ids: Iterable[str]) -> dict[str, npt.NDArray[np.float32]]: ...
+
+    def get_payloads(self, ids: Iterable[str], fields: Sequence[str]) -> dict[str, dict[str, Any]]: ...
 
 
 @dataclass(frozen=True)
@@ -210,7 +234,7 @@ def _best(members: Sequence[DuplicateMember]) -> DuplicateMember:
 
 
 def find_duplicates(
-    store: VectorStore,
+    store: DuplicateSource,
     *,
     min_similarity: float = DEFAULT_MIN_SIMILARITY,
     path_prefix: str | os.PathLike[str] | None = None,
@@ -280,7 +304,7 @@ def find_duplicates(
 
 
 def _scan(
-    store: VectorStore, dim: int, expected: int, prefix: str | None
+    store: DuplicateSource, dim: int, expected: int, prefix: str | None
 ) -> tuple[list[str], list[str], npt.NDArray[np.bytes_], npt.NDArray[np.float16]]:
     """Ids, paths, content hashes and float16 vectors of the points under ``prefix``, in store order."""
     ids: list[str] = []
@@ -347,7 +371,7 @@ def _same_content(hashes: npt.NDArray[np.bytes_], min_similarity: float) -> list
     return pairs
 
 
-def _float32_vectors(store: VectorStore, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
+def _float32_vectors(store: DuplicateSource, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
     out: dict[str, npt.NDArray[np.float32]] = {}
     for start in range(0, len(ids), FETCH_CHUNK):
         out.update(store.get_vectors(ids[start : start + FETCH_CHUNK]))

@@ -61,6 +61,10 @@ META_FORMAT = 1
 UNKNOWN_MODEL = "unknown"
 
 
+#: points of a vector scan between two :meth:`VectorStore.release_memory` calls (a 512-d vector maps 2 KB)
+RELEASE_EVERY_VECTORS = 100_000
+
+
 @dataclass(frozen=True)
 class SearchFilter:
     """Payload conditions of a search, all of which a hit meets: ``after <= taken_ts < before`` (epoch seconds;
@@ -335,12 +339,30 @@ class VectorStore(ABC):
         """Every ``(id, payload)``, in pages; only ``fields`` when given (else all but ``dirs``)."""
 
     @abstractmethod
+    def scroll_vectors(
+        self, fields: Sequence[str], offset: str | None = None, page_size: int = 1000
+    ) -> tuple[list[str], list[dict[str, Any]], npt.NDArray[np.float32], str | None]:
+        """One page of points in id order from ``offset`` (``None``: the first): ``(ids, payloads with only
+        fields, (len(ids), vector_dim) unit-norm float32 vectors, the next page's offset or None at the end)``.
+        Points without a vector are left out."""
+
     def iter_vector_pages(
         self, fields: Sequence[str], page_size: int = 1000
     ) -> Iterator[tuple[list[str], list[dict[str, Any]], npt.NDArray[np.float32]]]:
-        """Every point once, a page at a time: ``(ids, payloads with only fields, (len(ids), vector_dim) unit-norm
-        float32 vectors)``. Points without a vector are left out. For the embedded store, the engine pages read
-        are given back as the scan goes, so a full read does not hold the whole store in RSS."""
+        """Every point once, a page at a time (:meth:`scroll_vectors`'s pages). The engine memory read so far is
+        given back every :data:`RELEASE_EVERY_VECTORS` points, so a full read never holds the store in RSS."""
+        offset: str | None = None
+        since_release = 0
+        while True:
+            ids, payloads, vectors, offset = self.scroll_vectors(fields, offset, page_size)
+            if ids:
+                yield ids, payloads, vectors
+            if offset is None:
+                return
+            since_release += len(ids)
+            if since_release >= RELEASE_EVERY_VECTORS:
+                since_release = 0
+                self.release_memory()
 
     @abstractmethod
     def get_vectors(self, ids: Iterable[str]) -> dict[str, npt.NDArray[np.float32]]:

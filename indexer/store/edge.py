@@ -100,8 +100,6 @@ OVERSAMPLING = 4.0
 #: a full read of the payloads (:meth:`EdgeStore.iter_payloads`: ingest's index) gives back the pages it mapped
 #: (closes and reopens the shard) every this many points, so they do not pile up on top of the run's own memory
 RELEASE_EVERY_POINTS = 250_000
-#: ... and every this many points of a scan that reads vectors
-RELEASE_EVERY_VECTORS = 100_000
 #: the engine may hold its WAL lock for a moment after another process closed the shard: retry the open this long
 OPEN_RETRY_S = 5.0
 #: while a batch's inference runs, waiting readers are looked for this often (seconds)
@@ -624,25 +622,16 @@ class EdgeStore(VectorStore):
                 since_release = 0
                 self.release_memory()
 
-    def iter_vector_pages(
-        self, fields: Sequence[str], page_size: int = 1000
-    ) -> Iterator[tuple[list[str], list[dict[str, Any]], npt.NDArray[np.float32]]]:
+    def scroll_vectors(
+        self, fields: Sequence[str], offset: str | None = None, page_size: int = 1000
+    ) -> tuple[list[str], list[dict[str, Any]], npt.NDArray[np.float32], str | None]:
         self._need()
         selector: bool | qe.PayloadSelector = qe.PayloadSelector.Include(list(fields)) if fields else False
-        offset: Any = None
-        since_release = 0
-        while True:
-            request = qe.ScrollRequest(offset=offset, limit=page_size, with_payload=selector, with_vector=True)
-            records, offset = self._engine("scroll", partial(self._need().scroll, request))
-            page = vector_page(records)
-            if page[0]:
-                yield page
-            if offset is None:
-                return
-            since_release += len(records)
-            if since_release >= RELEASE_EVERY_VECTORS:  # a vector is 4 bytes a dimension of mapped pages
-                since_release = 0
-                self.release_memory()
+        start: Any = None if offset is None else check_id(offset)
+        request = qe.ScrollRequest(offset=start, limit=page_size, with_payload=selector, with_vector=True)
+        records, after = self._engine("scroll", partial(self._need().scroll, request))
+        ids, payloads, vectors = vector_page(records)
+        return ids, payloads, vectors, None if after is None else str(after)
 
     def _retrieve(
         self, ids: Iterable[str], *, with_payload: bool | qe.PayloadSelector, with_vector: bool

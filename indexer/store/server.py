@@ -389,29 +389,29 @@ class ServerStore(VectorStore):
             if offset is None:
                 return
 
-    def iter_vector_pages(
-        self, fields: Sequence[str], page_size: int = 1000
-    ) -> Iterator[tuple[list[str], list[dict[str, Any]], npt.NDArray[np.float32]]]:
+    def scroll_vectors(
+        self, fields: Sequence[str], offset: str | None = None, page_size: int = 1000
+    ) -> tuple[list[str], list[dict[str, Any]], npt.NDArray[np.float32], str | None]:
         require_open(self._opened, self)
         from qdrant_client import models
 
         selector: bool | models.PayloadSelectorInclude = (
             models.PayloadSelectorInclude(include=list(fields)) if fields else False
         )
-        name = self.collection
-        offset: Any = None
-        while True:
-            records, offset = self._call(
-                "scroll",
-                partial(
-                    self._client.scroll, name, limit=page_size, offset=offset, with_payload=selector, with_vectors=True
-                ),
-            )
-            page = vector_page(records)
-            if page[0]:
-                yield page
-            if offset is None:
-                return
+        start: Any = None if offset is None else check_id(offset)
+        records, after = self._call(
+            "scroll",
+            partial(
+                self._client.scroll,
+                self.collection,
+                limit=page_size,
+                offset=start,
+                with_payload=selector,
+                with_vectors=True,
+            ),
+        )
+        ids, payloads, vectors = vector_page(records)
+        return ids, payloads, vectors, None if after is None else str(after)
 
     def _retrieve(self, ids: Iterable[str], *, with_payload: bool | list[str], with_vectors: bool) -> Iterator[Any]:
         """The records of the points that exist among ``ids``, read a chunk at a time."""

@@ -33,6 +33,7 @@ from clipindex.errors import (
 )
 from clipindex.settings import (
     DEFAULT_LIMIT,
+    DEFAULT_MIN_SIMILARITY,
     DEFAULT_THUMBNAIL_SIZE,
     MAX_SEARCH_LIMIT,
     MAX_SEARCH_OFFSET,
@@ -41,7 +42,7 @@ from clipindex.settings import (
 from clipindex.version import __version__
 from clipindex.web.config import ServeSettings
 from clipindex.web.security import Guard
-from clipindex.web.service import SearchOutcome, SearchService, decode_base64_image, thumbnail_url
+from clipindex.web.service import SearchOutcome, SearchService, Where, decode_base64_image, thumbnail_url
 
 __all__ = ["STATUS_OF", "create_app"]
 
@@ -85,6 +86,11 @@ class Hit(BaseModel):
     thumbnail: str
     #: the path's bytes, base64, only when the path is not valid UTF-8 (``path`` then shows them escaped)
     path_bytes: str | None = None
+    #: when it was taken (ISO 8601, EXIF's DateTimeOriginal, else the file's mtime: see ``taken_at_source``)
+    taken_at: str | None = None
+    taken_at_source: Literal["exif", "mtime"] | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
 
 
 class SearchResponse(BaseModel):
@@ -95,6 +101,10 @@ class SearchResponse(BaseModel):
 
 
 Limit = Annotated[int, Field(ge=1, le=MAX_SEARCH_LIMIT)]
+#: ``--after``/``--before``'s forms: YYYY, YYYY-MM, YYYY-MM-DD or an ISO 8601 date-time
+When = Annotated[str, Field(min_length=4, max_length=40)]
+Camera = Annotated[str, Field(min_length=1, max_length=200)]
+Sort = Literal["score", "date"]
 Offset = Annotated[int, Field(ge=0, le=MAX_SEARCH_OFFSET)]
 Score = Annotated[float, Field(ge=-1.0, le=1.0)]
 
@@ -132,6 +142,10 @@ class SearchBody(BaseModel):
     offset: Offset = 0
     min_score: Score | None = None
     folder: Annotated[str, Field(pattern=FOLDER_PATTERN)] | None = None
+    after: When | None = None
+    before: When | None = None
+    camera: Camera | None = None
+    sort: Sort = "score"
 
     @model_validator(mode="after")
     def one_query(self) -> SearchBody:
@@ -148,6 +162,47 @@ class SearchBody(BaseModel):
     @property
     def has_query(self) -> bool:
         return any(getattr(self, name) is not None for name in ("text", "image_id", "image"))
+
+
+class DuplicateFile(BaseModel):
+    id: str
+    path: str
+    #: cosine similarity to the group's best file (1.0 for the best itself)
+    similarity: float
+    best: bool
+    width: int | None
+    height: int | None
+    mtime: float | None
+    size: int | None
+    sha256: str | None
+    thumbnail: str
+    path_bytes: str | None = None
+
+
+class DuplicateGroupBody(BaseModel):
+    #: ``exact``: every file holds the same bytes; ``near``: linked by similarity
+    kind: Literal["exact", "near"]
+    files: list[DuplicateFile]
+
+
+class SampledRecallBody(BaseModel):
+    sampled: int
+    expected: int
+    found: int
+    recall: float
+
+
+class DuplicatesResponse(BaseModel):
+    """``clipindex duplicates --json``'s groups, each file with its id and thumbnail."""
+
+    min_similarity: float
+    folder: str | None
+    scanned: int
+    #: ``exact`` (every pair compared) or ``cells`` (the cell index, above 150k points)
+    method: Literal["exact", "cells"]
+    sampled_recall: SampledRecallBody | None
+    groups: list[DuplicateGroupBody]
+    took_ms: float
 
 
 class KnnRequest(BaseModel):
@@ -208,6 +263,16 @@ def _value_error(exc: ValueError) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=422)
 
 
+def _text(payload: dict[str, Any], name: str) -> str | None:
+    value = payload.get(name)
+    return value if isinstance(value, str) and value else None
+
+
+def _source(payload: dict[str, Any]) -> Literal["exif", "mtime"] | None:
+    value = payload.get("taken_at_source")
+    return "exif" if value == "exif" else "mtime" if value == "mtime" else None
+
+
 def _response(outcome: SearchOutcome) -> SearchResponse:
     response = SearchResponse(
         results=[
@@ -218,9 +283,12 @@ def _response(outcome: SearchOutcome) -> SearchResponse:
                 path=r.path,
                 width=r.width,
                 height=r.height,
-                thumbnail=thumbnail_url(
-                    r.id, r.payload.get("sha256") if isinstance(r.payload.get("sha256"), str) else None
-                ),
+                thumbnail=thumbnail_url(r.id, _text(r.payload, "sha256")),
+                path_bytes=_text(r.payload, "path_bytes"),
+                taken_at=_text(r.payload, "taken_at"),
+                taken_at_source=_source(r.payload),
+                camera_make=_text(r.payload, "camera_make"),
+                camera_model=_text(r.payload, "camera_model"),
             )
             for r in outcome.results
         ],
@@ -253,11 +321,20 @@ IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: ERRORS[404],
 }
 
+AFTER_HELP = "only photos taken at or after this date: YYYY, YYYY-MM, YYYY-MM-DD or ISO 8601 (no offset: UTC)"
+BEFORE_HELP = "only photos taken before this date (its start: 2024 keeps 2023 and earlier); forms as after"
+CAMERA_HELP = "only photos whose EXIF camera make or model, or consecutive words of either, are this text"
+SORT_HELP = "score (best first) or date (oldest first, undated last) of the best matches"
+
 _QUERY_FIELDS: dict[str, Any] = {
     "limit": {"type": "integer", "minimum": 1, "maximum": MAX_SEARCH_LIMIT, "default": DEFAULT_LIMIT},
     "offset": {"type": "integer", "minimum": 0, "maximum": MAX_SEARCH_OFFSET, "default": 0},
     "min_score": {"type": "number", "minimum": -1, "maximum": 1},
     "folder": {"type": "string", "pattern": FOLDER_PATTERN, "description": "only files under this absolute folder"},
+    "after": {"type": "string", "minLength": 4, "maxLength": 40, "description": AFTER_HELP},
+    "before": {"type": "string", "minLength": 4, "maxLength": 40, "description": BEFORE_HELP},
+    "camera": {"type": "string", "minLength": 1, "maxLength": 200, "description": CAMERA_HELP},
+    "sort": {"type": "string", "enum": ["score", "date"], "default": "score", "description": SORT_HELP},
 }
 _TERM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -357,9 +434,16 @@ def create_app(service: SearchService, settings: ServeSettings) -> Any:
         folder: Annotated[
             str | None, Query(pattern=FOLDER_PATTERN, description="only files under this absolute folder")
         ] = None,
+        after: Annotated[str | None, Query(min_length=4, max_length=40, description=AFTER_HELP)] = None,
+        before: Annotated[str | None, Query(min_length=4, max_length=40, description=BEFORE_HELP)] = None,
+        camera: Annotated[str | None, Query(min_length=1, max_length=200, description=CAMERA_HELP)] = None,
+        sort: Annotated[Sort, Query(description=SORT_HELP)] = "score",
     ) -> SearchResponse:
         """Images best matching a text query; ranks and scores equal ``clipindex search --json``'s."""
-        return _response(service.search_text(q, limit=limit, offset=offset, min_score=min_score, folder=folder))
+        where = Where(after, before, camera, sort)
+        return _response(
+            service.search_text(q, limit=limit, offset=offset, min_score=min_score, folder=folder, where=where)
+        )
 
     @app.post(
         "/api/v1/search",
@@ -386,6 +470,7 @@ def create_app(service: SearchService, settings: ServeSettings) -> Any:
             "offset": body.offset,
             "min_score": body.min_score,
             "folder": body.folder,
+            "where": Where(body.after, body.before, body.camera, body.sort),
         }
         if body.add or body.subtract:
             terms = [
@@ -414,6 +499,58 @@ def create_app(service: SearchService, settings: ServeSettings) -> Any:
     def status() -> dict[str, Any]:
         """What ``clipindex status --json`` prints, a running ingest's live progress included."""
         return service.status()
+
+    @app.get("/api/v1/duplicates", response_model=DuplicatesResponse, responses=ERRORS, tags=["duplicates"])
+    def duplicates(
+        min_similarity: Annotated[
+            float, Query(ge=-1.0, le=1.0, description="near-duplicates: cosine similarity this or more")
+        ] = DEFAULT_MIN_SIMILARITY,
+        folder: Annotated[
+            str | None, Query(pattern=FOLDER_PATTERN, description="only files under this absolute folder")
+        ] = None,
+    ) -> DuplicatesResponse:
+        """Groups of exact copies and near-duplicates, as ``clipindex duplicates --json`` finds them (the best
+        file of each group, the one to keep, marked). Reads every vector: seconds at 100k points, a minute or
+        two at 1M; searches keep being answered meanwhile. Nothing is deleted."""
+        import time
+
+        started = time.perf_counter()
+        report = service.duplicates(min_similarity=min_similarity, folder=folder)
+        check = report.sampled_recall
+        return DuplicatesResponse(
+            min_similarity=report.min_similarity,
+            folder=report.path_prefix,
+            scanned=report.scanned,
+            method=report.method,
+            sampled_recall=None
+            if check is None
+            else SampledRecallBody(
+                sampled=check.sampled, expected=check.expected, found=check.found, recall=check.recall
+            ),
+            groups=[
+                DuplicateGroupBody(
+                    kind=group.kind,
+                    files=[
+                        DuplicateFile(
+                            id=m.id,
+                            path=m.path,
+                            similarity=m.similarity,
+                            best=m is group.best,
+                            width=m.width,
+                            height=m.height,
+                            mtime=m.mtime,
+                            size=m.size,
+                            sha256=m.sha256,
+                            thumbnail=thumbnail_url(m.id, m.sha256),
+                            path_bytes=m.path_bytes,
+                        )
+                        for m in group.members
+                    ],
+                )
+                for group in report.groups
+            ],
+            took_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
 
     @app.get(
         "/api/v1/thumbnails/{point_id}",

@@ -38,9 +38,11 @@ def search(
     limit: int,
     min_score: float | None = None,
     folder: str | None = None,
+    where: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """``POST /api/v1/search`` with a text or an image's bytes; the decoded answer (``results``, ``warnings``)."""
-    body: dict[str, Any] = {"limit": limit}
+    """``POST /api/v1/search`` with a text or an image's bytes, and ``where``'s fields (``after``, ``before``,
+    ``camera``, ``sort``) as given; the decoded answer (``results``, ``warnings``)."""
+    body: dict[str, Any] = {"limit": limit, **(where or {})}
     if text is not None:
         body["text"] = text
     else:

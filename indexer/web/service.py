@@ -24,9 +24,9 @@ import posixpath
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -36,11 +36,14 @@ from clipindex.model.encode import Embedder
 from clipindex.model.locate import ModelLocation
 from clipindex.ops.results import SearchResult, truncation_warning
 from clipindex.settings import DEFAULT_LIMIT, DEFAULT_THUMBNAIL_SIZE
-from clipindex.store.base import VectorStore, check_id
+from clipindex.store.base import RELEASE_EVERY_VECTORS, CollectionInfo, SearchFilter, VectorStore, check_id
 from clipindex.web.storeproc import StoreProcess
 from clipindex.web.thumbnails import Thumbnail, ThumbnailCache
 
-__all__ = ["FileRef", "SearchOutcome", "SearchService", "decode_base64_image", "thumbnail_url"]
+if TYPE_CHECKING:
+    from clipindex.ops.duplicates import DuplicateReport
+
+__all__ = ["FileRef", "SearchOutcome", "SearchService", "Where", "decode_base64_image", "thumbnail_url"]
 
 #: ids of recent results whose file is remembered (no store read for their thumbnails)
 RECENT_POINTS = 50_000
@@ -54,6 +57,33 @@ class FileRef:
     path: str
     sha256: str
     format: str | None
+
+
+@dataclass(frozen=True)
+class Where:
+    """When and with what (``clipindex search --after/--before/--camera/--sort``): ``after``/``before`` as
+    :func:`clipindex.dates.parse_when` reads them (ValueError otherwise), ``camera`` as words of the EXIF make
+    or model, ``sort`` ``score`` or ``date``."""
+
+    after: str | None = None
+    before: str | None = None
+    camera: str | None = None
+    sort: Literal["score", "date"] = "score"
+
+    def filters(self) -> SearchFilter | None:
+        from clipindex.dates import parse_when
+
+        def when(text: str | None, name: str) -> float | None:
+            if text is None or not text.strip():
+                return None
+            try:
+                return parse_when(text)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+
+        camera = " ".join(self.camera.lower().split()) if self.camera else None
+        found = SearchFilter(when(self.after, "after"), when(self.before, "before"), camera or None)
+        return None if found.empty else found
 
 
 @dataclass(frozen=True)
@@ -100,6 +130,8 @@ class SearchService:
         self.thumbnails = thumbnails
         self._recent: OrderedDict[str, FileRef] = OrderedDict()
         self._recent_lock = threading.Lock()
+        self._duplicates_lock = threading.Lock()
+        self._last_duplicates: tuple[tuple[float, str | None], float, DuplicateReport] | None = None
 
     @property
     def store(self) -> VectorStore:
@@ -118,14 +150,24 @@ class SearchService:
     # --- searches ---------------------------------------------------------------------------------------------
 
     def _search(
-        self, vector: np.ndarray, *, limit: int, offset: int, min_score: float | None, folder: str | None
+        self,
+        vector: np.ndarray,
+        *,
+        limit: int,
+        offset: int,
+        min_score: float | None,
+        folder: str | None,
+        where: Where | None = None,
     ) -> list[SearchResult]:
         prefix = _folder(folder)
+        where = where or Where()
         options = {
             "limit": offset + limit,
             "threshold": min_score,
             "path_prefix": prefix,
             "model_name": self.embedder.model_name,
+            "filters": where.filters(),
+            "sort": where.sort,
         }
         found: list[SearchResult] = self.reader.call("search", np.asarray(vector, dtype=np.float32), options)
         page = found[offset:]
@@ -167,6 +209,7 @@ class SearchService:
         offset: int = 0,
         min_score: float | None = None,
         folder: str | None = None,
+        where: Where | None = None,
     ) -> SearchOutcome:
         started = time.perf_counter()
         if not text.strip():
@@ -177,7 +220,7 @@ class SearchService:
             warnings.append(truncation_warning(self.embedder.manifest.context_length))
 
         vector = self.embedder.encode_text([text], on_truncate=truncated)[0]
-        results = self._search(vector, limit=limit, offset=offset, min_score=min_score, folder=folder)
+        results = self._search(vector, limit=limit, offset=offset, min_score=min_score, folder=folder, where=where)
         return SearchOutcome(results, _ms_since(started), warnings)
 
     def search_image(
@@ -188,12 +231,13 @@ class SearchService:
         offset: int = 0,
         min_score: float | None = None,
         folder: str | None = None,
+        where: Where | None = None,
     ) -> SearchOutcome:
         """Images like an uploaded one: decoded and preprocessed exactly as ingest does (its pixel limit and
         checks); ImageError when the bytes are not a readable image."""
         started = time.perf_counter()
         vector = self._embed_upload(data, "the uploaded image")
-        results = self._search(vector, limit=limit, offset=offset, min_score=min_score, folder=folder)
+        results = self._search(vector, limit=limit, offset=offset, min_score=min_score, folder=folder, where=where)
         return SearchOutcome(results, _ms_since(started))
 
     def search_point(
@@ -204,11 +248,12 @@ class SearchService:
         offset: int = 0,
         min_score: float | None = None,
         folder: str | None = None,
+        where: Where | None = None,
     ) -> SearchOutcome:
         """ "More like this": the images nearest to an indexed point's stored vector (itself first)."""
         started = time.perf_counter()
         vector = self._point_vector(point_id)
-        results = self._search(vector, limit=limit, offset=offset, min_score=min_score, folder=folder)
+        results = self._search(vector, limit=limit, offset=offset, min_score=min_score, folder=folder, where=where)
         return SearchOutcome(results, _ms_since(started))
 
     def search_combined(
@@ -219,6 +264,7 @@ class SearchService:
         offset: int = 0,
         min_score: float | None = None,
         folder: str | None = None,
+        where: Where | None = None,
     ) -> SearchOutcome:
         """Query arithmetic (:mod:`clipindex.ops.query`): ``((kind, value), weight, sign)`` per term, ``kind``
         ``text``, ``image_id`` (an indexed point's stored vector) or ``image`` (bytes, decoded as ingest does)."""
@@ -236,7 +282,7 @@ class SearchService:
                 vectors.append(self._embed_upload(value, "an uploaded image"))
             signed.append(QueryTerm("text", "term", weight, sign))  # the kind does not enter the sum
         vector = combine_terms(vectors, signed)
-        results = self._search(vector, limit=limit, offset=offset, min_score=min_score, folder=folder)
+        results = self._search(vector, limit=limit, offset=offset, min_score=min_score, folder=folder, where=where)
         return SearchOutcome(results, _ms_since(started))
 
     def search_embedding(
@@ -247,6 +293,7 @@ class SearchService:
         offset: int = 0,
         min_score: float | None = None,
         folder: str | None = None,
+        where: Where | None = None,
     ) -> SearchOutcome:
         started = time.perf_counter()
         with np.errstate(over="ignore"):  # values past float32's range become inf, refused below
@@ -255,8 +302,27 @@ class SearchService:
             raise ValueError(f"the embedding has {vector.shape[0]} values, the model {self.embedder.dimension}")
         if not np.all(np.isfinite(vector)) or not float(np.linalg.norm(vector)) > 0:
             raise ValueError("the embedding must be finite and not all zero")
-        results = self._search(vector, limit=limit, offset=offset, min_score=min_score, folder=folder)
+        results = self._search(vector, limit=limit, offset=offset, min_score=min_score, folder=folder, where=where)
         return SearchOutcome(results, _ms_since(started))
+
+    # --- duplicates -----------------------------------------------------------------------------------------------
+
+    def duplicates(self, *, min_similarity: float, folder: str | None = None) -> DuplicateReport:
+        """:func:`clipindex.ops.duplicates.find_duplicates` over the store, read a page per store-process call (a
+        search waits for one page, never for the whole scan). One scan runs at a time; a request that waited for
+        a scan with the same arguments that started after it arrived gets that scan's report."""
+        from clipindex.ops.duplicates import find_duplicates
+
+        key = (float(min_similarity), _folder(folder))
+        asked = time.monotonic()
+        with self._duplicates_lock:
+            last = self._last_duplicates
+            if last is not None and last[0] == key and last[1] >= asked:
+                return last[2]
+            started = time.monotonic()
+            report = find_duplicates(_ReaderView(self.reader), min_similarity=key[0], path_prefix=key[1])
+            self._last_duplicates = (key, started, report)
+            return report
 
     # --- status, files ------------------------------------------------------------------------------------------
 
@@ -295,6 +361,54 @@ class SearchService:
             raise PointNotFoundError(f"the file of {point_id} is gone (re-run ingest with --prune)")
         media = mimetypes.guess_type(ref.path)[0] or "application/octet-stream"
         return ref.path, media
+
+
+class _ReaderView:
+    """The store as :func:`~clipindex.ops.duplicates.find_duplicates` reads it: every call one request to the
+    store process, a scan a page at a time."""
+
+    def __init__(self, reader: StoreProcess, page_size: int = 2000) -> None:
+        self.reader = reader
+        self.collection = reader.store.collection
+        self.page_size = page_size
+
+    def describe(self) -> str:
+        return self.reader.store.describe()
+
+    def collection_info(self) -> CollectionInfo:
+        info: CollectionInfo = self.reader.call("info")[0]
+        return info
+
+    def count(self, exact: bool = True) -> int:
+        count: int = self.reader.call("info")[1]
+        return count
+
+    def iter_vector_pages(
+        self, fields: Sequence[str], page_size: int = 1000
+    ) -> Iterator[tuple[list[str], list[dict[str, Any]], np.ndarray]]:
+        offset: str | None = None
+        since_release = 0
+        while True:
+            ids, payloads, vectors, offset = self.reader.call("scroll_vectors", tuple(fields), offset, self.page_size)
+            if ids:
+                yield ids, payloads, vectors
+            if offset is None:
+                return
+            since_release += len(ids)
+            if since_release >= RELEASE_EVERY_VECTORS:
+                since_release = 0
+                self.release_memory()
+
+    def release_memory(self) -> None:
+        self.reader.call("release")
+
+    def get_vectors(self, ids: Iterable[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = self.reader.call("vectors", list(ids))
+        return found
+
+    def get_payloads(self, ids: Iterable[str], fields: Sequence[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = self.reader.call("payloads", list(ids), tuple(fields))
+        return found
 
 
 def _point_id(point_id: str) -> str:

@@ -25,7 +25,7 @@ from clipindex.model.locate import ModelLocation
 from clipindex.ops.results import SearchResult
 from clipindex.ops.search import search_vector
 from clipindex.ops.status import collect_report
-from clipindex.store.base import VectorStore
+from clipindex.store.base import CollectionInfo, VectorStore
 from clipindex.store.resident import ResidentStore
 
 __all__ = ["StoreProcess"]
@@ -53,6 +53,29 @@ def _payload(store: VectorStore, point_id: str, fields: tuple[str, ...]) -> dict
     return store.get_payloads([point_id], fields).get(point_id)
 
 
+def _info(store: VectorStore) -> tuple[CollectionInfo, int]:
+    return store.collection_info(), store.count(exact=False)
+
+
+def _scroll_vectors(store: VectorStore, fields: tuple[str, ...], offset: str | None, page_size: int) -> Any:
+    store.collection_info()
+    return store.scroll_vectors(fields, offset, page_size)
+
+
+def _vectors(store: VectorStore, ids: list[str]) -> dict[str, np.ndarray]:
+    store.collection_info()
+    return store.get_vectors(ids)
+
+
+def _payloads(store: VectorStore, ids: list[str], fields: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    store.collection_info()
+    return store.get_payloads(ids, fields)
+
+
+def _release(store: VectorStore) -> None:
+    store.release_memory()
+
+
 def _report(store: VectorStore, location: ModelLocation) -> dict[str, Any]:
     return collect_report(location, store).as_json()
 
@@ -63,6 +86,11 @@ OPS: dict[str, Callable[..., Any]] = {
     "vector": _vector,
     "payload": _payload,
     "report": _report,
+    "info": _info,
+    "scroll_vectors": _scroll_vectors,
+    "vectors": _vectors,
+    "payloads": _payloads,
+    "release": _release,
 }
 
 

@@ -5,6 +5,8 @@ const DEBOUNCE_MS = 250;
 const LIMIT = 60;
 const $ = (id) => document.getElementById(id);
 const q = $("q"), folder = $("folder"), results = $("results"), message = $("message");
+const after = $("after"), before = $("before"), camera = $("camera"), sort = $("sort");
+const FILTERS = { after, before, camera, sort };
 const viewer = $("viewer");
 let generation = 0;       // answers to older queries are dropped
 let current = null;       // the result shown in the viewer
@@ -25,13 +27,22 @@ async function api(path, options = {}) {
 
 function baseName(path) { const i = path.lastIndexOf("/"); return i >= 0 ? path.slice(i + 1) : path; }
 
+// "2023-06-01T12:00:00+02:00 (EXIF), Canon EOS R5": what the payload says of when and with what
+function takenText(item) {
+  const parts = [];
+  if (item.taken_at) parts.push(`taken ${item.taken_at}${item.taken_at_source === "mtime" ? " (file time)" : ""}`);
+  const cam = [item.camera_make, item.camera_model].filter(Boolean).join(" ");
+  if (cam) parts.push(cam);
+  return parts.join(", ");
+}
+
 function show(answer, what) {
   results.replaceChildren();
   for (const hit of answer.results) {
     const li = document.createElement("li");
     const button = document.createElement("button");
     button.type = "button";
-    button.title = hit.path;
+    button.title = [hit.path, takenText(hit)].filter(Boolean).join("\n");
     button.setAttribute("aria-label", `${baseName(hit.path)}, score ${hit.score.toFixed(3)}`);
     const img = document.createElement("img");
     img.src = hit.thumbnail;
@@ -59,7 +70,18 @@ function show(answer, what) {
 function where() {
   const body = { limit: LIMIT };
   if (folder.value.trim()) body.folder = folder.value.trim();
+  for (const [name, input] of Object.entries(FILTERS)) {
+    const value = input.value.trim();
+    if (value && !(name === "sort" && value === "score")) body[name] = value;
+  }
   return body;
+}
+
+function rememberFilters(url) {
+  for (const [name, input] of Object.entries(FILTERS)) {
+    const value = input.value.trim();
+    if (value && !(name === "sort" && value === "score")) url.searchParams.set(name, value); else url.searchParams.delete(name);
+  }
 }
 
 async function run(body, what) {
@@ -103,6 +125,7 @@ function searchText() {
   const text = q.value.trim();
   const url = new URL(location.href);
   if (text) url.searchParams.set("q", text); else url.searchParams.delete("q");
+  rememberFilters(url);
   history.replaceState(null, "", url);
   if (!text) { generation++; results.replaceChildren(); say("Type to search, or drop or paste an image."); return; }
   run(textQuery(text), `“${text}”`);
@@ -130,7 +153,8 @@ function openViewer(hit) {
   $("viewer-image").src = `/api/v1/thumbnails/${encodeURIComponent(hit.id)}?size=1024`;
   $("viewer-image").alt = baseName(hit.path);
   $("viewer-path").textContent = hit.path;
-  $("viewer-score").textContent = `score ${hit.score.toFixed(4)}`;
+  $("viewer-score").textContent = hit.score != null ? `score ${hit.score.toFixed(4)}` : `similarity ${hit.similarity.toFixed(4)}`;
+  $("viewer-taken").textContent = takenText(hit);
   $("viewer-original").href = `/api/v1/images/${encodeURIComponent(hit.id)}`;
   viewer.showModal();
   $("more-like-this").focus();
@@ -140,6 +164,7 @@ $("more-like-this").addEventListener("click", () => {
   if (!current) return;
   const hit = current;
   viewer.close();
+  showSearch();
   run({ image_id: hit.id }, `images like ${baseName(hit.path)}`);
 });
 $("viewer-close").addEventListener("click", () => viewer.close());
@@ -148,6 +173,7 @@ viewer.addEventListener("click", (event) => { if (event.target === viewer) viewe
 $("search-form").addEventListener("submit", (event) => { event.preventDefault(); clearTimeout(debounce); searchText(); });
 q.addEventListener("input", searchSoon);
 folder.addEventListener("change", () => { if (q.value.trim()) searchText(); });
+for (const input of Object.values(FILTERS)) input.addEventListener("change", () => { if (q.value.trim()) searchText(); });
 $("upload").addEventListener("change", (event) => searchImage(event.target.files[0]));
 document.querySelector(".file-button").addEventListener("keydown", (event) => {
   if (event.key === "Enter" || event.key === " ") { event.preventDefault(); $("upload").click(); }
@@ -189,7 +215,67 @@ async function refreshStatus() {
   }
 }
 
-const initial = new URL(location.href).searchParams.get("q");
+// duplicates: groups side by side, the best (the one to keep) outlined; nothing is deleted
+function showSearch() { $("duplicates").hidden = true; results.hidden = false; message.hidden = false; }
+
+async function findDuplicates() {
+  const say2 = (text) => { $("duplicates-message").textContent = text; };
+  const groups = $("groups");
+  const params = new URLSearchParams({ min_similarity: $("min-similarity").value || "0.99" });
+  if (folder.value.trim()) params.set("folder", folder.value.trim());
+  groups.replaceChildren();
+  say2("Comparing every photo… (a minute or two at a million)");
+  try {
+    const answer = await api(`/api/v1/duplicates?${params}`);
+    for (const [number, group] of answer.groups.entries()) {
+      const li = document.createElement("li");
+      const title = document.createElement("h3");
+      title.textContent = `${number + 1}: ${group.kind === "exact" ? "identical files" : "near-copies"}, ${group.files.length} files`;
+      const row = document.createElement("ul");
+      for (const file of group.files) {
+        const item = document.createElement("li");
+        if (file.best) item.className = "best";
+        const button = document.createElement("button");
+        button.type = "button";
+        button.title = file.path;
+        button.setAttribute("aria-label", `${baseName(file.path)}${file.best ? ", the one to keep" : ""}, similarity ${file.similarity.toFixed(3)}`);
+        const img = document.createElement("img");
+        img.src = file.thumbnail; img.alt = baseName(file.path); img.loading = "lazy"; img.width = 180; img.height = 180;
+        const meta = document.createElement("span");
+        meta.className = "meta";
+        const name = document.createElement("span");
+        name.className = "name";
+        name.textContent = baseName(file.path);
+        const score = document.createElement("span");
+        score.textContent = file.best ? "keep" : file.similarity.toFixed(3);
+        meta.append(name, score);
+        button.append(img, meta);
+        button.addEventListener("click", () => openViewer(file));
+        item.append(button);
+        row.append(item);
+      }
+      li.append(title, row);
+      groups.append(li);
+    }
+    const copies = answer.groups.reduce((n, g) => n + g.files.length - 1, 0);
+    say2(answer.groups.length
+      ? `${answer.groups.length} groups, ${copies} copies among ${answer.scanned.toLocaleString()} photos (${(answer.took_ms / 1000).toFixed(1)} s)`
+      : `No duplicates among ${answer.scanned.toLocaleString()} photos`);
+  } catch (error) {
+    say2(String(error.message || error));
+  }
+}
+
+$("show-duplicates").addEventListener("click", () => {
+  $("duplicates").hidden = false; results.hidden = true; message.hidden = true;
+  $("min-similarity").focus();
+});
+$("hide-duplicates").addEventListener("click", () => { showSearch(); q.focus(); });
+$("duplicates-form").addEventListener("submit", (event) => { event.preventDefault(); findDuplicates(); });
+
+const start = new URL(location.href).searchParams;
+for (const [name, input] of Object.entries(FILTERS)) if (start.get(name)) input.value = start.get(name);
+const initial = start.get("q");
 if (initial) { q.value = initial; searchText(); }
 refreshStatus();
 setInterval(() => { if (!document.hidden) refreshStatus(); }, 5000);
