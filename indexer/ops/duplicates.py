@@ -265,7 +265,7 @@ def find_duplicates(
             f"nothing is indexed in {store.describe()} (no collection {store.collection!r}): "
             "run `clipindex ingest DIR` first"
         ) from None
-    ids, paths, hashes, half = _scan(store, info.vector_dim, store.count(exact=False), prefix)
+    ids, hashes, half = _scan(store, info.vector_dim, store.count(exact=False), prefix)
     n = len(ids)
     rows = _first_of_each_content(hashes)  # a byte-identical copy is linked by its hash, not compared again
     half = _compact(half, rows)
@@ -298,38 +298,46 @@ def find_duplicates(
     payloads: dict[str, dict[str, Any]] = {}
     for start in range(0, len(member_ids), FETCH_CHUNK):
         payloads.update(store.get_payloads(member_ids[start : start + FETCH_CHUNK], list(MEMBER_FIELDS)))
-    groups = [_group([(paths[k], ids[k], payloads.get(ids[k], {})) for k in g], exact) for g in found]
+    groups = [
+        _group([(str(payloads.get(ids[k], {}).get("path", "")), ids[k], payloads.get(ids[k], {})) for k in g], exact)
+        for g in found
+    ]
     groups.sort(key=lambda g: (g.members[0].path, g.members[0].id))
     return DuplicateReport(tuple(groups), n, float(min_similarity), prefix, chosen, check)
 
 
 def _scan(
     store: DuplicateSource, dim: int, expected: int, prefix: str | None
-) -> tuple[list[str], list[str], npt.NDArray[np.bytes_], npt.NDArray[np.float16]]:
-    """Ids, paths, content hashes and float16 vectors of the points under ``prefix``, in store order."""
+) -> tuple[list[str], npt.NDArray[np.bytes_], npt.NDArray[np.float16]]:
+    """Ids, content hashes and float16 vectors of the points under ``prefix``, in store order (paths are read
+    again for the members of groups only: a million of them would hold 100 MB)."""
     ids: list[str] = []
-    paths: list[str] = []
-    hashes: list[bytes] = []
-    half = np.zeros((max(expected, 1), dim), dtype=np.float16)  # pages are committed as rows are filled
+    size = max(expected, 1)
+    hashes = np.zeros(size, dtype="S64")
+    half = np.zeros((size, dim), dtype=np.float16)  # pages are committed as rows are filled
     filled = 0
     for page_ids, page_payloads, vectors in store.iter_vector_pages(list(SCAN_FIELDS)):
         keep = [k for k, p in enumerate(page_payloads) if _under(str(p.get("path", "")), prefix)]
         if not keep:
             continue
         if filled + len(keep) > len(half):  # more points than the count said: grow by half again
-            grown = np.zeros((max(len(half) * 3 // 2, filled + len(keep)), dim), dtype=np.float16)
-            grown[:filled] = half[:filled]
-            half = grown
+            size = max(len(half) * 3 // 2, filled + len(keep))
+            half = _grown(half, size)
+            hashes = _grown(hashes, size)
         half[filled : filled + len(keep)] = vectors[keep]
-        filled += len(keep)
         for k in keep:
-            p = page_payloads[k]
+            sha = page_payloads[k].get("sha256")
+            hashes[filled] = sha.encode("ascii", "replace")[:64] if isinstance(sha, str) else b""
             ids.append(page_ids[k])
-            paths.append(str(p.get("path", "")))
-            sha = p.get("sha256")
-            hashes.append(sha.encode("ascii", "replace") if isinstance(sha, str) else b"")
+            filled += 1
     store.release_memory()  # the engine's pages read so far would count in this process's RSS
-    return ids, paths, np.array(hashes, dtype="S64"), half[:filled]
+    return ids, hashes[:filled], half[:filled]
+
+
+def _grown(array: npt.NDArray[Any], rows: int) -> npt.NDArray[Any]:
+    out = np.zeros((rows, *array.shape[1:]), dtype=array.dtype)
+    out[: len(array)] = array
+    return out
 
 
 def _first_of_each_content(hashes: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:

@@ -68,8 +68,8 @@ BALANCE_ROUNDS = 10
 BALANCE_STEP = 0.2
 #: sampled rows per cell the offsets are tuned on
 BALANCE_SAMPLE_PER_CELL = 16
-#: rows assigned to their cells per matrix product
-ASSIGN_CHUNK = 8192
+#: rows assigned to their cells per matrix product (at 2,500 cells: 20 MB of scores, 40 MB of indices)
+ASSIGN_CHUNK = 2048
 #: home rows, and probing rows, per product inside one cell
 CELL_ROWS = 2048
 CELL_COLS = 16384
@@ -144,17 +144,22 @@ def _kmeans(
     take = min(n, cells * KMEANS_SAMPLE_PER_CELL)
     sample = np.asarray(vectors[np.sort(rng.choice(n, size=take, replace=False))], dtype=np.float32)
     centroids = sample[rng.choice(take, size=cells, replace=False)].copy()
+    dim = sample.shape[1]
     for _ in range(rounds):
-        labels = np.empty(take, dtype=np.int64)
-        for s in range(0, take, ASSIGN_CHUNK):
-            labels[s : s + ASSIGN_CHUNK] = np.argmax(sample[s : s + ASSIGN_CHUNK] @ centroids.T, axis=1)
-        order = np.argsort(labels, kind="stable")
-        sorted_labels = labels[order]
-        starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
-        sums = np.add.reduceat(sample[order], starts, axis=0)
+        sums = np.zeros((cells, dim), dtype=np.float32)
+        counts = np.zeros(cells, dtype=np.int64)
+        for s in range(0, take, ASSIGN_CHUNK):  # a chunk at a time: no second copy of the sample
+            rows = sample[s : s + ASSIGN_CHUNK]
+            labels = np.argmax(rows @ centroids.T, axis=1)
+            order = np.argsort(labels, kind="stable")
+            ordered = labels[order]
+            starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+            sums[ordered[starts]] += np.add.reduceat(rows[order], starts, axis=0)
+            counts += np.bincount(labels, minlength=cells)
+        filled = counts > 0
         fresh = centroids.copy()
-        fresh[sorted_labels[starts]] = _unit(sums)
-        empty = np.setdiff1d(np.arange(cells), sorted_labels[starts])
+        fresh[filled] = _unit(sums[filled])
+        empty = np.flatnonzero(~filled)
         if len(empty):  # an empty cell restarts on a random sampled row
             fresh[empty] = sample[rng.choice(take, size=len(empty), replace=False)]
         centroids = fresh
@@ -162,12 +167,14 @@ def _kmeans(
 
 
 def _top(scores: npt.NDArray[np.float32], probes: int) -> npt.NDArray[np.intp]:
-    """Column numbers of each row's ``probes`` highest scores, highest first (ties by column)."""
+    """Column numbers of each row's ``probes`` highest scores, highest first (ties by column). ``scores`` is
+    negated in place (no copy of a large chunk)."""
+    np.negative(scores, out=scores)
     if probes < scores.shape[1]:
-        top = np.argpartition(-scores, probes - 1, axis=1)[:, :probes]
+        top = np.argpartition(scores, probes - 1, axis=1)[:, :probes]
     else:
         top = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
-    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    order = np.argsort(np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
     out: npt.NDArray[np.intp] = np.take_along_axis(top, order, axis=1)
     return out
 
@@ -193,8 +200,9 @@ def _offsets(
         for s in range(0, len(rows), ASSIGN_CHUNK):
             scores = rows[s : s + ASSIGN_CHUNK] @ centroids.T
             scores += offsets
-            part = np.argpartition(-scores, probes - 1, axis=1)[:, :probes]
-            picked = np.take_along_axis(scores, part, axis=1)
+            np.negative(scores, out=scores)
+            part = np.argpartition(scores, probes - 1, axis=1)[:, :probes]
+            picked = -np.take_along_axis(scores, part, axis=1)
             drawn += np.bincount(part.reshape(-1), minlength=cells)
             homes += np.bincount(part[np.arange(len(part)), np.argmax(picked, axis=1)], minlength=cells)
             gaps.append(picked.max(axis=1) - picked.min(axis=1))
