@@ -168,9 +168,7 @@ def test_synthetic_512d_store_equals_brute_force(tmp_path: Path) -> None:
             cells = find_duplicates(store, min_similarity=threshold, method="cells", cells=12)
         assert cells.method == "cells" and cells.sampled_recall is not None
         assert cells.sampled_recall.recall == 1.0 and cells.sampled_recall.expected > 0
-        assert [[m.path for m in g.members] for g in cells.groups] == reference_groups(
-            paths, shas, vectors, threshold
-        )
+        assert [[m.path for m in g.members] for g in cells.groups] == reference_groups(paths, shas, vectors, threshold)
 
 
 def test_print0_lists_the_copies_not_the_best(indexed: Path) -> None:

@@ -27,7 +27,7 @@ from PIL import Image
 from clipindex.cli import cli
 from clipindex.errors import ImageError, ImageTooLargeError
 from clipindex.images.decode import decode_file, load_image, load_image_bytes
-from clipindex.images.raw import MISSING_EXTRA, flip_to_orientation, is_raw_name, raw_exif
+from clipindex.images.raw import MISSING_EXTRA, flip_to_orientation, is_raw_name, looks_raw, raw_exif
 from clipindex.store.edge import EdgeStore
 
 rawpy = pytest.importorskip("rawpy", reason="the clipindex[raw] extra (rawpy) is not installed")
@@ -332,6 +332,21 @@ def test_a_raw_files_date_and_camera_come_from_its_own_metadata(
         "coffee.dng"
     ]
     assert _search(data, tiny_model_dir, "a photo", "--camera", "nikon") == []
+
+
+def test_raw_bytes_without_a_name_decode_as_the_file_does(tmp_path: Path, coffee: Image.Image) -> None:
+    plain_tiff, jpeg = io.BytesIO(), io.BytesIO()
+    coffee.save(plain_tiff, "TIFF")
+    coffee.save(jpeg, "JPEG")
+    assert not looks_raw(plain_tiff.getvalue()) and not looks_raw(jpeg.getvalue())
+    assert not looks_raw(b"II*\x00garbage") and looks_raw(b"FUJIFILMCCD-RAW 0201" + bytes(100))
+    for path in (write_dng(tmp_path / "a.dng", coffee), write_dng(tmp_path / "b.dng", coffee, preview=coffee)):
+        data = path.read_bytes()
+        assert looks_raw(data)
+        from_bytes = load_image_bytes(data, name="an upload")  # no RAW extension to go by
+        assert np.array_equal(np.asarray(from_bytes), np.asarray(load_image(path)))
+    # a plain TIFF upload still decodes with Pillow
+    assert load_image_bytes(plain_tiff.getvalue(), name="an upload").size == coffee.size
 
 
 def _hide_rawpy(tmp_path: Path) -> dict[str, str]:

@@ -170,6 +170,26 @@ def test_duplicates_equal_the_cli(library: Library, http: httpx.Client) -> None:
     assert copies.json()["scanned"] == 2 and copies.json()["groups"] == []
 
 
+def test_a_raw_upload_finds_its_file(library: Library, http: httpx.Client, tmp_path: Path) -> None:
+    pytest.importorskip("rawpy")
+    from PIL import Image
+    from test_raw import write_dng
+
+    dng = write_dng(library.photos / "raw.dng", Image.open(library.photos / "c.jpg"))
+    run = clipindex(library, "ingest", library.photos, "--model-dir", library.model)
+    assert run.returncode == 0, run.stderr
+    try:
+        data = dng.read_bytes()
+        uploaded = http.post("/api/v1/search", files={"image": ("upload.bin", data, "application/octet-stream")})
+        assert uploaded.status_code == 200, uploaded.text
+        top = uploaded.json()["results"][0]
+        assert top["path"] == str(dng) and top["score"] == pytest.approx(1.0, abs=1e-3)
+        assert top["taken_at"] == "2024-05-17T08:30:00" and top["camera_model"] == "Test DNG"
+    finally:
+        dng.unlink()
+        assert clipindex(library, "ingest", library.photos, "--model-dir", library.model, "--prune").returncode == 0
+
+
 def test_bad_duplicate_queries_are_422(http: httpx.Client) -> None:
     assert http.get("/api/v1/duplicates", params={"min_similarity": 2}).status_code == 422
     assert http.get("/api/v1/duplicates", params={"folder": "relative/path"}).status_code == 422

@@ -1171,7 +1171,10 @@ def status(
     default=None,
     help="Only files under FOLDER (or that one file), as search's --path-prefix: /a/photos never matches /a/photos2.",
 )
-@json_option("the groups as one object {min_similarity, path_prefix, scanned, groups: [{kind, best, members}]}")
+@json_option(
+    "the groups as one object {min_similarity, path_prefix, scanned, method, sampled_recall, groups: [{kind, best, "
+    "members}]}"
+)
 @click.option(
     "--html",
     "html_file",
@@ -1191,7 +1194,8 @@ def status(
     type=click.Choice(["auto", "exact", "cells"]),
     default="auto",
     show_default=True,
-    help="exact: compare every pair (time grows with the square of the files); cells: only pairs that share a "
+    metavar="METHOD",
+    help="How to compare. exact: every pair (time grows with the square of the files); cells: only pairs that share a "
     "cell of a k-means index (linear, may miss a few pairs: the summary says how many of a sampled exact check "
     "it found); auto: exact up to 150,000 files, cells above.",
 )

@@ -43,7 +43,7 @@ from clipindex.images.config import CLIP_DEFAULT, DecodeSettings, PreprocessConf
 from clipindex.images.crop_resize import resample_filter, resize_size
 from clipindex.images.exif import PhotoFacts, facts_of_exif, read_photo_facts
 from clipindex.images.formats import file_kind, register_optional_plugins
-from clipindex.images.raw import MISSING_EXTRA, exif_of_raw, is_raw_name, open_raw, raw_available
+from clipindex.images.raw import MISSING_EXTRA, exif_of_raw, is_raw_name, looks_raw, open_raw, raw_available
 from clipindex.settings import DEFAULT_MAX_PIXELS
 
 __all__ = [
@@ -228,8 +228,21 @@ def load_image_bytes(
     draft_config = _draft_target(config, draft)
     # BytesIO copies a memoryview/bytearray once; bytes are shared
     source = io.BytesIO(data if isinstance(data, bytes) else view.tobytes())
-    raw = _raw_min_side(config) if is_raw_name(name) else None
-    image = _decode_guarded(source, name, resolve_max_pixels(max_pixels), draft_config, raw=raw).image
+    limit = resolve_max_pixels(max_pixels)
+    named = is_raw_name(name)
+    if named or (raw_available() and looks_raw(view)):  # a RAW upload has no name: its bytes say so
+        try:
+            image = _decode_guarded(source, name, limit, draft_config, raw=_raw_min_side(config)).image
+        except ImageTooLargeError:
+            raise
+        except ImageError:
+            if named:
+                raise
+            image = None  # LibRaw could not read it after all: a TIFF Pillow may read
+        if image is not None:
+            return image
+        source.seek(0)
+    image = _decode_guarded(source, name, limit, draft_config).image
     assert image is not None
     return image
 

@@ -33,6 +33,7 @@ __all__ = [
     "exif_of_raw",
     "flip_to_orientation",
     "is_raw_name",
+    "looks_raw",
     "open_raw",
     "raw_available",
     "raw_exif",
@@ -52,6 +53,32 @@ _FLIP_TO_ORIENTATION = {0: 1, 1: 2, 2: 4, 3: 3, 4: 5, 5: 8, 6: 6, 7: 7}
 def is_raw_name(name: str) -> bool:
     """``name`` has a camera RAW extension (:data:`RAW_EXTENSIONS`), case-insensitively."""
     return has_image_extension(name, RAW_EXTENSIONS)
+
+
+#: IFD0's NewSubfileType value of a reduced-resolution image: what a TIFF-based RAW (NEF, ARW, PEF) shows first
+_REDUCED = 1
+_DNG_VERSION = 50706
+
+
+def looks_raw(data: bytes | memoryview) -> bool:
+    """Whether bytes that came without a file name (an upload) are a camera RAW file: the magic of RAF, ORF,
+    RW2, CR3 or CR2, or a TIFF whose IFD0 carries ``DNGVersion`` or is a camera's reduced-resolution preview
+    (``Make`` set, ``NewSubfileType`` 1: NEF, ARW, PEF). A plain TIFF is not; nothing is decoded."""
+    head = bytes(data[:16])
+    if head.startswith(b"FUJIFILMCCD-RAW") or head[:4] in (b"IIRO", b"IIRS", b"MMOR", b"IIU\x00"):
+        return True
+    if head[4:12] == b"ftypcrx ":
+        return True
+    if head[:4] not in (b"II*\x00", b"MM\x00*"):
+        return False
+    if head[8:10] == b"CR":
+        return True
+    exif = Image.Exif()
+    try:
+        exif.load(bytes(data))
+    except Exception:  # a damaged header: not ours to judge
+        return False
+    return _DNG_VERSION in exif or (bool(exif.get(0x010F)) and exif.get(0x00FE) == _REDUCED)
 
 
 def raw_available() -> bool:
