@@ -235,7 +235,8 @@ def test_method_cells_from_the_cli(indexed: Path) -> None:
     found = json.loads(cells.stdout)
     assert exact["method"] == "exact" and exact["sampled_recall"] is None
     assert found["method"] == "cells" and found["groups"] == exact["groups"]
-    assert found["sampled_recall"]["sampled"] == 11 and found["sampled_recall"]["recall"] == 1.0
+    # 11 files, of which two byte-identical copies are linked by hash and not compared: 9 vectors sampled
+    assert found["sampled_recall"]["sampled"] == 9 and found["sampled_recall"]["recall"] == 1.0
     table = run_cli(indexed, "--min-similarity", str(TINY_THRESHOLD), "--method", "cells")
     assert "Compared by cells: of the" in table.stderr and "(100.00%)" in table.stderr
     bad = CliRunner().invoke(cli, ["duplicates", "--data-dir", str(indexed / "data"), "--method", "faiss"])

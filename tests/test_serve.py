@@ -128,7 +128,20 @@ def test_text_search_equals_the_cli_in_process(library: Library, http: httpx.Cli
     ]
     assert answer["took_ms"] >= 0 and answer["warnings"] == []
     first = answer["results"][0]
-    assert set(first) == {"id", "rank", "score", "path", "width", "height", "thumbnail", "path_bytes"}
+    assert set(first) == {
+        "id",
+        "rank",
+        "score",
+        "path",
+        "width",
+        "height",
+        "thumbnail",
+        "path_bytes",
+        "taken_at",
+        "taken_at_source",
+        "camera_make",
+        "camera_model",
+    }
     assert first["path_bytes"] is None
     assert first["thumbnail"].startswith(f"/api/v1/thumbnails/{first['id']}?size=256")
 
@@ -542,9 +555,11 @@ def test_the_page_in_headless_chromium(library: Library, server: Served, tmp_pat
         page.keyboard.type("flowers")
         page.keyboard.press("Enter")
         page.wait_for_function("document.querySelectorAll('#results li').length === 2")
-        page.keyboard.press("Tab")  # to the folder box, the upload button, then the first result
-        page.keyboard.press("Tab")
-        page.keyboard.press("Tab")
+        # to the folder box, the upload button, the four filters (after, before, camera, sort), the duplicates
+        # button, then the first result
+        for _ in range(8):
+            page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.closest('#results') !== null")
         page.keyboard.press("Enter")
         page.wait_for_selector("#viewer[open]")
         page.keyboard.press("Escape")

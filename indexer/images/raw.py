@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -75,7 +76,9 @@ def looks_raw(data: bytes | memoryview) -> bool:
         return True
     exif = Image.Exif()
     try:
-        exif.load(bytes(data))
+        with warnings.catch_warnings():  # Pillow warns of a damaged header; it only means "not a RAW file"
+            warnings.simplefilter("ignore")
+            exif.load(bytes(data))
     except Exception:  # a damaged header: not ours to judge
         return False
     return _DNG_VERSION in exif or (bool(exif.get(0x010F)) and exif.get(0x00FE) == _REDUCED)
