@@ -205,7 +205,8 @@ def exif_of_raw(data: bytes | None, raw: RawFile | None) -> Image.Exif:
     header = Image.Exif()
     # a TIFF-based RAW's IFD0 is an EXIF block as is (Pillow cannot open a CFA image itself); not one (RAF), or a
     # damaged header: no header EXIF
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception), warnings.catch_warnings():  # a damaged header's warning: no EXIF
+        warnings.simplefilter("ignore")
         if data is not None and data[:4] in (b"II*\x00", b"MM\x00*"):
             header.load(data)
     if _dated(header) or raw is None:
