@@ -241,3 +241,56 @@ def test_method_cells_from_the_cli(indexed: Path) -> None:
     assert "Compared by cells: of the" in table.stderr and "(100.00%)" in table.stderr
     bad = CliRunner().invoke(cli, ["duplicates", "--data-dir", str(indexed / "data"), "--method", "faiss"])
     assert bad.exit_code == 2 and "--method" in bad.output
+
+
+@pytest.mark.slow
+def test_a_waiting_process_gets_the_store_during_a_long_scan(tmp_path: Path) -> None:
+    """`clipindex duplicates` holds the embedded store for its whole run (seconds at 60k points, minutes at 1M);
+    between two pages of its read and two blocks of its comparison it lets a waiting `clipindex status` in."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from clipindex.ingest.points import make_payload, point_id
+    from clipindex.store.base import Point
+
+    rng = np.random.default_rng(11)
+    count, dim = 60_000, 512
+    data = tmp_path / "data"
+    with EdgeStore(data, "images") as store:
+        store.ensure_collection(dim, "synthetic")
+        for start in range(0, count, 5000):
+            vectors = rng.standard_normal((5000, dim)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            points = []
+            for k, vector in enumerate(vectors, start=start):
+                path = f"/photos/IMG_{k:06d}.jpg"
+                payload = make_payload(
+                    path=path, size=k, mtime_ns=k, sha256=f"{k:064x}", width=8, height=8,
+                    image_format="JPEG", model="synthetic",
+                )  # fmt: skip
+                points.append(Point(point_id(path), vector, payload))
+            store.upsert(points)
+        store.optimize()
+    env = {**os.environ, "CLIPINDEX_DATA_DIR": str(data)}
+    command = [sys.executable, "-m", "clipindex"]
+    scan = subprocess.Popen(
+        [*command, "duplicates", "--method", "exact", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        time.sleep(3.0)  # imported, and reading or comparing
+        assert scan.poll() is None
+        started = time.monotonic()
+        status = subprocess.run(
+            [*command, "status", "--json", "--wait", "4"], env=env, capture_output=True, text=True, timeout=120
+        )
+        waited = time.monotonic() - started
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["points"] == count
+        assert scan.poll() is None, "the scan ended before the test could show anything: make it longer"
+        assert waited < 4.0
+    finally:
+        out, err = scan.communicate(timeout=300)
+    assert scan.returncode == 0, err
+    assert json.loads(out)["scanned"] == count

@@ -92,6 +92,8 @@ class DuplicateSource(Protocol):
 
     def get_payloads(self, ids: Iterable[str], fields: Sequence[str]) -> dict[str, dict[str, Any]]: ...
 
+    def yield_to_readers(self) -> int: ...
+
 
 @dataclass(frozen=True)
 class DuplicateMember:
@@ -274,13 +276,15 @@ def find_duplicates(
         on_progress(f"comparing {n:,} vectors ({'every pair' if chosen == 'exact' else 'by cells'})")
     cut = min_similarity - CANDIDATE_MARGIN
     check: SampledRecall | None = None
-    if chosen == "exact":
-        ii, jj = exact_pairs(half, cut, block=block)
+    if chosen == "exact":  # the store is not read while comparing: processes waiting for it go in between
+        ii, jj = exact_pairs(half, cut, block=block, between=store.yield_to_readers)
     else:
-        ii, jj = cell_pairs(half, cut, cells=cells, probes=probes, on_progress=on_progress)
+        ii, jj = cell_pairs(
+            half, cut, cells=cells, probes=probes, on_progress=on_progress, between=store.yield_to_readers
+        )
         if on_progress is not None:
             on_progress(f"checking the cells against every pair of {min(check_sample, n):,} sampled points")
-        check = sampled_recall(half, cut, ii, jj, sample=check_sample)
+        check = sampled_recall(half, cut, ii, jj, sample=check_sample, between=store.yield_to_readers)
     del half
     ii, jj = rows[ii], rows[jj]
     candidates = sorted(set(ii.tolist()) | set(jj.tolist()))

@@ -97,8 +97,11 @@ def _hits(scores: npt.NDArray[np.float32], threshold: np.float32) -> tuple[npt.N
     return rows[ii], jj
 
 
-def exact_pairs(vectors: npt.NDArray[Any], cut: float, *, block: int = BLOCK) -> tuple[IntArray, IntArray]:
-    """Every pair of rows of ``vectors`` with dot product ``>= cut`` (all pairs compared)."""
+def exact_pairs(
+    vectors: npt.NDArray[Any], cut: float, *, block: int = BLOCK, between: Callable[[], object] | None = None
+) -> tuple[IntArray, IntArray]:
+    """Every pair of rows of ``vectors`` with dot product ``>= cut`` (all pairs compared); ``between`` is called
+    after every block (``clipindex duplicates`` lets waiting processes use the store there)."""
     n = len(vectors)
     firsts: list[IntArray] = []
     seconds: list[IntArray] = []
@@ -114,6 +117,8 @@ def exact_pairs(vectors: npt.NDArray[Any], cut: float, *, block: int = BLOCK) ->
             if len(ii):
                 firsts.append(ii.astype(np.int64) + i0)
                 seconds.append(jj.astype(np.int64) + j0)
+            if between is not None:
+                between()
     return _unique_sorted(firsts, seconds, max(n, 1))
 
 
@@ -137,7 +142,11 @@ def _unit(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 
 def _kmeans(
-    vectors: npt.NDArray[Any], cells: int, rng: np.random.Generator, rounds: int = KMEANS_ROUNDS
+    vectors: npt.NDArray[Any],
+    cells: int,
+    rng: np.random.Generator,
+    rounds: int = KMEANS_ROUNDS,
+    between: Callable[[], object] | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """Unit centroids, and the sample they were trained on (float32)."""
     n = len(vectors)
@@ -163,6 +172,8 @@ def _kmeans(
         if len(empty):  # an empty cell restarts on a random sampled row
             fresh[empty] = sample[rng.choice(take, size=len(empty), replace=False)]
         centroids = fresh
+        if between is not None:
+            between()
     return centroids, sample
 
 
@@ -222,7 +233,11 @@ def _offsets(
 
 
 def _assign(
-    vectors: npt.NDArray[Any], centroids: npt.NDArray[np.float32], offsets: npt.NDArray[np.float32], probes: int
+    vectors: npt.NDArray[Any],
+    centroids: npt.NDArray[np.float32],
+    offsets: npt.NDArray[np.float32],
+    probes: int,
+    between: Callable[[], object] | None = None,
 ) -> npt.NDArray[np.int32]:
     """``(N, probes)`` cell numbers of every row, highest score first."""
     n = len(vectors)
@@ -231,6 +246,8 @@ def _assign(
         scores = np.asarray(vectors[s : s + ASSIGN_CHUNK], dtype=np.float32) @ centroids.T
         scores += offsets
         out[s : s + ASSIGN_CHUNK] = _top(scores, probes)
+        if between is not None and s % (16 * ASSIGN_CHUNK) == 0:
+            between()
     return out
 
 
@@ -242,18 +259,27 @@ def _groups(labels: npt.NDArray[np.int32], cells: int) -> tuple[npt.NDArray[np.i
 
 
 def assign_cells(
-    vectors: npt.NDArray[Any], cut: float, *, cells: int | None = None, probes: int | None = None, seed: int = 0
+    vectors: npt.NDArray[Any],
+    cut: float,
+    *,
+    cells: int | None = None,
+    probes: int | None = None,
+    seed: int = 0,
+    between: Callable[[], object] | None = None,
 ) -> npt.NDArray[np.int32]:
     """Steps 1 and 2 of the cell index (module doc): ``(N, probes)`` cell numbers of every row, its home first.
-    ``cells`` defaults to :func:`default_cells`, ``probes`` to :func:`default_probes` (each at most the rows)."""
+    ``cells`` defaults to :func:`default_cells`, ``probes`` to :func:`default_probes` (each at most the rows);
+    ``between`` is called every second or so."""
     n = len(vectors)
     cells = max(1, min(n, cells if cells is not None else default_cells(n)))
     probes = max(1, min(cells, probes if probes is not None else default_probes(cut)))
     rng = np.random.default_rng(seed)
-    centroids, sample = _kmeans(vectors, cells, rng)
+    centroids, sample = _kmeans(vectors, cells, rng, between=between)
     offsets = _offsets(sample, centroids, probes)
     del sample
-    return _assign(vectors, centroids, offsets, probes)
+    if between is not None:
+        between()
+    return _assign(vectors, centroids, offsets, probes, between)
 
 
 def cell_pairs(
@@ -264,13 +290,14 @@ def cell_pairs(
     probes: int | None = None,
     seed: int = 0,
     on_progress: Callable[[str], None] | None = None,
+    between: Callable[[], object] | None = None,
 ) -> tuple[IntArray, IntArray]:
     """The pairs with dot product ``>= cut`` among rows sharing a cell (module doc): most of :func:`exact_pairs`'s
-    pairs, at a cost linear in the rows."""
+    pairs, at a cost linear in the rows. ``between`` is called after every cell."""
     n = len(vectors)
     if n < 2:
         return _empty()
-    assigned = assign_cells(vectors, cut, cells=cells, probes=probes, seed=seed)
+    assigned = assign_cells(vectors, cut, cells=cells, probes=probes, seed=seed, between=between)
     count, probes = int(assigned.max()) + 1, assigned.shape[1]
     if on_progress is not None:
         on_progress(f"{n:,} vectors in {count:,} cells, {probes} each; comparing within cells")
@@ -284,6 +311,8 @@ def cell_pairs(
     for cell in range(count):
         homes = home_order[home_bounds[cell] : home_bounds[cell + 1]]
         members = probe_members[probe_bounds[cell] : probe_bounds[cell + 1]]
+        if between is not None:
+            between()
         if not len(homes) or len(members) < 2:
             continue
         for r0 in range(0, len(homes), CELL_ROWS):
@@ -323,6 +352,7 @@ def sampled_recall(
     *,
     sample: int,
     seed: int = 1,
+    between: Callable[[], object] | None = None,
 ) -> SampledRecall:
     """Compare ``sample`` seeded random rows with all rows exactly and count how many of their pairs at
     ``>= cut`` are in ``(first, second)``."""
@@ -344,4 +374,6 @@ def sampled_recall(
             if a != b:
                 expected += 1
                 found += (min(a, b), max(a, b)) in known
+        if between is not None:
+            between()
     return SampledRecall(len(picked), expected, found)

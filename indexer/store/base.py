@@ -350,7 +350,8 @@ class VectorStore(ABC):
         self, fields: Sequence[str], page_size: int = 1000
     ) -> Iterator[tuple[list[str], list[dict[str, Any]], npt.NDArray[np.float32]]]:
         """Every point once, a page at a time (:meth:`scroll_vectors`'s pages). The engine memory read so far is
-        given back every :data:`RELEASE_EVERY_VECTORS` points, so a full read never holds the store in RSS."""
+        given back every :data:`RELEASE_EVERY_VECTORS` points, so a full read never holds the store in RSS, and
+        processes waiting for the store are let in between two pages (:meth:`yield_to_readers`)."""
         offset: str | None = None
         since_release = 0
         while True:
@@ -359,6 +360,7 @@ class VectorStore(ABC):
                 yield ids, payloads, vectors
             if offset is None:
                 return
+            self.yield_to_readers()  # a long scan lets a waiting search in between two pages
             since_release += len(ids)
             if since_release >= RELEASE_EVERY_VECTORS:
                 since_release = 0
