@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -167,6 +167,39 @@ def unit(vector: npt.ArrayLike) -> npt.NDArray[np.float32]:
     arr = np.asarray(vector, dtype=np.float32)
     norm = float(np.linalg.norm(arr))
     return arr / norm if norm > 0 else arr.copy()
+
+
+class VectorScroll(Protocol):
+    """What :func:`vector_pages` reads through: a store, or a view of one in another process."""
+
+    def scroll_vectors(
+        self, fields: Sequence[str], offset: str | None = None, page_size: int = 1000
+    ) -> tuple[list[str], list[dict[str, Any]], npt.NDArray[np.float32], str | None]: ...
+
+    def yield_to_readers(self) -> int: ...
+
+    def release_memory(self) -> None: ...
+
+
+def vector_pages(
+    source: VectorScroll, fields: Sequence[str], page_size: int = 1000
+) -> Iterator[tuple[list[str], list[dict[str, Any]], npt.NDArray[np.float32]]]:
+    """:meth:`VectorStore.iter_vector_pages` over any :class:`VectorScroll`: its pages in order, processes waiting
+    for the store let in between two pages, the engine's memory given back every :data:`RELEASE_EVERY_VECTORS`
+    points."""
+    offset: str | None = None
+    since_release = 0
+    while True:
+        ids, payloads, vectors, offset = source.scroll_vectors(fields, offset, page_size)
+        if ids:
+            yield ids, payloads, vectors
+        if offset is None:
+            return
+        source.yield_to_readers()  # a long scan lets a waiting search in between two pages
+        since_release += len(ids)
+        if since_release >= RELEASE_EVERY_VECTORS:
+            since_release = 0
+            source.release_memory()
 
 
 def vector_page(records: Iterable[Any]) -> tuple[list[str], list[dict[str, Any]], npt.NDArray[np.float32]]:
@@ -352,19 +385,7 @@ class VectorStore(ABC):
         """Every point once, a page at a time (:meth:`scroll_vectors`'s pages). The engine memory read so far is
         given back every :data:`RELEASE_EVERY_VECTORS` points, so a full read never holds the store in RSS, and
         processes waiting for the store are let in between two pages (:meth:`yield_to_readers`)."""
-        offset: str | None = None
-        since_release = 0
-        while True:
-            ids, payloads, vectors, offset = self.scroll_vectors(fields, offset, page_size)
-            if ids:
-                yield ids, payloads, vectors
-            if offset is None:
-                return
-            self.yield_to_readers()  # a long scan lets a waiting search in between two pages
-            since_release += len(ids)
-            if since_release >= RELEASE_EVERY_VECTORS:
-                since_release = 0
-                self.release_memory()
+        return vector_pages(self, fields, page_size)
 
     @abstractmethod
     def get_vectors(self, ids: Iterable[str]) -> dict[str, npt.NDArray[np.float32]]:

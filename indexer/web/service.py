@@ -36,7 +36,7 @@ from clipindex.model.encode import Embedder
 from clipindex.model.locate import ModelLocation
 from clipindex.ops.results import SearchResult, truncation_warning
 from clipindex.settings import DEFAULT_LIMIT, DEFAULT_THUMBNAIL_SIZE
-from clipindex.store.base import RELEASE_EVERY_VECTORS, CollectionInfo, SearchFilter, VectorStore, check_id
+from clipindex.store.base import CollectionInfo, SearchFilter, VectorStore, check_id, vector_pages
 from clipindex.web.storeproc import StoreProcess
 from clipindex.web.thumbnails import Thumbnail, ThumbnailCache
 
@@ -383,21 +383,18 @@ class _ReaderView:
         count: int = self.reader.call("info")[1]
         return count
 
+    def scroll_vectors(
+        self, fields: Sequence[str], offset: str | None = None, page_size: int = 1000
+    ) -> tuple[list[str], list[dict[str, Any]], np.ndarray, str | None]:
+        page: tuple[list[str], list[dict[str, Any]], np.ndarray, str | None] = self.reader.call(
+            "scroll_vectors", tuple(fields), offset, page_size
+        )
+        return page
+
     def iter_vector_pages(
         self, fields: Sequence[str], page_size: int = 1000
     ) -> Iterator[tuple[list[str], list[dict[str, Any]], np.ndarray]]:
-        offset: str | None = None
-        since_release = 0
-        while True:
-            ids, payloads, vectors, offset = self.reader.call("scroll_vectors", tuple(fields), offset, self.page_size)
-            if ids:
-                yield ids, payloads, vectors
-            if offset is None:
-                return
-            since_release += len(ids)
-            if since_release >= RELEASE_EVERY_VECTORS:
-                since_release = 0
-                self.release_memory()
+        return vector_pages(self, fields, self.page_size)
 
     def release_memory(self) -> None:
         self.reader.call("release")
