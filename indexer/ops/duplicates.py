@@ -27,7 +27,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -67,6 +67,7 @@ MEMBER_FIELDS: tuple[str, ...] = ("path", "path_bytes", "sha256", "width", "heig
 FETCH_CHUNK = 4096
 
 Method = Literal["auto", "exact", "cells"]
+T = TypeVar("T")
 
 
 class DuplicateSource(Protocol):
@@ -269,7 +270,7 @@ def find_duplicates(
         ) from None
     ids, hashes, half = _scan(store, info.vector_dim, store.count(exact=False), prefix)
     n = len(ids)
-    rows = _first_of_each_content(hashes)  # a byte-identical copy is linked by its hash, not compared again
+    rows, same_content = _by_content(hashes, min_similarity)  # a byte copy is linked by hash, not compared
     half = _compact(half, rows)
     chosen: Literal["exact", "cells"] = method if method != "auto" else ("exact" if n <= EXACT_MAX_POINTS else "cells")
     if on_progress is not None:
@@ -288,24 +289,18 @@ def find_duplicates(
     del half
     ii, jj = rows[ii], rows[jj]
     candidates = sorted(set(ii.tolist()) | set(jj.tolist()))
-    exact = _float32_vectors(store, [ids[k] for k in candidates])
+    exact = _fetched(store.get_vectors, [ids[k] for k in candidates])
     pairs: list[tuple[int, int]] = []
     for a, b in zip(ii.tolist(), jj.tolist(), strict=True):
         va, vb = exact.get(ids[a]), exact.get(ids[b])
         if va is not None and vb is not None and linked(float(va @ vb), min_similarity):
             pairs.append((a, b))
-    pairs.extend(_same_content(hashes, min_similarity))
+    pairs.extend(same_content)
     found = components(n, pairs)
     need = [ids[k] for g in found for k in g if ids[k] not in exact]
-    exact.update(_float32_vectors(store, need))
-    member_ids = [ids[k] for g in found for k in g]
-    payloads: dict[str, dict[str, Any]] = {}
-    for start in range(0, len(member_ids), FETCH_CHUNK):
-        payloads.update(store.get_payloads(member_ids[start : start + FETCH_CHUNK], list(MEMBER_FIELDS)))
-    groups = [
-        _group([(str(payloads.get(ids[k], {}).get("path", "")), ids[k], payloads.get(ids[k], {})) for k in g], exact)
-        for g in found
-    ]
+    exact.update(_fetched(store.get_vectors, need))
+    payloads = _fetched(lambda chunk: store.get_payloads(chunk, MEMBER_FIELDS), [ids[k] for g in found for k in g])
+    groups = [_group([(ids[k], payloads.get(ids[k], {})) for k in g], exact) for g in found]
     groups.sort(key=lambda g: (g.members[0].path, g.members[0].id))
     return DuplicateReport(tuple(groups), n, float(min_similarity), prefix, chosen, check)
 
@@ -344,15 +339,28 @@ def _grown(array: npt.NDArray[Any], rows: int) -> npt.NDArray[Any]:
     return out
 
 
-def _first_of_each_content(hashes: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
-    """Increasing point numbers: every point but those whose (non-empty) hash an earlier point holds."""
+def _by_content(
+    hashes: npt.NDArray[np.bytes_], min_similarity: float
+) -> tuple[npt.NDArray[np.int64], list[tuple[int, int]]]:
+    """One sort of the content hashes gives both: the point numbers to compare (increasing: every point but those
+    whose non-empty hash an earlier point holds), and the pairs linking every other holder of a hash to its
+    first holder."""
     if not len(hashes):
-        return np.zeros(0, dtype=np.int64)
-    _values, first = np.unique(hashes, return_index=True)
+        return np.zeros(0, dtype=np.int64), []
+    order = np.argsort(hashes, kind="stable")
+    ordered = hashes[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(ordered)]
     keep = np.zeros(len(hashes), dtype=bool)
-    keep[first] = True
+    keep[order[starts]] = True
     keep[hashes == b""] = True
-    return np.flatnonzero(keep).astype(np.int64)
+    pairs: list[tuple[int, int]] = []
+    if linked(-1.0, min_similarity, same_content=True):
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+            if e - s > 1 and ordered[s]:
+                first = int(order[s])
+                pairs.extend((first, int(other)) for other in order[s + 1 : e])
+    return np.flatnonzero(keep).astype(np.int64), pairs
 
 
 def _compact(half: npt.NDArray[np.float16], rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float16]:
@@ -365,36 +373,19 @@ def _compact(half: npt.NDArray[np.float16], rows: npt.NDArray[np.int64]) -> npt.
     return half[: len(rows)]
 
 
-def _same_content(hashes: npt.NDArray[np.bytes_], min_similarity: float) -> list[tuple[int, int]]:
-    """Pairs linking every point to the first point holding the same (non-empty) content hash."""
-    if not len(hashes):
-        return []
-    order = np.argsort(hashes, kind="stable")
-    ordered = hashes[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    ends = np.r_[starts[1:], len(ordered)]
-    pairs: list[tuple[int, int]] = []
-    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-        if e - s > 1 and ordered[s]:
-            first = int(order[s])
-            pairs.extend(
-                (first, int(other)) for other in order[s + 1 : e] if linked(-1.0, min_similarity, same_content=True)
-            )
-    return pairs
-
-
-def _float32_vectors(store: DuplicateSource, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
-    out: dict[str, npt.NDArray[np.float32]] = {}
+def _fetched(fetch: Callable[[Sequence[str]], dict[str, T]], ids: Sequence[str]) -> dict[str, T]:
+    """``fetch(ids)`` a :data:`FETCH_CHUNK` at a time (through serve, each chunk is one store-process call)."""
+    out: dict[str, T] = {}
     for start in range(0, len(ids), FETCH_CHUNK):
-        out.update(store.get_vectors(ids[start : start + FETCH_CHUNK]))
+        out.update(fetch(ids[start : start + FETCH_CHUNK]))
     return out
 
 
-def _group(records: Sequence[tuple[str, str, dict[str, Any]]], vectors: dict[str, npt.NDArray[Any]]) -> DuplicateGroup:
-    """One group from its members' ``(path, id, payload)``."""
+def _group(records: Sequence[tuple[str, dict[str, Any]]], vectors: dict[str, npt.NDArray[Any]]) -> DuplicateGroup:
+    """One group from its members' ``(id, payload)``."""
     plain = [
         DuplicateMember(
-            path=path,
+            path=str(p.get("path", "")),
             id=pid,
             width=_int_or_none(p.get("width")),
             height=_int_or_none(p.get("height")),
@@ -404,7 +395,7 @@ def _group(records: Sequence[tuple[str, str, dict[str, Any]]], vectors: dict[str
             similarity=1.0,
             path_bytes=p.get("path_bytes") if isinstance(p.get("path_bytes"), str) else None,
         )
-        for path, pid, p in records
+        for pid, p in records
     ]
     best = _best(plain)
     ref = vectors.get(best.id)

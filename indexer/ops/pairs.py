@@ -211,12 +211,11 @@ def _offsets(
         for s in range(0, len(rows), ASSIGN_CHUNK):
             scores = rows[s : s + ASSIGN_CHUNK] @ centroids.T
             scores += offsets
-            np.negative(scores, out=scores)
-            part = np.argpartition(scores, probes - 1, axis=1)[:, :probes]
-            picked = -np.take_along_axis(scores, part, axis=1)
-            drawn += np.bincount(part.reshape(-1), minlength=cells)
-            homes += np.bincount(part[np.arange(len(part)), np.argmax(picked, axis=1)], minlength=cells)
-            gaps.append(picked.max(axis=1) - picked.min(axis=1))
+            top = _top(scores, probes)  # negates scores
+            drawn += np.bincount(top.reshape(-1), minlength=cells)
+            homes += np.bincount(top[:, 0], minlength=cells)
+            ends = np.take_along_axis(scores, top[:, [0, -1]], axis=1)  # negated: best and probes-th scores
+            gaps.append(ends[:, 1] - ends[:, 0])
         return drawn, float(homes @ drawn), gaps
 
     drawn, work, gaps = tally()
