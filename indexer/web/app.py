@@ -10,8 +10,9 @@ would load scripts from a CDN).
 from __future__ import annotations
 
 import json
+import time
 from importlib import resources
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -43,6 +44,9 @@ from clipindex.version import __version__
 from clipindex.web.config import ServeSettings
 from clipindex.web.security import Guard
 from clipindex.web.service import SearchOutcome, SearchService, Where, decode_base64_image, thumbnail_url
+
+if TYPE_CHECKING:
+    from clipindex.ops.duplicates import DuplicateReport
 
 __all__ = ["STATUS_OF", "create_app"]
 
@@ -298,6 +302,42 @@ def _response(outcome: SearchOutcome) -> SearchResponse:
     return response
 
 
+def _duplicates_response(report: DuplicateReport, took_ms: float) -> DuplicatesResponse:
+    check = report.sampled_recall
+    return DuplicatesResponse(
+        min_similarity=report.min_similarity,
+        folder=report.path_prefix,
+        scanned=report.scanned,
+        method=report.method,
+        sampled_recall=None
+        if check is None
+        else SampledRecallBody(sampled=check.sampled, expected=check.expected, found=check.found, recall=check.recall),
+        groups=[
+            DuplicateGroupBody(
+                kind=group.kind,
+                files=[
+                    DuplicateFile(
+                        id=m.id,
+                        path=m.path,
+                        similarity=m.similarity,
+                        best=m is group.best,
+                        width=m.width,
+                        height=m.height,
+                        mtime=m.mtime,
+                        size=m.size,
+                        sha256=m.sha256,
+                        thumbnail=thumbnail_url(m.id, m.sha256),
+                        path_bytes=m.path_bytes,
+                    )
+                    for m in group.members
+                ],
+            )
+            for group in report.groups
+        ],
+        took_ms=took_ms,
+    )
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in (
@@ -512,45 +552,9 @@ def create_app(service: SearchService, settings: ServeSettings) -> Any:
         """Groups of exact copies and near-duplicates, as ``clipindex duplicates --json`` finds them (the best
         file of each group, the one to keep, marked). Reads every vector: seconds at 100k points, a minute or
         two at 1M; searches keep being answered meanwhile. Nothing is deleted."""
-        import time
-
         started = time.perf_counter()
         report = service.duplicates(min_similarity=min_similarity, folder=folder)
-        check = report.sampled_recall
-        return DuplicatesResponse(
-            min_similarity=report.min_similarity,
-            folder=report.path_prefix,
-            scanned=report.scanned,
-            method=report.method,
-            sampled_recall=None
-            if check is None
-            else SampledRecallBody(
-                sampled=check.sampled, expected=check.expected, found=check.found, recall=check.recall
-            ),
-            groups=[
-                DuplicateGroupBody(
-                    kind=group.kind,
-                    files=[
-                        DuplicateFile(
-                            id=m.id,
-                            path=m.path,
-                            similarity=m.similarity,
-                            best=m is group.best,
-                            width=m.width,
-                            height=m.height,
-                            mtime=m.mtime,
-                            size=m.size,
-                            sha256=m.sha256,
-                            thumbnail=thumbnail_url(m.id, m.sha256),
-                            path_bytes=m.path_bytes,
-                        )
-                        for m in group.members
-                    ],
-                )
-                for group in report.groups
-            ],
-            took_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
+        return _duplicates_response(report, round((time.perf_counter() - started) * 1000, 3))
 
     @app.get(
         "/api/v1/thumbnails/{point_id}",

@@ -36,32 +36,42 @@ function takenText(item) {
   return parts.join(", ");
 }
 
+// one thumbnail with its name and a figure, a button that opens the viewer; every text is set as text
+function tile(item, { title, label, value, valueClass }) {
+  const li = document.createElement("li");
+  const button = document.createElement("button");
+  button.type = "button";
+  button.title = title;
+  button.setAttribute("aria-label", label);
+  const img = document.createElement("img");
+  img.src = item.thumbnail;
+  img.alt = baseName(item.path);
+  img.loading = "lazy";
+  img.width = 180; img.height = 180;
+  const meta = document.createElement("span");
+  meta.className = "meta";
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = baseName(item.path);
+  const figure = document.createElement("span");
+  if (valueClass) figure.className = valueClass;
+  figure.textContent = value;
+  meta.append(name, figure);
+  button.append(img, meta);
+  button.addEventListener("click", () => openViewer(item));
+  li.append(button);
+  return li;
+}
+
 function show(answer, what) {
   results.replaceChildren();
   for (const hit of answer.results) {
-    const li = document.createElement("li");
-    const button = document.createElement("button");
-    button.type = "button";
-    button.title = [hit.path, takenText(hit)].filter(Boolean).join("\n");
-    button.setAttribute("aria-label", `${baseName(hit.path)}, score ${hit.score.toFixed(3)}`);
-    const img = document.createElement("img");
-    img.src = hit.thumbnail;
-    img.alt = baseName(hit.path);
-    img.loading = "lazy";
-    img.width = 180; img.height = 180;
-    const meta = document.createElement("span");
-    meta.className = "meta";
-    const name = document.createElement("span");
-    name.className = "name";
-    name.textContent = baseName(hit.path);
-    const score = document.createElement("span");
-    score.className = "score";
-    score.textContent = hit.score.toFixed(3);
-    meta.append(name, score);
-    button.append(img, meta);
-    button.addEventListener("click", () => openViewer(hit));
-    li.append(button);
-    results.append(li);
+    results.append(tile(hit, {
+      title: [hit.path, takenText(hit)].filter(Boolean).join("\n"),
+      label: `${baseName(hit.path)}, score ${hit.score.toFixed(3)}`,
+      value: hit.score.toFixed(3),
+      valueClass: "score",
+    }));
   }
   const n = answer.results.length;
   say(n ? `${n} result${n === 1 ? "" : "s"} for ${what} (${answer.took_ms.toFixed(0)} ms)` : `No results for ${what}`);
@@ -233,25 +243,12 @@ async function findDuplicates() {
       title.textContent = `${number + 1}: ${group.kind === "exact" ? "identical files" : "near-copies"}, ${group.files.length} files`;
       const row = document.createElement("ul");
       for (const file of group.files) {
-        const item = document.createElement("li");
+        const item = tile(file, {
+          title: file.path,
+          label: `${baseName(file.path)}${file.best ? ", the one to keep" : ""}, similarity ${file.similarity.toFixed(3)}`,
+          value: file.best ? "keep" : file.similarity.toFixed(3),
+        });
         if (file.best) item.className = "best";
-        const button = document.createElement("button");
-        button.type = "button";
-        button.title = file.path;
-        button.setAttribute("aria-label", `${baseName(file.path)}${file.best ? ", the one to keep" : ""}, similarity ${file.similarity.toFixed(3)}`);
-        const img = document.createElement("img");
-        img.src = file.thumbnail; img.alt = baseName(file.path); img.loading = "lazy"; img.width = 180; img.height = 180;
-        const meta = document.createElement("span");
-        meta.className = "meta";
-        const name = document.createElement("span");
-        name.className = "name";
-        name.textContent = baseName(file.path);
-        const score = document.createElement("span");
-        score.textContent = file.best ? "keep" : file.similarity.toFixed(3);
-        meta.append(name, score);
-        button.append(img, meta);
-        button.addEventListener("click", () => openViewer(file));
-        item.append(button);
         row.append(item);
       }
       li.append(title, row);
