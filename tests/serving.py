@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 URL_LINE = re.compile(r"at (http://\S+/)")
 
@@ -91,3 +94,20 @@ def serving(
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def run_cli(env: dict[str, str], *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``python -m clipindex ARGS`` in a subprocess with ``env``, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "clipindex", *map(str, args)], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def chromium_path() -> str:
+    """Debian's chromium; in CI (env CI set) its absence is a failure, elsewhere a skip."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: CI must test the page (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return exe

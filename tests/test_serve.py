@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from serving import Served, serve_env, serving
+from serving import Served, chromium_path, run_cli, serve_env, serving
 
 HOSTILE = "<img src=x onerror=window.__pwned=1>.jpg"
 
@@ -39,13 +38,7 @@ class Library:
 def clipindex(
     library: Library, *args: str | Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "clipindex", *map(str, args)],
-        env=env or library.env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(env or library.env(), *args)
 
 
 @pytest.fixture(scope="module")
@@ -486,16 +479,6 @@ def test_ingest_beside_serve_and_eight_clients(library: Library, tmp_path: Path,
 
 
 # --- the page, in a real browser ---------------------------------------------------------------------------
-
-
-def chromium_path() -> str:
-    """Debian's chromium; in CI (env CI set) its absence is a failure, elsewhere a skip."""
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed: CI must test the page (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return exe
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from exif_photos import make_photos
-from serving import Served, serve_env, serving
+from serving import Served, chromium_path, run_cli, serve_env, serving
 
 #: a.jpg-e.jpg and two copies
 PHOTOS = 7
@@ -44,13 +43,7 @@ class Library:
 
 
 def clipindex(library: Library, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "clipindex", *map(str, args)],
-        env=library.env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(library.env(), *args)
 
 
 @pytest.fixture(scope="module")
@@ -210,17 +203,6 @@ def test_searches_are_answered_between_the_pages_of_a_scan(library: Library, htt
     searched = [http.get("/api/v1/search", params={"q": "a cat"}).status_code for _ in range(10)]
     worker.join(timeout=120)
     assert searched == [200] * 10 and done == [200] * 5
-
-
-def chromium_path() -> str:
-    import os
-
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed: CI must test the page (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return exe
 
 
 @pytest.mark.slow
